@@ -1,0 +1,122 @@
+"""Schema migrations driven from code, safe when several workers start at once.
+
+On MySQL/MariaDB the upgrade runs under the named lock `cronloop_migrate` (GET_LOCK), and
+on SQLite under an exclusive lock file beside the database, so the second worker waits,
+then finds the schema current and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import migrations
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from worker.models import VERSION_TABLE
+
+LOCK_NAME = "cronloop_migrate"
+LOCK_WAIT_S = 300
+
+
+class MigrationLockTimeout(RuntimeError):
+    """Another process held the migration lock for too long."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    current: str | None
+    head: str
+
+    @property
+    def is_current(self) -> bool:
+        return self.current == self.head
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+async def schema_state(engine: AsyncEngine) -> SchemaState:
+    async with engine.connect() as conn:
+        current = await conn.run_sync(_current_revision)
+    return SchemaState(current=current, head=head_revision())
+
+
+def _current_revision(sync_conn: Any) -> str | None:
+    context = MigrationContext.configure(sync_conn, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaState:
+    """Bring the schema to `revision` under the migration lock; a no-op when current."""
+    with _file_lock(engine):
+        async with engine.connect() as conn:
+            await _named_lock(conn)
+            try:
+                await conn.run_sync(_upgrade, revision)
+                await conn.commit()
+            finally:
+                await _named_unlock(conn)
+    return await schema_state(engine)
+
+
+def _upgrade(sync_conn: Any, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = sync_conn
+    command.upgrade(config, revision)
+
+
+async def _named_lock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        return
+    got = (await conn.exec_driver_sql(f"SELECT GET_LOCK('{LOCK_NAME}', {LOCK_WAIT_S})")).scalar()
+    await conn.commit()  # do not hold a transaction while migrating (DDL commits anyway)
+    if got != 1:
+        raise MigrationLockTimeout(f"waited {LOCK_WAIT_S}s for lock {LOCK_NAME!r} held by another process")
+
+
+async def _named_unlock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        return
+    await conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{LOCK_NAME}')")
+    await conn.commit()
+
+
+@contextmanager
+def _file_lock(engine: AsyncEngine) -> Iterator[None]:
+    """SQLite has no named locks; an flock on `<db>.migrate.lock` serialises processes."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    with path.open("a") as handle:
+        _flock_blocking(handle.fileno())
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _flock_blocking(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+

@@ -1,0 +1,216 @@
+"""One run of one task: its deadline, its stop signal, its outcome, its record.
+
+The deadline has two steps. At `timeout_s` the stop signal is set, so `checkpoint()` raises
+and `should_stop` turns true: a cooperative task winds up cleanly. After `grace_s` more,
+the coroutine is cancelled. A task that swallows the cancellation too is left behind
+(recorded `timed_out`, with a note) so it cannot hold up anything else. Whatever happens,
+the outcome is written, shielded from the runner's own cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from worker.clock import Clock
+from worker.context import StopReason, StopRun, StopSignal, TaskContext, bind_run_logger
+from worker.outcome import Outcome
+from worker.planning import RetryPolicy, plan_next
+from worker.registry import TaskSpec
+from worker.settings import Settings
+from worker.store import Claim, RunRecord, TaskStore
+
+log = structlog.get_logger("cronloop.runner")
+
+_REASON_OUTCOME = {
+    StopReason.DEADLINE: Outcome.TIMED_OUT,
+    StopReason.SHUTDOWN: Outcome.INTERRUPTED,
+    StopReason.LEASE_LOST: Outcome.ABANDONED,
+}
+CANCEL_WAIT_S = 2.0  # how long a cancelled task may take to unwind before it is left behind
+
+
+@dataclass
+class RunEnvironment:
+    """What every run shares; passed as one object instead of a long argument list."""
+
+    store: TaskStore
+    settings: Settings
+    clock: Clock
+    db: Any  # async_sessionmaker for ctx.db
+    executor: Executor | None = None  # for blocking=True tasks
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_left_behind: Callable[[str], None] | None = None  # a task ignored cancellation
+
+
+@dataclass
+class Ending:
+    outcome: Outcome
+    message: str | None = None
+    error: str | None = None
+
+
+class Runner:
+    """Runs `spec` for `claim`; `stop()` and `abort()` are how the supervisor steers it."""
+
+    def __init__(self, spec: TaskSpec, claim: Claim, env: RunEnvironment) -> None:
+        self.spec = spec
+        self.claim = claim
+        self.env = env
+        self.signal = StopSignal()
+        self._abort = asyncio.Event()
+        self.started_mono = env.clock.monotonic()
+        self.log = bind_run_logger(spec.name, claim.run_id)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def stop(self, reason: StopReason) -> None:
+        """Ask the task to stop at its next checkpoint."""
+        self.signal.set(reason)
+
+    def abort(self, reason: StopReason) -> None:
+        """Cancel the task now (shutdown past its grace, or a lost lease)."""
+        self.signal.set(reason)
+        self._abort.set()
+
+    async def run(self) -> Outcome:
+        """Run the task to its end and record it; never raises for the task's faults."""
+        started = self.env.clock.now()
+        ctx = self._context(started)
+        self.log.debug("run started", scheduled_for=self.claim.scheduled_for.isoformat(),
+                       triggered=self.claim.triggered, took_over=self.claim.took_over)
+        ending = await self._drive(ctx)
+        return await asyncio.shield(self._record(started, ending))
+
+    def _context(self, started: Any) -> TaskContext:
+        timeout_s = self.spec.timeout_s
+        return TaskContext(
+            task_name=self.spec.name,
+            run_id=self.claim.run_id,
+            scheduled_for=self.claim.scheduled_for,
+            deadline=started + timedelta(seconds=timeout_s),
+            timeout_s=timeout_s,
+            log=self.log,
+            db=self.env.db,
+            settings=self.env.settings,
+            options=self.spec.options,
+            _clock=self.env.clock,
+            _deadline_mono=self.started_mono + timeout_s,
+            _stop=self.signal,
+        )
+
+    async def _drive(self, ctx: TaskContext) -> Ending:
+        inner = asyncio.ensure_future(self._invoke(ctx))
+        soft_s = self.spec.timeout_s
+        hard_s = soft_s + self.env.settings.grace_s
+        while not inner.done():
+            elapsed = self.env.clock.monotonic() - self.started_mono
+            wait_for = (soft_s if elapsed < soft_s else hard_s) - elapsed
+            if self._abort.is_set() or wait_for <= 0:
+                if not self._abort.is_set():
+                    self.signal.set(StopReason.DEADLINE)
+                return await self._cancel(inner)
+            await self._wait_any(inner, wait_for)
+            if self.env.clock.monotonic() - self.started_mono >= soft_s:
+                self.signal.set(StopReason.DEADLINE)
+        return self._ending_of(inner)
+
+    async def _wait_any(self, inner: asyncio.Future[Any], seconds: float) -> None:
+        sleeper = asyncio.ensure_future(self.env.clock.sleep(seconds))
+        aborter = asyncio.ensure_future(self._abort.wait())
+        try:
+            await asyncio.wait({inner, sleeper, aborter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for helper in (sleeper, aborter):
+                helper.cancel()
+
+    async def _cancel(self, inner: asyncio.Future[Any]) -> Ending:
+        inner.cancel()
+        done, _ = await asyncio.wait({inner}, timeout=CANCEL_WAIT_S)
+        reason = self.signal.reason or StopReason.DEADLINE
+        outcome = _REASON_OUTCOME[reason]
+        if not done:
+            if self.env.on_left_behind:
+                self.env.on_left_behind(self.spec.name)
+            inner.add_done_callback(_quietly)
+            return Ending(outcome, error=f"{reason.value}: the task ignored cancellation and was left behind")
+        if inner.cancelled() or isinstance(inner.exception(), StopRun | asyncio.CancelledError):
+            return Ending(outcome, error=f"{reason.value}: cancelled after {self.env.settings.grace_s}s of grace"
+                          if reason == StopReason.DEADLINE else reason.value)
+        return self._ending_of(inner)
+
+    async def _invoke(self, ctx: TaskContext) -> Any:
+        structlog.contextvars.bind_contextvars(task=self.spec.name, run_id=self.claim.run_id)
+        if self.spec.blocking:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.env.executor, self.spec.func, ctx)
+        return await self.spec.func(ctx)
+
+    def _ending_of(self, inner: asyncio.Future[Any]) -> Ending:
+        if inner.cancelled():
+            return Ending(_REASON_OUTCOME[self.signal.reason or StopReason.SHUTDOWN])
+        exc = inner.exception()
+        if exc is None:
+            result = inner.result()
+            return Ending(Outcome.SUCCESS, message=None if result is None else str(result))
+        if isinstance(exc, StopRun):
+            return Ending(_REASON_OUTCOME[exc.reason], error=f"stopped at a checkpoint: {exc.reason.value}")
+        if isinstance(exc, asyncio.CancelledError):
+            return Ending(_REASON_OUTCOME[self.signal.reason or StopReason.SHUTDOWN])
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        self.log.error("task raised", exc_type=type(exc).__name__, exception=text)
+        return Ending(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    async def _record(self, started: Any, ending: Ending) -> Outcome:
+        ended = self.env.clock.now()
+        duration_s = self.env.clock.monotonic() - self.started_mono
+        outcome = ending.outcome
+        plan = plan_next(self.spec.schedule, self.claim, outcome, ended, self.env.retry) \
+            if self.spec.schedule is not None else None
+        record = RunRecord(
+            outcome=outcome, started=started, ended=ended, duration_s=round(duration_s, 6),
+            next_run=plan.next_run if plan else None,
+            planned_run=plan.planned_run if plan else None,
+            message=ending.message, error=ending.error, missed=plan.missed if plan else 0,
+        )
+        written = await self._write(record)
+        level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
+        getattr(self.log, level)(
+            "run finished",
+            outcome=outcome.value,
+            duration_ms=round(duration_s * 1000, 1),
+            next_run=record.next_run.isoformat() if record.next_run else None,
+            message=ending.message,
+            error=ending.error,
+            missed=record.missed or None,
+            recorded=written or None,
+        )
+        return outcome
+
+    async def _write(self, record: RunRecord) -> bool:
+        """Write the outcome; a lost lease means another worker owns the row now."""
+        try:
+            written = await self.env.store.complete(self.claim, record)
+        except Exception as exc:  # the database may be down: the lease will expire
+            self.log.error("could not record the run; its lease will expire and it will run again",
+                           error=repr(exc))
+            return False
+        if not written:
+            self.log.warning("lease lost before the run was recorded; another worker owns the task")
+        return written
+
+
+def _quietly(fut: asyncio.Future[Any]) -> None:
+    """Consume a left-behind task's result so asyncio does not warn about it."""
+    with contextlib.suppress(BaseException):
+        fut.exception()

@@ -1,0 +1,303 @@
+"""The loop: claim what is due, start runners, keep leases, drain and exit on time.
+
+It wakes at the earliest next run (so a due task starts within milliseconds), but at
+least every `poll_interval` so that pauses, triggers and other workers' changes are seen.
+Signal handlers only set events; the loop decides what to do. Shutdown has phases: stop
+claiming and ask runs to stop at their next checkpoint, wait `shutdown_grace`, then cancel
+what is left with a reason, and record every outcome before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import structlog
+
+from worker import exitcodes
+from worker.clock import Clock
+from worker.context import StopReason
+from worker.leases import LeaseKeeper
+from worker.outcome import Outcome
+from worker.registry import Registry
+from worker.runner import Runner, RunEnvironment
+from worker.store import Claim
+
+log = structlog.get_logger("cronloop.supervisor")
+T = TypeVar("T")
+
+MAX_BACKOFF_S = 30.0
+REMINDER_EVERY_S = 60.0
+PRUNE_EVERY_S = 3600.0
+
+
+@dataclass
+class Hooks:
+    """Optional observers (systemd notifications, tests); all default to no-ops."""
+
+    on_ready: Callable[[], None] = lambda: None
+    on_status: Callable[[str], None] = lambda text: None
+    on_stopping: Callable[[], None] = lambda: None
+    on_tick: Callable[[], None] = lambda: None  # the loop made progress (watchdog)
+
+
+@dataclass
+class Supervisor:
+    registry: Registry
+    env: RunEnvironment
+    once: bool = False
+    hooks: Hooks = field(default_factory=Hooks)
+
+    def __post_init__(self) -> None:
+        self.clock: Clock = self.env.clock
+        self.store = self.env.store
+        self.settings = self.env.settings
+        self.stop_event = asyncio.Event()
+        self.abort_event = asyncio.Event()
+        self.wake_event = asyncio.Event()
+        self.exit_code = exitcodes.OK
+        self.runners: dict[str, Runner] = {}
+        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
+        self._db_down_since: float | None = None
+        self._last_reminder = 0.0
+        self._failures = 0
+        self._once_cutoff: datetime | None = None
+        self.executed = 0
+
+    # -- control -------------------------------------------------------------------------
+
+    def request_stop(self, code: int = exitcodes.OK) -> None:
+        """First request drains; a second one cancels running tasks at once."""
+        if self.stop_event.is_set():
+            self.abort_event.set()
+            return
+        self.exit_code = code
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("signal received", signal=signal.Signals(signum).name,
+                 action="abort" if self.stop_event.is_set() else "drain")
+        self.request_stop(exitcodes.OK)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        lifetime_s = self._lifetime_s()
+        started = self.clock.monotonic()
+        self._once_cutoff = self.clock.now() if self.once else None
+        log.info("worker started", worker=self.store.worker_id, tasks=len(self.registry),
+                 max_concurrency=self.settings.max_concurrency,
+                 max_lifetime_s=round(lifetime_s, 1) if lifetime_s else None, once=self.once or None)
+        self.hooks.on_ready()
+        side = [asyncio.ensure_future(self._supervised(name, loop)) for name, loop in
+                (("lease keeper", self._lease_loop), ("housekeeping", self._housekeeping_loop))]
+        try:
+            while not self.stop_event.is_set():
+                if lifetime_s and self.clock.monotonic() - started >= lifetime_s:
+                    log.info("max lifetime reached; draining for a planned restart",
+                             lifetime_s=round(lifetime_s, 1))
+                    self.request_stop(exitcodes.TEMPFAIL)
+                    break
+                idle = await self._tick()
+                if self.once and idle and not self.runners:
+                    break
+                await self._sleep(self._until_lifetime(started, lifetime_s))
+            await self._drain()
+        finally:
+            for task in side:
+                task.cancel()
+            await asyncio.gather(*side, return_exceptions=True)
+        log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)
+        return self.exit_code
+
+    def _lifetime_s(self) -> float:
+        base = self.settings.max_lifetime
+        if not base or self.once:
+            return 0.0
+        return base + random.uniform(0, self.settings.lifetime_jitter_s)
+
+    def _until_lifetime(self, started: float, lifetime_s: float) -> float | None:
+        if not lifetime_s:
+            return None
+        return max(0.0, started + lifetime_s - self.clock.monotonic())
+
+    async def _tick(self) -> bool:
+        """Claim and start what is due. Returns True if nothing was due."""
+        self.hooks.on_tick()
+        capacity = self.settings.max_concurrency - len(self.runners)
+        if capacity <= 0:
+            return False
+        claimed_mono = self.clock.monotonic()
+        # --once runs what was due when it started, not what falls due while it runs
+        now = self._once_cutoff or self.clock.now()
+        claims = await self._guarded(self.store.claim_due(now, capacity))
+        if claims is None:
+            return False
+        for claim in claims:
+            self._start(claim, claimed_mono)
+        self._report_status()
+        return not claims
+
+    def _start(self, claim: Claim, claimed_mono: float) -> None:
+        spec = self.registry.specs.get(claim.name)
+        if spec is None or not spec.runnable:
+            log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
+            asyncio.ensure_future(self.store.release(claim))
+            return
+        runner = Runner(spec, claim, self.env)
+        self.runners[claim.run_id] = runner
+        self.leases.track(runner, claimed_mono)
+        task = asyncio.ensure_future(runner.run())
+        self._tasks.add(task)
+        task.add_done_callback(lambda t, r=runner: self._finished(t, r))
+
+    def _finished(self, task: asyncio.Task[Outcome], runner: Runner) -> None:
+        self._tasks.discard(task)
+        self.runners.pop(runner.claim.run_id, None)
+        self.leases.forget(runner)
+        self.executed += 1
+        if not task.cancelled() and task.exception() is not None:
+            log.error("runner crashed", task=runner.name, error=repr(task.exception()))
+        self.wake_event.set()
+
+    async def _sleep(self, cap_s: float | None) -> None:
+        """Sleep until the next due run, a free slot, a stop, or `poll_interval`."""
+        if self.stop_event.is_set():
+            return
+        delay = self.settings.poll_interval if self._db_down_since is None else self._backoff_s()
+        if self._db_down_since is None and len(self.runners) < self.settings.max_concurrency:
+            due = await self._guarded(self.store.next_due())
+            if due is not None:
+                delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
+        if cap_s is not None:
+            delay = min(delay, cap_s)
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
+        self.wake_event.clear()
+        await self._wait_first(self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait())
+
+    @staticmethod
+    async def _wait_first(*aws: Awaitable[object]) -> None:
+        futures = [asyncio.ensure_future(a) for a in aws]
+        try:
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+    # -- database outages ----------------------------------------------------------------
+
+    async def _guarded(self, call: Awaitable[T]) -> T | None:
+        """Run a store call; on a database error log it (once, then reminders) and back off."""
+        try:
+            result = await call
+        except Exception as exc:
+            self._db_failed(exc)
+            return None
+        if self._db_down_since is not None:
+            log.warning("database reachable again", down_s=round(self.clock.monotonic() - self._db_down_since, 1))
+            self._db_down_since = None
+            self._failures = 0
+        return result
+
+    def _db_failed(self, exc: Exception) -> None:
+        now = self.clock.monotonic()
+        self._failures += 1
+        if self._db_down_since is None:
+            self._db_down_since = now
+            self._last_reminder = now
+            log.error("database unreachable; retrying with backoff", error=_short(exc))
+        elif now - self._last_reminder >= REMINDER_EVERY_S:
+            self._last_reminder = now
+            log.error("database still unreachable", down_s=round(now - self._db_down_since, 1),
+                      attempts=self._failures, error=_short(exc))
+
+    def _backoff_s(self) -> float:
+        base = min(MAX_BACKOFF_S, self.settings.poll_interval * 2 ** min(self._failures, 10))
+        return base * random.uniform(0.5, 1.0)
+
+    # -- side loops ------------------------------------------------------------------------
+
+    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """A side loop that dies stops the worker loudly instead of leaving it half alive."""
+        try:
+            await loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("side loop crashed; stopping the worker", loop=name)
+            self.request_stop(exitcodes.SOFTWARE)
+            self.abort_event.set()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.leases.interval_s)
+            await self.leases.renew(list(self.runners.values()))
+
+    async def _housekeeping_loop(self) -> None:
+        """Close abandoned history rows and prune old history, off the hot path."""
+        last_prune = -PRUNE_EVERY_S
+        while True:
+            await self._guarded(self.store.reap_abandoned())
+            days = self.settings.history_retention_days
+            if days and self.clock.monotonic() - last_prune >= PRUNE_EVERY_S:
+                cutoff = self.clock.now() - timedelta(days=days)
+                pruned = await self._guarded(self.store.prune_history(cutoff))
+                if pruned:
+                    log.info("history pruned", rows=pruned, older_than=cutoff.isoformat())
+                last_prune = self.clock.monotonic()
+            await self.clock.sleep(self.settings.lease_s)
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        if not self.runners:
+            return
+        self.hooks.on_stopping()
+        grace = self.settings.shutdown_grace
+        log.info("draining", running=len(self.runners), grace_s=grace)
+        for runner in list(self.runners.values()):
+            runner.stop(StopReason.SHUTDOWN)
+        await self._wait_runners(grace)
+        for runner in list(self.runners.values()):
+            runner.log.warning("still running after the shutdown grace; cancelling it")
+            runner.abort(StopReason.SHUTDOWN)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _wait_runners(self, timeout_s: float) -> None:
+        """Wait for runs to end, at most `timeout_s`, or until a second signal."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        aborter = asyncio.ensure_future(self.abort_event.wait())
+        try:
+            while self._tasks and not self.abort_event.is_set():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return
+                await asyncio.wait({*self._tasks, aborter}, timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            aborter.cancel()
+
+    def _report_status(self) -> None:
+        names = sorted({r.name for r in self.runners.values()})
+        text = f"{len(names)} running" + (f": {', '.join(names[:5])}" if names else "")
+        self.hooks.on_status(text)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
