@@ -12,13 +12,15 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine
 
+import tasks  # noqa: F401  (registers the standard tasks' tables)
+from tasks.schema import metadata as tasks_metadata
 from worker.models import VERSION_TABLE, metadata
 
 
 def _configure(connection: Any) -> None:
     context.configure(
         connection=connection,
-        target_metadata=metadata,
+        target_metadata=[metadata, tasks_metadata],
         version_table=VERSION_TABLE,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies tables
         compare_type=True,

@@ -34,12 +34,23 @@ class MigrationLockTimeout(RuntimeError):
 
 @dataclass(frozen=True)
 class SchemaState:
-    current: str | None
-    head: str
+    """Revisions applied and revisions this code has (several heads are allowed: the
+    standard tasks' tables may come as independent branches)."""
+
+    applied: frozenset[str]
+    heads: frozenset[str]
 
     @property
     def is_current(self) -> bool:
-        return self.current == self.head
+        return self.applied == self.heads
+
+    @property
+    def current(self) -> str | None:
+        return ",".join(sorted(self.applied)) or None
+
+    @property
+    def head(self) -> str:
+        return ",".join(sorted(self.heads))
 
 
 def alembic_config() -> Config:
@@ -48,24 +59,22 @@ def alembic_config() -> Config:
     return config
 
 
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+def head_revisions() -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
 
 
 async def schema_state(engine: AsyncEngine) -> SchemaState:
     async with engine.connect() as conn:
-        current = await conn.run_sync(_current_revision)
-    return SchemaState(current=current, head=head_revision())
+        applied = await conn.run_sync(_applied_revisions)
+    return SchemaState(applied=applied, heads=head_revisions())
 
 
-def _current_revision(sync_conn: Any) -> str | None:
+def _applied_revisions(sync_conn: Any) -> frozenset[str]:
     context = MigrationContext.configure(sync_conn, opts={"version_table": VERSION_TABLE})
-    return context.get_current_revision()
+    return frozenset(context.get_current_heads())
 
 
-async def upgrade(engine: AsyncEngine, revision: str = "head") -> SchemaState:
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> SchemaState:
     """Bring the schema to `revision` under the migration lock; a no-op when current."""
     with _file_lock(engine):
         async with engine.connect() as conn:

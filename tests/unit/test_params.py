@@ -111,7 +111,9 @@ def test_equals_only_inside_a_comment_does_not_count(tmp_path: Path) -> None:
     assert "hunter2" not in str(info.value)  # the line is never echoed: it may be a password
 
 
-@pytest.mark.parametrize("line", ["= value", "two words = 1", "backup. = 1", ".time = 1", "a..b = 1"])
+@pytest.mark.parametrize(
+    "line", ["= value", "two words = 1", "backup. = 1", ".time = 1", "a..b = 1"]
+)
 def test_invalid_keys_are_errors(tmp_path: Path, line: str) -> None:
     f = write(tmp_path / "a.params", line + "\n")
     with pytest.raises(ParamsError, match="invalid key") as info:
@@ -205,4 +207,5 @@ def test_origin_for_values_not_from_a_file() -> None:
 def test_parse_params_text_labels_values_with_the_given_name() -> None:
     values, problems = parse_params_text("a = 1\noops\n", "<test>")
     assert values == [ParamValue("a", "1", "<test>", 1)]
-    assert [str(p) for p in problems][0].startswith("<test>:2: ")
+    assert len(problems) == 1
+    assert str(problems[0]).startswith("<test>:2: ")

@@ -725,7 +725,7 @@ def test_params_file_permissions(tmp_path: Path, text: str, mode: int, refused: 
         return
     (problem,) = problems_of(f)
     assert problem.startswith(f"params file {f}: ")
-    assert f"chmod" in problem
+    assert "chmod" in problem
     assert f"{mode:04o}" in problem
     assert PASSWORD not in problem
 
