@@ -86,8 +86,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def settings(db_url: str) -> Settings:
-    return Settings(database_url=db_url, lease_s=30.0, poll_interval=0.2, grace_s=0.5,
-                    shutdown_grace=1.0, max_lifetime=0)
+    return Settings(
+        database_url=db_url,
+        lease_s=30.0,
+        poll_interval=0.2,
+        grace_s=0.5,
+        shutdown_grace=1.0,
+        max_lifetime=0,
+    )
 
 
 @pytest.fixture

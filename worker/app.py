@@ -57,7 +57,9 @@ def load_registry(settings: Settings) -> Registry:
     return build_registry(settings, discover(settings.task_modules))
 
 
-async def open_database(settings: Settings, *, migrate: bool | None = None, wait: bool = False) -> Database:
+async def open_database(
+    settings: Settings, *, migrate: bool | None = None, wait: bool = False
+) -> Database:
     """Connect, and make sure the schema is current.
 
     The embedded SQLite file is created and migrated by itself. A MySQL/MariaDB schema is
@@ -77,7 +79,8 @@ async def open_database(settings: Settings, *, migrate: bool | None = None, wait
             if not state.is_current:
                 raise ExitError(
                     f"the database schema is at revision {state.current or 'none'}, this "
-                    f"cronloop needs {state.head}: run `cronloop migrate` (or set auto_migrate = 1)",
+                    f"cronloop needs {state.head}: run `cronloop migrate` "
+                    "(or set auto_migrate = 1)",
                     exitcodes.CONFIG,
                 )
     except BaseException:
@@ -101,10 +104,13 @@ async def wait_for_database(engine: AsyncEngine, wait_s: float) -> None:
             return
         except Exception as exc:
             if loop.time() + delay > deadline:
-                raise ExitError(f"database unreachable for {wait_s:g}s: {_short(exc)}",
-                                exitcodes.TEMPFAIL) from None
+                raise ExitError(
+                    f"database unreachable for {wait_s:g}s: {_short(exc)}", exitcodes.TEMPFAIL
+                ) from None
             if first:
-                log.error("database unreachable at start; retrying", error=_short(exc), wait_s=wait_s)
+                log.error(
+                    "database unreachable at start; retrying", error=_short(exc), wait_s=wait_s
+                )
                 first = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

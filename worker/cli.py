@@ -25,8 +25,8 @@ from worker.app import (
     sync,
     wait_for_database,
 )
-from worker.db import create_engine
 from worker.clock import SystemClock
+from worker.db import create_engine
 from worker.display import history_json, history_table, status_json, status_table, tasks_table
 from worker.migrate import schema_state, upgrade
 from worker.planning import RetryPolicy
@@ -66,9 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("name", nargs="?")
     history.add_argument("--limit", type=int, default=50)
     history.add_argument("--json", action="store_true")
-    for verb, text in (("pause", "stop scheduling a task"),
-                       ("resume", "schedule a paused or quarantined task again"),
-                       ("trigger", "run a task as soon as possible")):
+    for verb, text in (
+        ("pause", "stop scheduling a task"),
+        ("resume", "schedule a paused or quarantined task again"),
+        ("trigger", "run a task as soon as possible"),
+    ):
         sub.add_parser(verb, help=text).add_argument("name")
     sub.add_parser("tasks", help="the tasks this installation defines")
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
@@ -111,14 +113,22 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     notifier = Notifier()
     clock = SystemClock()
     db = await open_database(settings, wait=True)
-    executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task")
+    executor = ThreadPoolExecutor(
+        max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task"
+    )
     try:
         await sync(db, registry, clock)
         env = RunEnvironment(
-            store=db.store, settings=settings, clock=clock, db=db.sessions, executor=executor,
+            store=db.store,
+            settings=settings,
+            clock=clock,
+            db=db.sessions,
+            executor=executor,
             retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
         )
-        supervisor = Supervisor(registry, env, once=args.once, hooks=_systemd_hooks(notifier, clock))
+        supervisor = Supervisor(
+            registry, env, once=args.once, hooks=_systemd_hooks(notifier, clock)
+        )
         supervisor.install_signal_handlers()
         return await supervisor.run()
     finally:
@@ -136,12 +146,16 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock) -> Hooks:
             notifier.watchdog()
             last_ping[0] = clock.monotonic()
 
-    return Hooks(
-        on_ready=lambda: notifier.ready("started"),
-        on_status=notifier.status,
-        on_stopping=lambda: notifier.stopping("draining"),
-        on_tick=tick,
-    )
+    def ready() -> None:
+        notifier.ready("started")
+
+    def status(text: str) -> None:
+        notifier.status(text)
+
+    def stopping() -> None:
+        notifier.stopping("draining")
+
+    return Hooks(on_ready=ready, on_status=status, on_stopping=stopping, on_tick=tick)
 
 
 async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
@@ -156,8 +170,13 @@ async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     async def show(store: Any) -> int:
         states = await store.status()
-        print(status_json(states) if args.json else status_table(states, resolve_timezone(settings.timezone)))
+        print(
+            status_json(states)
+            if args.json
+            else status_table(states, resolve_timezone(settings.timezone))
+        )
         return exitcodes.OK
+
     return await _with_store(settings, show)
 
 
@@ -169,14 +188,19 @@ async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
         tz = resolve_timezone(settings.timezone)
         print(history_json(entries) if args.json else history_table(entries, tz))
         return exitcodes.OK
+
     return await _with_store(settings, show)
 
 
 async def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
     async def act(store: Any) -> int:
         old = await store.pause(args.name)
-        print(f"{args.name}: {old} -> paused" + (" (a run in progress finishes)" if old == "active" else ""))
+        print(
+            f"{args.name}: {old} -> paused"
+            + (" (a run in progress finishes)" if old == "active" else "")
+        )
         return exitcodes.OK
+
     return await _with_store(settings, act)
 
 
@@ -184,10 +208,13 @@ async def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
     async def act(store: Any) -> int:
         old = await store.resume(args.name)
         if old in ("removed", "disabled"):
-            print(f"{args.name} is {old}: its configuration decides that, not resume", file=sys.stderr)
+            print(
+                f"{args.name} is {old}: its configuration decides that, not resume", file=sys.stderr
+            )
             return exitcodes.ERROR
         print(f"{args.name}: {old} -> active")
         return exitcodes.OK
+
     return await _with_store(settings, act)
 
 
@@ -195,10 +222,14 @@ async def cmd_trigger(args: argparse.Namespace, settings: Settings) -> int:
     async def act(store: Any) -> int:
         result = await store.trigger(args.name, SystemClock().now())
         if result == TriggerResult.NOT_ACTIVE:
-            print(f"{args.name} is not active (see `cronloop status`); resume it first", file=sys.stderr)
+            print(
+                f"{args.name} is not active (see `cronloop status`); resume it first",
+                file=sys.stderr,
+            )
             return exitcodes.ERROR
         print(f"{args.name}: will run as soon as a worker polls (within poll_interval)")
         return exitcodes.OK
+
     return await _with_store(settings, act)
 
 
@@ -236,8 +267,14 @@ async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": cmd_run, "status": cmd_status, "history": cmd_history, "pause": cmd_pause,
-    "resume": cmd_resume, "trigger": cmd_trigger, "tasks": cmd_tasks, "migrate": cmd_migrate,
+    "run": cmd_run,
+    "status": cmd_status,
+    "history": cmd_history,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "trigger": cmd_trigger,
+    "tasks": cmd_tasks,
+    "migrate": cmd_migrate,
     "check-config": cmd_check_config,
 }
 
@@ -250,7 +287,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    logs.configure("debug" if settings.verbose else settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         return _run_async(COMMANDS[args.command](args, settings))
     except ConfigError as exc:
@@ -271,8 +308,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
 def _run_async(coro: Awaitable[int]) -> int:
     """uvloop where available: the loop is created here, never at import time."""
+
     async def wrapper() -> int:
         return await coro
+
     try:
         import uvloop
     except ImportError:

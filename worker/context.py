@@ -32,7 +32,7 @@ class StopReason(StrEnum):
     LEASE_LOST = "lease_lost"  # -> abandoned (another worker may own it now)
 
 
-class StopRun(BaseException):  # noqa: N818 - a control-flow signal, not an error
+class StopRun(BaseException):
     """Raised by `checkpoint()` to end a run early; not an `Exception` on purpose."""
 
     def __init__(self, reason: StopReason) -> None:

@@ -12,7 +12,12 @@ from typing import Any
 from sqlalchemy import event, func, literal_column, type_coerce
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.sql.elements import ColumnElement
 
 from worker.models import UTCDateTime

@@ -55,6 +55,7 @@ __all__ = [
     "TRUNCATE_AT",
     "JournalRenderer",
     "JournalSender",
+    "fallback_line",
     "field_name",
     "journal_fields",
     "stream_is_journal",

@@ -59,6 +59,8 @@ class LeaseKeeper:
         for runner in runners:
             age = now - self.renewed_mono.get(runner.claim.run_id, now)
             if age >= self.lease_s * 2 / 3:
-                runner.log.error("cannot renew the lease; stopping the task before it expires",
-                                 lease_age_s=round(age, 3))
+                runner.log.error(
+                    "cannot renew the lease; stopping the task before it expires",
+                    lease_age_s=round(age, 3),
+                )
                 runner.abort(StopReason.LEASE_LOST)

@@ -19,8 +19,13 @@ import structlog
 
 from worker.journald import JournalRenderer, fallback_line, journal_fields, stream_is_journal
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR, "critical": logging.CRITICAL}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 
 
 def choose_format(requested: str, stream: TextIO) -> str:

@@ -7,7 +7,6 @@ then finds the schema current and does nothing.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import migrations
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+import migrations
 from worker.models import VERSION_TABLE
 
 LOCK_NAME = "cronloop_migrate"
@@ -99,7 +98,9 @@ async def _named_lock(conn: AsyncConnection) -> None:
     got = (await conn.exec_driver_sql(f"SELECT GET_LOCK('{LOCK_NAME}', {LOCK_WAIT_S})")).scalar()
     await conn.commit()  # do not hold a transaction while migrating (DDL commits anyway)
     if got != 1:
-        raise MigrationLockTimeout(f"waited {LOCK_WAIT_S}s for lock {LOCK_NAME!r} held by another process")
+        raise MigrationLockTimeout(
+            f"waited {LOCK_WAIT_S}s for lock {LOCK_NAME!r} held by another process"
+        )
 
 
 async def _named_unlock(conn: AsyncConnection) -> None:
@@ -127,5 +128,3 @@ def _file_lock(engine: AsyncEngine) -> Iterator[None]:
 
 def _flock_blocking(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
-
-

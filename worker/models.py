@@ -119,7 +119,9 @@ tasks = Table(
 runs = Table(
     "cronloop_run",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("run_id", String(36), nullable=False, unique=True),
     Column("task_name", String(190), nullable=False),
     _ts("scheduled_for", nullable=False),

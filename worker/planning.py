@@ -27,7 +27,7 @@ class RetryPolicy:
         once retries are exhausted (the task falls back to its schedule)."""
         if failures < 1 or failures > self.retry_max:
             return None
-        return min(self.retry_delay_s * 2 ** (failures - 1), period_s)
+        return min(self.retry_delay_s * 2.0 ** (failures - 1), period_s)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,11 @@ class Plan:
 
 
 def plan_next(
-    schedule: Schedule, claim: Claim, outcome: Outcome, now: datetime, retry: RetryPolicy | None = None
+    schedule: Schedule,
+    claim: Claim,
+    outcome: Outcome,
+    now: datetime,
+    retry: RetryPolicy | None = None,
 ) -> Plan:
     """The next run after `claim` ended with `outcome` at `now`."""
     planned = claim.planned_run or claim.scheduled_for

@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from worker.params import normalize_key
 from worker.schedule import Schedule, ScheduleError, parse_schedule, resolve_timezone
 from worker.settings import ConfigError, Settings
 
@@ -233,10 +234,10 @@ def build_registry(settings: Settings, definitions: Iterable[TaskDefinition]) ->
     """
     tz = resolve_timezone(settings.timezone)
     by_name = {d.name: d for d in definitions}
-    problems = _unknown_task_options(settings, by_name)
+    problems = _unknown_task_options(settings, {normalize_key(n): d for n, d in by_name.items()})
     specs: dict[str, TaskSpec] = {}
     for d in by_name.values():
-        raw = settings.task_options.get(d.name, {})
+        raw = settings.task_options.get(normalize_key(d.name), {})
         spec, spec_problems = _spec_from(d, raw, settings, tz)
         problems.extend(spec_problems)
         specs[d.name] = spec
@@ -271,7 +272,9 @@ def _spec_from(
             continue
         if key not in d.options:
             known = sorted(COMMON_OPTIONS | set(d.options))
-            problems.append(f"{pv.origin}: unknown setting {d.name}.{key}; known: {', '.join(known)}")
+            problems.append(
+                f"{pv.origin}: unknown setting {d.name}.{key}; known: {', '.join(known)}"
+            )
             continue
         try:
             options[key] = _convert_like(d.options[key], pv.value)

@@ -87,8 +87,12 @@ class Runner:
         """Run the task to its end and record it; never raises for the task's faults."""
         started = self.env.clock.now()
         ctx = self._context(started)
-        self.log.debug("run started", scheduled_for=self.claim.scheduled_for.isoformat(),
-                       triggered=self.claim.triggered, took_over=self.claim.took_over)
+        self.log.debug(
+            "run started",
+            scheduled_for=self.claim.scheduled_for.isoformat(),
+            triggered=self.claim.triggered,
+            took_over=self.claim.took_over,
+        )
         ending = await self._drive(ctx)
         return await asyncio.shield(self._record(started, ending))
 
@@ -143,10 +147,16 @@ class Runner:
             if self.env.on_left_behind:
                 self.env.on_left_behind(self.spec.name)
             inner.add_done_callback(_quietly)
-            return Ending(outcome, error=f"{reason.value}: the task ignored cancellation and was left behind")
+            return Ending(
+                outcome, error=f"{reason.value}: the task ignored cancellation and was left behind"
+            )
         if inner.cancelled() or isinstance(inner.exception(), StopRun | asyncio.CancelledError):
-            return Ending(outcome, error=f"{reason.value}: cancelled after {self.env.settings.grace_s}s of grace"
-                          if reason == StopReason.DEADLINE else reason.value)
+            return Ending(
+                outcome,
+                error=f"{reason.value}: cancelled after {self.env.settings.grace_s}s of grace"
+                if reason == StopReason.DEADLINE
+                else reason.value,
+            )
         return self._ending_of(inner)
 
     async def _invoke(self, ctx: TaskContext) -> Any:
@@ -164,7 +174,9 @@ class Runner:
             result = inner.result()
             return Ending(Outcome.SUCCESS, message=None if result is None else str(result))
         if isinstance(exc, StopRun):
-            return Ending(_REASON_OUTCOME[exc.reason], error=f"stopped at a checkpoint: {exc.reason.value}")
+            return Ending(
+                _REASON_OUTCOME[exc.reason], error=f"stopped at a checkpoint: {exc.reason.value}"
+            )
         if isinstance(exc, asyncio.CancelledError):
             return Ending(_REASON_OUTCOME[self.signal.reason or StopReason.SHUTDOWN])
         text = "".join(traceback.format_exception(exc)).rstrip()
@@ -175,13 +187,21 @@ class Runner:
         ended = self.env.clock.now()
         duration_s = self.env.clock.monotonic() - self.started_mono
         outcome = ending.outcome
-        plan = plan_next(self.spec.schedule, self.claim, outcome, ended, self.env.retry) \
-            if self.spec.schedule is not None else None
+        plan = (
+            plan_next(self.spec.schedule, self.claim, outcome, ended, self.env.retry)
+            if self.spec.schedule is not None
+            else None
+        )
         record = RunRecord(
-            outcome=outcome, started=started, ended=ended, duration_s=round(duration_s, 6),
+            outcome=outcome,
+            started=started,
+            ended=ended,
+            duration_s=round(duration_s, 6),
             next_run=plan.next_run if plan else None,
             planned_run=plan.planned_run if plan else None,
-            message=ending.message, error=ending.error, missed=plan.missed if plan else 0,
+            message=ending.message,
+            error=ending.error,
+            missed=plan.missed if plan else 0,
         )
         written = await self._write(record)
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
@@ -202,8 +222,10 @@ class Runner:
         try:
             written = await self.env.store.complete(self.claim, record)
         except Exception as exc:  # the database may be down: the lease will expire
-            self.log.error("could not record the run; its lease will expire and it will run again",
-                           error=repr(exc))
+            self.log.error(
+                "could not record the run; its lease will expire and it will run again",
+                error=repr(exc),
+            )
             return False
         if not written:
             self.log.warning("lease lost before the run was recorded; another worker owns the task")

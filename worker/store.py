@@ -188,7 +188,10 @@ class TaskStore:
 
     async def _sync(self, conn: AsyncConnection, decls: dict[str, TaskDeclaration]) -> SyncReport:
         now = self._now()
-        rows = {r.name: r for r in (await conn.execute(select(T.name, T.status, T.schedule, T.timeout_s)))}
+        rows = {
+            r.name: r
+            for r in (await conn.execute(select(T.name, T.status, T.schedule, T.timeout_s)))
+        }
         report = SyncReport([], [], [], [], [])
         for name, d in decls.items():
             row = rows.get(name)
@@ -197,9 +200,15 @@ class TaskStore:
             if row is None:
                 await conn.execute(
                     insert(tasks).values(
-                        name=name, status=target, status_reason=reason, schedule=d.schedule,
-                        timeout_s=d.timeout_s, next_run=d.first_run, planned_run=d.first_run,
-                        created=now, updated=now,
+                        name=name,
+                        status=target,
+                        status_reason=reason,
+                        schedule=d.schedule,
+                        timeout_s=d.timeout_s,
+                        next_run=d.first_run,
+                        planned_run=d.first_run,
+                        created=now,
+                        updated=now,
                     )
                 )
                 report.added.append(name)
@@ -209,7 +218,9 @@ class TaskStore:
                 if row.status != target or target == TaskStatus.DISABLED:
                     values.update(status=target, status_reason=reason)
                 if row.status != target:
-                    bucket = report.disabled if target == TaskStatus.DISABLED else report.reactivated
+                    bucket = (
+                        report.disabled if target == TaskStatus.DISABLED else report.reactivated
+                    )
                     bucket.append(name)
             if row.schedule != d.schedule and d.first_run is not None:
                 values.update(schedule=d.schedule, next_run=d.first_run, planned_run=d.first_run)
@@ -229,7 +240,9 @@ class TaskStore:
 
     # -- claiming and running -------------------------------------------------------
 
-    async def claim_due(self, now: datetime, limit: int, names: Sequence[str] | None = None) -> list[Claim]:
+    async def claim_due(
+        self, now: datetime, limit: int, names: Sequence[str] | None = None
+    ) -> list[Claim]:
         """Take up to `limit` due runs whose lease is free or expired.
 
         One short transaction: select the candidates (SKIP LOCKED where the server has it,
@@ -247,7 +260,15 @@ class TaskStore:
             or_(T.lease_until.is_(None), T.lease_until < self._now()),
         )
         query = (
-            select(T.id, T.name, T.next_run, T.planned_run, T.lease_token, T.run_id, T.consecutive_failures)
+            select(
+                T.id,
+                T.name,
+                T.next_run,
+                T.planned_run,
+                T.lease_token,
+                T.run_id,
+                T.consecutive_failures,
+            )
             .where(claimable)
             .order_by(T.next_run)
             .limit(limit)
@@ -269,22 +290,31 @@ class TaskStore:
             update(tasks)
             .where(T.id == row.id, claimable)
             .values(
-                owner=self.worker_id, lease_token=token, lease_until=self._now(self.lease_s),
-                run_id=run_id, run_scheduled_for=row.next_run,
+                owner=self.worker_id,
+                lease_token=token,
+                lease_until=self._now(self.lease_s),
+                run_id=run_id,
+                run_scheduled_for=row.next_run,
             )
         )
         if result.rowcount != 1:
             return None
         planned = row.planned_run
         return Claim(
-            task_id=row.id, name=row.name, token=token, run_id=run_id,
-            scheduled_for=row.next_run, planned_run=planned,
+            task_id=row.id,
+            name=row.name,
+            token=token,
+            run_id=run_id,
+            scheduled_for=row.next_run,
+            planned_run=planned,
             triggered=planned is not None and row.next_run < planned,
             took_over=row.run_id if row.lease_token else None,
             consecutive_failures=row.consecutive_failures,
         )
 
-    async def _record_starts(self, conn: AsyncConnection, claims: list[Claim], now: datetime) -> None:
+    async def _record_starts(
+        self, conn: AsyncConnection, claims: list[Claim], now: datetime
+    ) -> None:
         if not claims:
             return
         abandoned = [c.took_over for c in claims if c.took_over]
@@ -292,16 +322,23 @@ class TaskStore:
             await conn.execute(
                 update(runs)
                 .where(R.run_id.in_(abandoned), R.outcome == Outcome.RUNNING)
-                .values(outcome=Outcome.ABANDONED, ended=self._now(),
-                        error="the worker running it was lost (crash or lease expired)")
+                .values(
+                    outcome=Outcome.ABANDONED,
+                    ended=self._now(),
+                    error="the worker running it was lost (crash or lease expired)",
+                )
             )
         await conn.execute(
             insert(runs),
             [
                 {
-                    "run_id": c.run_id, "task_name": c.name, "scheduled_for": c.scheduled_for,
-                    "started": now, "outcome": Outcome.RUNNING,
-                    "worker": self.worker_id, "triggered": c.triggered,
+                    "run_id": c.run_id,
+                    "task_name": c.name,
+                    "scheduled_for": c.scheduled_for,
+                    "started": now,
+                    "outcome": Outcome.RUNNING,
+                    "worker": self.worker_id,
+                    "triggered": c.triggered,
                 }
                 for c in claims
             ],
@@ -350,15 +387,29 @@ class TaskStore:
         if counted:
             assignments += [
                 (T.latest_duration_s, d),
-                (T.min_duration_s, case((or_(T.min_duration_s.is_(None), T.min_duration_s > d), d),
-                                        else_=T.min_duration_s)),
-                (T.max_duration_s, case((or_(T.max_duration_s.is_(None), T.max_duration_s < d), d),
-                                        else_=T.max_duration_s)),
-                (T.avg_duration_s,
-                 (func.coalesce(T.avg_duration_s, 0.0) * T.run_count + d) / (T.run_count + 1)),
+                (
+                    T.min_duration_s,
+                    case(
+                        (or_(T.min_duration_s.is_(None), T.min_duration_s > d), d),
+                        else_=T.min_duration_s,
+                    ),
+                ),
+                (
+                    T.max_duration_s,
+                    case(
+                        (or_(T.max_duration_s.is_(None), T.max_duration_s < d), d),
+                        else_=T.max_duration_s,
+                    ),
+                ),
+                (
+                    T.avg_duration_s,
+                    (func.coalesce(T.avg_duration_s, 0.0) * T.run_count + d) / (T.run_count + 1),
+                ),
                 (T.consecutive_failures, T.consecutive_failures + 1 if failure else 0),
-                (T.consecutive_timeouts,
-                 T.consecutive_timeouts + 1 if record.outcome == Outcome.TIMED_OUT else 0),
+                (
+                    T.consecutive_timeouts,
+                    T.consecutive_timeouts + 1 if record.outcome == Outcome.TIMED_OUT else 0,
+                ),
                 (T.run_count, T.run_count + 1),
             ]
         async with self.engine.begin() as conn:
@@ -373,8 +424,15 @@ class TaskStore:
             await conn.execute(
                 update(runs)
                 .where(R.run_id == claim.run_id)
-                .values(started=record.started, ended=record.ended, duration_s=d, outcome=record.outcome.value,
-                        message=record.message, error=record.error, missed=record.missed)
+                .values(
+                    started=record.started,
+                    ended=record.ended,
+                    duration_s=d,
+                    outcome=record.outcome.value,
+                    message=record.message,
+                    error=record.error,
+                    missed=record.missed,
+                )
             )
         return True
 
@@ -388,7 +446,8 @@ class TaskStore:
                 .values(owner=None, lease_token=None, lease_until=None)
             )
             await conn.execute(
-                update(runs).where(R.run_id == claim.run_id)
+                update(runs)
+                .where(R.run_id == claim.run_id)
                 .values(outcome=Outcome.SKIPPED, ended=self._now(), error="released unrun")
             )
         return result.rowcount == 1
@@ -405,8 +464,11 @@ class TaskStore:
             result = await conn.execute(
                 update(runs)
                 .where(R.outcome == Outcome.RUNNING, R.run_id.in_(stale))
-                .values(outcome=Outcome.ABANDONED, ended=self._now(),
-                        error="the worker running it was lost (crash or lease expired)")
+                .values(
+                    outcome=Outcome.ABANDONED,
+                    ended=self._now(),
+                    error="the worker running it was lost (crash or lease expired)",
+                )
             )
         return int(result.rowcount or 0)
 
@@ -436,7 +498,11 @@ class TaskStore:
                 raise UnknownTask(name)
             if old in (TaskStatus.REMOVED, TaskStatus.DISABLED) and status == TaskStatus.ACTIVE:
                 return str(old)  # configuration, not the operator, decides those
-            values: dict[str, Any] = {"status": status, "status_reason": reason, "updated": self._now()}
+            values: dict[str, Any] = {
+                "status": status,
+                "status_reason": reason,
+                "updated": self._now(),
+            }
             if status == TaskStatus.ACTIVE:
                 values.update(strikes=0, consecutive_timeouts=0)
             await conn.execute(update(tasks).where(T.name == name).values(**values))
@@ -445,7 +511,9 @@ class TaskStore:
     async def trigger(self, name: str, now: datetime) -> TriggerResult:
         """Run a task as soon as possible, without moving its regular schedule."""
         async with self.engine.begin() as conn:
-            status = (await conn.execute(select(T.status).where(T.name == name))).scalar_one_or_none()
+            status = (
+                await conn.execute(select(T.status).where(T.name == name))
+            ).scalar_one_or_none()
             if status is None:
                 raise UnknownTask(name)
             if status != TaskStatus.ACTIVE:
@@ -453,8 +521,12 @@ class TaskStore:
             await conn.execute(
                 update(tasks)
                 .where(T.name == name)
-                .values(next_run=case((or_(T.next_run.is_(None), T.next_run > now), now),
-                                      else_=T.next_run), updated=self._now())
+                .values(
+                    next_run=case(
+                        (or_(T.next_run.is_(None), T.next_run > now), now), else_=T.next_run
+                    ),
+                    updated=self._now(),
+                )
             )
         return TriggerResult.QUEUED
 
@@ -469,14 +541,26 @@ class TaskStore:
             rows = (await conn.execute(query)).all()
         return [
             TaskState(
-                name=r.name, status=r.status, status_reason=r.status_reason, schedule=r.schedule,
-                next_run=r.next_run, latest_run_start=r.latest_run_start,
-                latest_run_end=r.latest_run_end, runs=r.run_count, avg_duration_s=r.avg_duration_s,
-                min_duration_s=r.min_duration_s, max_duration_s=r.max_duration_s,
-                latest_duration_s=r.latest_duration_s, last_outcome=r.last_outcome,
-                last_message=r.last_message, last_error=r.last_error, running=bool(r.running),
-                owner=r.owner if r.running else None, consecutive_failures=r.consecutive_failures,
-                last_user=r.last_user, last_host=r.last_host,
+                name=r.name,
+                status=r.status,
+                status_reason=r.status_reason,
+                schedule=r.schedule,
+                next_run=r.next_run,
+                latest_run_start=r.latest_run_start,
+                latest_run_end=r.latest_run_end,
+                runs=r.run_count,
+                avg_duration_s=r.avg_duration_s,
+                min_duration_s=r.min_duration_s,
+                max_duration_s=r.max_duration_s,
+                latest_duration_s=r.latest_duration_s,
+                last_outcome=r.last_outcome,
+                last_message=r.last_message,
+                last_error=r.last_error,
+                running=bool(r.running),
+                owner=r.owner if r.running else None,
+                consecutive_failures=r.consecutive_failures,
+                last_user=r.last_user,
+                last_host=r.last_host,
             )
             for r in rows
         ]
@@ -489,9 +573,17 @@ class TaskStore:
             rows = (await conn.execute(query)).all()
         return [
             RunEntry(
-                run_id=r.run_id, task_name=r.task_name, scheduled_for=r.scheduled_for,
-                started=r.started, ended=r.ended, duration_s=r.duration_s, outcome=r.outcome,
-                message=r.message, error=r.error, worker=r.worker, missed=r.missed,
+                run_id=r.run_id,
+                task_name=r.task_name,
+                scheduled_for=r.scheduled_for,
+                started=r.started,
+                ended=r.ended,
+                duration_s=r.duration_s,
+                outcome=r.outcome,
+                message=r.message,
+                error=r.error,
+                worker=r.worker,
+                missed=r.missed,
                 triggered=bool(r.triggered),
             )
             for r in rows
@@ -508,12 +600,16 @@ class TaskStore:
         while True:
             async with self.engine.begin() as conn:
                 ids = (
-                    await conn.execute(
-                        select(R.id)
-                        .where(R.started < older_than, R.outcome != Outcome.RUNNING)
-                        .limit(batch)
+                    (
+                        await conn.execute(
+                            select(R.id)
+                            .where(R.started < older_than, R.outcome != Outcome.RUNNING)
+                            .limit(batch)
+                        )
                     )
-                ).scalars().all()
+                    .scalars()
+                    .all()
+                )
                 if not ids:
                     return total
                 await conn.execute(delete(runs).where(R.id.in_(list(ids))))

@@ -10,12 +10,13 @@ what is left with a reason, and record every outcome before exiting.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -25,7 +26,7 @@ from worker.context import StopReason
 from worker.leases import LeaseKeeper
 from worker.outcome import Outcome
 from worker.registry import Registry
-from worker.runner import Runner, RunEnvironment
+from worker.runner import RunEnvironment, Runner
 from worker.store import Claim
 
 log = structlog.get_logger("cronloop.supervisor")
@@ -62,7 +63,8 @@ class Supervisor:
         self.wake_event = asyncio.Event()
         self.exit_code = exitcodes.OK
         self.runners: dict[str, Runner] = {}
-        self._tasks: set[asyncio.Task[Outcome]] = set()
+        self._tasks: set[asyncio.Future[Outcome]] = set()
+        self._background: set[asyncio.Future[bool | None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
         self._db_down_since: float | None = None
         self._last_reminder = 0.0
@@ -86,8 +88,11 @@ class Supervisor:
             loop.add_signal_handler(signum, self._on_signal, signum)
 
     def _on_signal(self, signum: int) -> None:
-        log.info("signal received", signal=signal.Signals(signum).name,
-                 action="abort" if self.stop_event.is_set() else "drain")
+        log.info(
+            "signal received",
+            signal=signal.Signals(signum).name,
+            action="abort" if self.stop_event.is_set() else "drain",
+        )
         self.request_stop(exitcodes.OK)
 
     # -- the loop ------------------------------------------------------------------------
@@ -96,17 +101,29 @@ class Supervisor:
         lifetime_s = self._lifetime_s()
         started = self.clock.monotonic()
         self._once_cutoff = self.clock.now() if self.once else None
-        log.info("worker started", worker=self.store.worker_id, tasks=len(self.registry),
-                 max_concurrency=self.settings.max_concurrency,
-                 max_lifetime_s=round(lifetime_s, 1) if lifetime_s else None, once=self.once or None)
+        log.info(
+            "worker started",
+            worker=self.store.worker_id,
+            tasks=len(self.registry),
+            max_concurrency=self.settings.max_concurrency,
+            max_lifetime_s=round(lifetime_s, 1) if lifetime_s else None,
+            once=self.once or None,
+        )
         self.hooks.on_ready()
-        side = [asyncio.ensure_future(self._supervised(name, loop)) for name, loop in
-                (("lease keeper", self._lease_loop), ("housekeeping", self._housekeeping_loop))]
+        side = [
+            asyncio.ensure_future(self._supervised(name, loop))
+            for name, loop in (
+                ("lease keeper", self._lease_loop),
+                ("housekeeping", self._housekeeping_loop),
+            )
+        ]
         try:
             while not self.stop_event.is_set():
                 if lifetime_s and self.clock.monotonic() - started >= lifetime_s:
-                    log.info("max lifetime reached; draining for a planned restart",
-                             lifetime_s=round(lifetime_s, 1))
+                    log.info(
+                        "max lifetime reached; draining for a planned restart",
+                        lifetime_s=round(lifetime_s, 1),
+                    )
                     self.request_stop(exitcodes.TEMPFAIL)
                     break
                 idle = await self._tick()
@@ -153,16 +170,18 @@ class Supervisor:
         spec = self.registry.specs.get(claim.name)
         if spec is None or not spec.runnable:
             log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
-            asyncio.ensure_future(self.store.release(claim))
+            release = asyncio.ensure_future(self._guarded(self.store.release(claim)))
+            self._background.add(release)
+            release.add_done_callback(self._background.discard)
             return
         runner = Runner(spec, claim, self.env)
         self.runners[claim.run_id] = runner
         self.leases.track(runner, claimed_mono)
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
-        task.add_done_callback(lambda t, r=runner: self._finished(t, r))
+        task.add_done_callback(functools.partial(self._finished, runner=runner))
 
-    def _finished(self, task: asyncio.Task[Outcome], runner: Runner) -> None:
+    def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
         self.leases.forget(runner)
@@ -186,7 +205,9 @@ class Supervisor:
             await asyncio.sleep(0)
             return
         self.wake_event.clear()
-        await self._wait_first(self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait())
+        await self._wait_first(
+            self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait()
+        )
 
     @staticmethod
     async def _wait_first(*aws: Awaitable[object]) -> None:
@@ -207,7 +228,10 @@ class Supervisor:
             self._db_failed(exc)
             return None
         if self._db_down_since is not None:
-            log.warning("database reachable again", down_s=round(self.clock.monotonic() - self._db_down_since, 1))
+            log.warning(
+                "database reachable again",
+                down_s=round(self.clock.monotonic() - self._db_down_since, 1),
+            )
             self._db_down_since = None
             self._failures = 0
         return result
@@ -221,11 +245,15 @@ class Supervisor:
             log.error("database unreachable; retrying with backoff", error=_short(exc))
         elif now - self._last_reminder >= REMINDER_EVERY_S:
             self._last_reminder = now
-            log.error("database still unreachable", down_s=round(now - self._db_down_since, 1),
-                      attempts=self._failures, error=_short(exc))
+            log.error(
+                "database still unreachable",
+                down_s=round(now - self._db_down_since, 1),
+                attempts=self._failures,
+                error=_short(exc),
+            )
 
     def _backoff_s(self) -> float:
-        base = min(MAX_BACKOFF_S, self.settings.poll_interval * 2 ** min(self._failures, 10))
+        base = min(MAX_BACKOFF_S, self.settings.poll_interval * 2.0 ** min(self._failures, 10))
         return base * random.uniform(0.5, 1.0)
 
     # -- side loops ------------------------------------------------------------------------
@@ -287,8 +315,8 @@ class Supervisor:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     return
-                await asyncio.wait({*self._tasks, aborter}, timeout=remaining,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                waiting: set[asyncio.Future[Any]] = {*self._tasks, aborter}
+                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             aborter.cancel()
 

@@ -57,7 +57,9 @@ def options_of(func: Any, **overrides: Any) -> dict[str, Any]:
     return {**definition.options, **overrides}
 
 
-def stop_after_checkpoints(ctx: TaskContext, n: int, reason: StopReason = StopReason.SHUTDOWN) -> None:
+def stop_after_checkpoints(
+    ctx: TaskContext, n: int, reason: StopReason = StopReason.SHUTDOWN
+) -> None:
     """Make the n-th following `checkpoint()` raise, to test interruption at any point."""
     original = ctx._raise_if_stopping
     count = [0]

@@ -17,13 +17,27 @@ NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
 def decl(name: str, first_run: datetime = NOW, **kw: object) -> TaskDeclaration:
-    return TaskDeclaration(name=name, schedule=str(kw.pop("schedule", "every 60s")), timeout_s=10.0,
-                           first_run=first_run, **kw)  # type: ignore[arg-type]
+    return TaskDeclaration(
+        name=name,
+        schedule=str(kw.pop("schedule", "every 60s")),
+        timeout_s=10.0,
+        first_run=first_run,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
-def record(outcome: Outcome, next_run: datetime, duration_s: float = 1.0, **kw: object) -> RunRecord:
-    return RunRecord(outcome=outcome, started=NOW, ended=NOW + timedelta(seconds=duration_s),
-                     duration_s=duration_s, next_run=next_run, planned_run=next_run, **kw)  # type: ignore[arg-type]
+def record(
+    outcome: Outcome, next_run: datetime, duration_s: float = 1.0, **kw: object
+) -> RunRecord:
+    return RunRecord(
+        outcome=outcome,
+        started=NOW,
+        ended=NOW + timedelta(seconds=duration_s),
+        duration_s=duration_s,
+        next_run=next_run,
+        planned_run=next_run,
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -53,7 +67,9 @@ async def test_sync_keeps_operator_pause_and_replans_changed_schedule(store: Tas
 
 
 async def test_sync_disables_a_task_with_a_bad_setting_and_says_why(store: TaskStore) -> None:
-    await store.sync_tasks([decl("a"), decl("b", first_run=None, error="params:3: at='9:30' is not HH:MM")])
+    await store.sync_tasks(
+        [decl("a"), decl("b", first_run=None, error="params:3: at='9:30' is not HH:MM")]
+    )
     states = {s.name: s for s in await store.status()}
     assert states["b"].status == TaskStatus.DISABLED
     assert "9:30" in (states["b"].status_reason or "")
@@ -63,7 +79,9 @@ async def test_sync_disables_a_task_with_a_bad_setting_and_says_why(store: TaskS
 
 
 async def test_claim_takes_only_due_active_unleased_rows(store: TaskStore) -> None:
-    await store.sync_tasks([decl("due"), decl("later", first_run=NOW + timedelta(minutes=5)), decl("paused")])
+    await store.sync_tasks(
+        [decl("due"), decl("later", first_run=NOW + timedelta(minutes=5)), decl("paused")]
+    )
     await store.pause("paused")
     claims = await store.claim_due(NOW, 10)
     assert [c.name for c in claims] == ["due"]
@@ -177,7 +195,12 @@ async def test_history_and_prune(store: TaskStore) -> None:
     [claim] = await store.claim_due(NOW, 1)
     await store.complete(claim, record(Outcome.SUCCESS, NOW, message="done", missed=2))
     [entry] = await store.history("a")
-    assert (entry.outcome, entry.message, entry.missed, entry.worker) == ("success", "done", 2, "w1")
+    assert (entry.outcome, entry.message, entry.missed, entry.worker) == (
+        "success",
+        "done",
+        2,
+        "w1",
+    )
     assert await store.prune_history(NOW - timedelta(days=1)) == 0
     assert await store.prune_history(NOW + timedelta(seconds=1)) == 1
     assert await store.history() == []

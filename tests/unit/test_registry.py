@@ -1,0 +1,174 @@
+"""@task definitions, discovery and per-task settings."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from worker.registry import TaskDefinitionError, build_registry, discover, task
+from worker.settings import ConfigError, load_settings
+
+
+def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> str:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(body))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    return name
+
+
+def _settings(tmp_path: Path, text: str = "") -> object:
+    path = tmp_path / "test.params"
+    path.write_text(text)
+    path.chmod(0o600)
+    return load_settings(param_file=str(path), env={})
+
+
+def test_a_sync_function_without_blocking_is_refused_with_its_name() -> None:
+    with pytest.raises(TaskDefinitionError, match=r"task 'plain'.*not `async def`"):
+
+        @task(every=10)
+        def plain(ctx: object) -> None: ...
+
+
+def test_exactly_one_schedule_is_required() -> None:
+    with pytest.raises(TaskDefinitionError, match="task 'two'"):
+
+        @task(every=10, cron="* * * * *")
+        async def two(ctx: object) -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="task 'none'"):
+
+        @task()
+        async def none(ctx: object) -> None: ...
+
+
+def test_bad_timeout_and_bad_at_are_refused() -> None:
+    with pytest.raises(TaskDefinitionError, match="timeout"):
+
+        @task(every=10, timeout=-1)
+        async def neg(ctx: object) -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match="9:30"):
+
+        @task(at="9:30")
+        async def early(ctx: object) -> None: ...
+
+
+def test_discovery_by_module_and_settings_override(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_mod_a",
+        """
+        from worker import task
+
+        @task(at="23:30", days="monday,friday", options={"retention_count": 5, "label": "x"})
+        async def backup(ctx):
+            "Nightly backup."
+            return None
+
+        @task(every=60, name="gc")
+        async def garbage(ctx):
+            return None
+    """,
+    )
+    definitions = discover([mod], use_entry_points=False)
+    assert sorted(d.name for d in definitions) == ["backup", "gc"]
+    settings = _settings(
+        tmp_path, "backup.time = 01:15\nbackup.retention_count = 7\ngc.enabled = 0\n"
+    )
+    registry = build_registry(settings, definitions)  # type: ignore[arg-type]
+    backup = registry["backup"]
+    assert "01:15" in backup.schedule_text and "mon" in backup.schedule_text
+    assert backup.options == {"retention_count": 7, "label": "x"}
+    assert backup.description == "Nightly backup."
+    assert not registry["gc"].runnable and registry["gc"].error is None
+
+
+def test_a_bad_schedule_setting_disables_only_that_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_mod_b",
+        """
+        from worker import task
+
+        @task(at="23:30")
+        async def nightly(ctx):
+            return None
+
+        @task(every=5)
+        async def frequent(ctx):
+            return None
+    """,
+    )
+    settings = _settings(tmp_path, "nightly.time = 9:30\n")
+    registry = build_registry(settings, discover([mod], use_entry_points=False))  # type: ignore[arg-type]
+    assert not registry["nightly"].runnable
+    assert "test.params:1" in (registry["nightly"].error or "")
+    assert registry["frequent"].runnable
+
+
+def test_unknown_task_or_option_is_a_config_error_with_origin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_mod_c",
+        """
+        from worker import task
+
+        @task(every=5)
+        async def email(ctx):
+            return None
+    """,
+    )
+    definitions = discover([mod], use_entry_points=False)
+    with pytest.raises(
+        ConfigError, match=r"test.params:1.*no task named 'emial'.*did you mean 'email'"
+    ):
+        build_registry(_settings(tmp_path, "emial.enabled = 0\n"), definitions)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"test.params:2.*unknown setting email.colour"):
+        build_registry(_settings(tmp_path, "email.every = 3\nemail.colour = red\n"), definitions)  # type: ignore[arg-type]
+
+
+def test_a_module_that_fails_to_import_names_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(tmp_path, monkeypatch, "reg_mod_broken", "raise RuntimeError('oops')\n")
+    with pytest.raises(ConfigError, match=r"reg_mod_broken.*oops"):
+        discover([mod], use_entry_points=False)
+    with pytest.raises(ConfigError, match="no_such_module_xyz"):
+        discover(["no_such_module_xyz"], use_entry_points=False)
+
+
+def test_duplicate_names_across_modules_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_dup_a",
+        "from worker import task\n@task(every=1)\nasync def same(ctx): pass\n",
+    )
+    b = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_dup_b",
+        "from worker import task\n@task(every=1)\nasync def same(ctx): pass\n",
+    )
+    with pytest.raises(TaskDefinitionError, match="defined twice"):
+        discover([a, b], use_entry_points=False)
+
+
+def test_the_standard_tasks_come_from_the_entry_point() -> None:
+    names = {d.module.split(".")[0] for d in discover([], use_entry_points=True)}
+    assert names <= {"tasks"}

@@ -1,0 +1,187 @@
+"""The loop with a fake clock: concurrency, no self-overlap, lifetime exit, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from worker import exitcodes
+from worker.clock import FakeClock
+from worker.context import TaskContext
+from worker.db import create_engine, session_factory
+from worker.migrate import upgrade
+from worker.registry import Registry, TaskSpec
+from worker.runner import RunEnvironment
+from worker.schedule import Every
+from worker.settings import Settings
+from worker.store import TaskDeclaration, TaskStore
+from worker.supervisor import Supervisor
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 's.db'}"))
+    await upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def make(
+    engine: AsyncEngine,
+    clock: FakeClock,
+    funcs: dict[str, tuple[Callable[..., Any], float]],
+    **settings: Any,
+) -> Supervisor:
+    opts: dict[str, Any] = {
+        "max_lifetime": 0,
+        "lifetime_jitter_s": 0,
+        "poll_interval": 1.0,
+        "shutdown_grace": 1.0,
+        "grace_s": 1.0,
+        **settings,
+    }
+    config = Settings(**opts)
+    specs = {
+        name: TaskSpec(name=name, func=f, schedule=Every(timedelta(seconds=every)), timeout_s=60)
+        for name, (f, every) in funcs.items()
+    }
+    store = TaskStore(engine, worker_id="w")
+    await store.sync_tasks(
+        TaskDeclaration(n, s.schedule_text, 60, clock.now()) for n, s in specs.items()
+    )
+    env = RunEnvironment(store=store, settings=config, clock=clock, db=session_factory(engine))
+    return Supervisor(Registry(specs), env)
+
+
+async def tick_until(
+    clock: FakeClock, done: Callable[[], bool], step_s: float = 0.25, limit: int = 400
+) -> None:
+    for _ in range(limit):
+        if done():
+            return
+        await asyncio.sleep(0.005)
+        clock.advance(step_s)
+    raise AssertionError("condition not reached")
+
+
+async def test_once_runs_due_tasks_concurrently_and_exits_zero(sqlite: AsyncEngine) -> None:
+    both = asyncio.Barrier(2)
+
+    async def a(ctx: TaskContext) -> None:
+        await asyncio.wait_for(both.wait(), 5)  # only passes if b runs at the same time
+
+    async def b(ctx: TaskContext) -> None:
+        await asyncio.wait_for(both.wait(), 5)
+
+    sup = await make(sqlite, FakeClock(), {"a": (a, 60), "b": (b, 60)})
+    sup.once = True
+    assert await asyncio.wait_for(sup.run(), 10) == exitcodes.OK
+    assert {s.name: s.last_outcome for s in await sup.store.status()} == {
+        "a": "success",
+        "b": "success",
+    }
+
+
+async def test_a_slow_task_never_overlaps_itself_nor_delays_others(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    active = [0]
+    overlaps = [0]
+    fast_runs: list[float] = []
+    slow_done = [0]
+
+    async def slow(ctx: TaskContext) -> None:
+        active[0] += 1
+        overlaps[0] = max(overlaps[0], active[0])
+        start = clock.monotonic()
+        while clock.monotonic() - start < 3:  # noqa: ASYNC110 - the fake clock moves, not an event
+            await asyncio.sleep(0.001)
+        active[0] -= 1
+        slow_done[0] += 1
+
+    async def fast(ctx: TaskContext) -> None:
+        fast_runs.append(clock.monotonic())
+
+    sup = await make(sqlite, clock, {"slow": (slow, 1), "fast": (fast, 1)})
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, lambda: slow_done[0] >= 2 and len(fast_runs) >= 6)
+    sup.request_stop()
+    await asyncio.wait_for(run, 10)
+    assert overlaps[0] == 1
+    gaps = [b - a for a, b in itertools.pairwise(fast_runs)]
+    assert max(gaps) <= 1.5  # the slow task's 3 s runs never held the fast one back
+
+
+async def test_lifetime_exit_75_interrupts_running_tasks(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    seen_stop = asyncio.Event()
+
+    async def long(ctx: TaskContext) -> None:
+        while True:
+            if ctx.should_stop:
+                seen_stop.set()
+            await ctx.checkpoint()
+            await asyncio.sleep(0.001)
+
+    sup = await make(sqlite, clock, {"long": (long, 3600)}, max_lifetime=10)
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, run.done, step_s=0.5)
+    assert run.result() == exitcodes.TEMPFAIL
+    [state] = await sup.store.status()
+    assert state.last_outcome == "interrupted" and not state.running
+    assert state.next_run is not None and state.next_run <= clock.now()
+
+
+async def test_second_stop_request_cancels_at_once(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    started = asyncio.Event()
+
+    async def deafish(ctx: TaskContext) -> None:
+        started.set()
+        await asyncio.Event().wait()  # no checkpoints: only cancellation ends it
+
+    sup = await make(sqlite, clock, {"d": (deafish, 3600)}, shutdown_grace=3600)
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, started.is_set)
+    sup.request_stop()
+    await asyncio.sleep(0.05)
+    assert not run.done()  # waiting out the (long) grace
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 5) == exitcodes.OK
+    assert (await sup.store.status())[0].last_outcome == "interrupted"
+
+
+async def test_a_database_outage_does_not_stop_the_loop(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    runs = [0]
+
+    async def t(ctx: TaskContext) -> None:
+        runs[0] += 1
+
+    sup = await make(sqlite, clock, {"t": (t, 1)})
+    real = sup.store.claim_due
+    failing = [True]
+
+    async def flaky(*args: Any, **kw: Any) -> Any:
+        if failing[0]:
+            raise ConnectionError("MySQL server has gone away")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(sup.store, "claim_due", flaky)
+    run = asyncio.ensure_future(sup.run())
+    for _ in range(40):
+        await asyncio.sleep(0.002)
+        clock.advance(1)
+    assert runs[0] == 0 and not run.done()
+    failing[0] = False
+    await tick_until(clock, lambda: runs[0] >= 2, step_s=1)
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 5) == exitcodes.OK
