@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
@@ -40,8 +40,10 @@ from sqlalchemy import (
     Table,
     insert,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from tasks.outbox import check_address
 from tasks.schema import metadata
 from worker.models import UTCDateTime
 
@@ -187,7 +189,58 @@ async def create_ticket(
 
 
 async def _insert(session: AsyncSession, values: Mapping[str, Any]) -> int:
-    result = await session.execute(insert(tickets).values(**values))
+    result = cast("CursorResult[Any]", await session.execute(insert(tickets).values(**values)))
     key = result.inserted_primary_key
     assert key is not None
     return int(key[0])
+
+
+def ticket_problem(row: Mapping[str, Any]) -> str | None:
+    """Why the `sla` task cannot process this ticket row, or None if it can.
+
+    Checked before anything is written, so a bad ticket is skipped whole (never half
+    notified, never escalated from an unknown state). Emails are checked with the outbox's
+    own rules, so the notification cannot be refused later in the transaction.
+    """
+    status = row["status"]
+    if status not in STATUSES:
+        return f"unknown status {_short(status)}"
+    for field in ("team_email", "agent_email"):
+        value = row[field]
+        if value is None and field == "agent_email":
+            continue
+        try:
+            check_address(value, field)
+        except ValueError:
+            return f"invalid {field} {_short(value)}"
+    for sw in STOPWATCHES:
+        problem = _stopwatch_problem(row, sw, status)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _stopwatch_problem(row: Mapping[str, Any], sw: str, status: str) -> str | None:
+    name = sw.upper()
+    state = row[f"{sw}_state"]
+    if state not in STOPWATCH_STATES:
+        return f"unknown {name} state {_short(state)}"
+    if state != "running":
+        return None
+    if status in TERMINAL_STATUSES:
+        return f"{name} stopwatch still running on a {status} ticket (the application must stop it)"
+    d75, d100 = row[f"{sw}_75_deadline"], row[f"{sw}_100_deadline"]
+    if (d75 is None) != (d100 is None):
+        missing = 75 if d75 is None else 100
+        return f"{name} has no {missing} % deadline but has the other one"
+    if d75 is not None and d100 is not None and d100 < d75:
+        return (
+            f"{name} 100 % deadline {d100:%Y-%m-%d %H:%M:%S}"
+            f" is before the 75 % one {d75:%Y-%m-%d %H:%M:%S}"
+        )
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

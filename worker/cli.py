@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import structlog
+from sqlalchemy.engine import make_url
 
 from worker import exitcodes, logs
 from worker.app import (
@@ -30,6 +31,8 @@ from worker.db import create_engine
 from worker.display import history_json, history_table, status_json, status_table, tasks_table
 from worker.migrate import schema_state, upgrade
 from worker.planning import RetryPolicy
+from worker.registry import Registry, build_registry, discover
+from worker.reload import reload_settings, report
 from worker.runner import RunEnvironment
 from worker.schedule import resolve_timezone
 from worker.settings import ConfigError, Settings, describe_sources, load_settings
@@ -98,10 +101,29 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, dict[str, st
         elif token in ("-v", "--verbose"):
             overrides["verbose"] = "1"
         elif token.startswith("--") and eq and norm not in COMMAND_OPTIONS:
+            _refuse_secret_in_argv(norm, value)
             overrides[norm] = value
         else:
             rest.append(token)
     return rest, param_file, overrides
+
+
+def _refuse_secret_in_argv(key: str, value: str) -> None:
+    """Any user can read a process's argv (`ps`); secrets belong in a file or a credential."""
+    secret = key == "database_password" or (key == "database_url" and _url_has_password(value))
+    if secret or (key.rpartition(".")[2].endswith(("password", "passwd"))):
+        raise ConfigError(
+            f"--{key}: do not put a password on the command line (other users can read it "
+            "with ps); use the params file (chmod 600), CRONLOOP_DATABASE_PASSWORD, or the "
+            "systemd credential database_password"
+        )
+
+
+def _url_has_password(value: str) -> bool:
+    try:
+        return make_url(value).password is not None
+    except Exception:
+        return ":" in value.partition("@")[0].partition("://")[2] and "@" in value
 
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
@@ -109,7 +131,8 @@ Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
-    registry = load_registry(settings)
+    definitions = discover(settings.task_modules)
+    registry = build_registry(settings, definitions)
     notifier = Notifier()
     clock = SystemClock()
     db = await open_database(settings, wait=True)
@@ -126,8 +149,20 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             executor=executor,
             retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
         )
+        async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
+            def load() -> Settings:
+                return load_settings(param_file=args.param_file_, overrides=args.overrides_)
+
+            result = reload_settings(current, load, definitions)
+            if result is None:
+                return None
+            logs.configure(result.settings.log_level, current.log_format)
+            await sync(db, result.registry, clock)
+            report(result, result.registry.names())
+            return result.settings, result.registry
+
         supervisor = Supervisor(
-            registry, env, once=args.once, hooks=_systemd_hooks(notifier, clock)
+            registry, env, once=args.once, hooks=_systemd_hooks(notifier, clock), reloader=reloader
         )
         supervisor.install_signal_handlers()
         return await supervisor.run()
@@ -155,7 +190,20 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock) -> Hooks:
     def stopping() -> None:
         notifier.stopping("draining")
 
-    return Hooks(on_ready=ready, on_status=status, on_stopping=stopping, on_tick=tick)
+    def reloading() -> None:
+        notifier.reloading("reloading the configuration")
+
+    def reloaded() -> None:
+        notifier.reloaded("configuration reloaded")
+
+    return Hooks(
+        on_ready=ready,
+        on_status=status,
+        on_stopping=stopping,
+        on_tick=tick,
+        on_reloading=reloading,
+        on_reloaded=reloaded,
+    )
 
 
 async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
@@ -283,6 +331,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     try:
         rest, param_file, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
         args = build_parser().parse_args(rest)
+        args.param_file_, args.overrides_ = param_file, overrides  # kept for SIGHUP reloads
         settings = load_settings(param_file=param_file, overrides=overrides)
     except ConfigError as exc:
         print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)

@@ -27,6 +27,7 @@ from worker.leases import LeaseKeeper
 from worker.outcome import Outcome
 from worker.registry import Registry
 from worker.runner import RunEnvironment, Runner
+from worker.settings import Settings
 from worker.store import Claim
 
 log = structlog.get_logger("cronloop.supervisor")
@@ -45,6 +46,12 @@ class Hooks:
     on_status: Callable[[str], None] = lambda text: None
     on_stopping: Callable[[], None] = lambda: None
     on_tick: Callable[[], None] = lambda: None  # the loop made progress (watchdog)
+    on_reloading: Callable[[], None] = lambda: None
+    on_reloaded: Callable[[], None] = lambda: None
+
+
+# Given the running settings, load and apply new ones (SIGHUP); None if rejected.
+Reloader = Callable[[Settings], Awaitable[tuple[Settings, Registry] | None]]
 
 
 @dataclass
@@ -53,12 +60,13 @@ class Supervisor:
     env: RunEnvironment
     once: bool = False
     hooks: Hooks = field(default_factory=Hooks)
+    reloader: Reloader | None = None
 
     def __post_init__(self) -> None:
         self.clock: Clock = self.env.clock
         self.store = self.env.store
-        self.settings = self.env.settings
         self.stop_event = asyncio.Event()
+        self.reload_event = asyncio.Event()
         self.abort_event = asyncio.Event()
         self.wake_event = asyncio.Event()
         self.exit_code = exitcodes.OK
@@ -70,7 +78,13 @@ class Supervisor:
         self._last_reminder = 0.0
         self._failures = 0
         self._once_cutoff: datetime | None = None
+        self._next_due: datetime | None = None
         self.executed = 0
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force; a SIGHUP reload swaps them in `env` for every new run."""
+        return self.env.settings
 
     # -- control -------------------------------------------------------------------------
 
@@ -86,6 +100,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+
+    def _on_hangup(self) -> None:
+        self.reload_event.set()
+        self.wake_event.set()
 
     def _on_signal(self, signum: int) -> None:
         log.info(
@@ -126,6 +145,8 @@ class Supervisor:
                     )
                     self.request_stop(exitcodes.TEMPFAIL)
                     break
+                if self.reload_event.is_set():
+                    await self._reload()
                 idle = await self._tick()
                 if self.once and idle and not self.runners:
                     break
@@ -161,6 +182,8 @@ class Supervisor:
         claims = await self._guarded(self.store.claim_due(now, capacity))
         if claims is None:
             return False
+        if claims:
+            log.debug("planned now", tasks=[c.name for c in claims])
         for claim in claims:
             self._start(claim, claimed_mono)
         self._report_status()
@@ -197,6 +220,7 @@ class Supervisor:
         delay = self.settings.poll_interval if self._db_down_since is None else self._backoff_s()
         if self._db_down_since is None and len(self.runners) < self.settings.max_concurrency:
             due = await self._guarded(self.store.next_due())
+            self._next_due = due
             if due is not None:
                 delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
         if cap_s is not None:
@@ -204,6 +228,7 @@ class Supervisor:
         if delay <= 0:
             await asyncio.sleep(0)
             return
+        log.debug("sleeping", seconds=round(delay, 3), running=len(self.runners) or None)
         self.wake_event.clear()
         await self._wait_first(
             self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait()
@@ -217,6 +242,23 @@ class Supervisor:
         finally:
             for fut in futures:
                 fut.cancel()
+
+    async def _reload(self) -> None:
+        """Apply a new configuration between two ticks; a failure keeps the old one."""
+        self.reload_event.clear()
+        if self.reloader is None:
+            log.warning("SIGHUP ignored: this worker was started without a reloader")
+            return
+        self.hooks.on_reloading()
+        try:
+            result = await self.reloader(self.settings)
+        except Exception:
+            log.exception("configuration reload failed; keeping the running configuration")
+            result = None
+        if result is not None:
+            self.env.settings, self.registry = result
+            self.leases.lease_s = self.settings.lease_s
+        self.hooks.on_reloaded()
 
     # -- database outages ----------------------------------------------------------------
 
@@ -321,9 +363,15 @@ class Supervisor:
             aborter.cancel()
 
     def _report_status(self) -> None:
+        """One line for `systemctl status`: what runs, what is next, when we last polled."""
         names = sorted({r.name for r in self.runners.values()})
-        text = f"{len(names)} running" + (f": {', '.join(names[:5])}" if names else "")
-        self.hooks.on_status(text)
+        parts = [f"{len(names)} running" + (f" ({', '.join(names[:4])})" if names else "")]
+        if self._next_due is not None:
+            parts.append(f"next run {self._next_due.strftime('%H:%M:%S')} UTC")
+        parts.append(f"last poll {self.clock.now().strftime('%H:%M:%S')} UTC")
+        if self._db_down_since is not None:
+            parts.append("DATABASE UNREACHABLE")
+        self.hooks.on_status("; ".join(parts))
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,224 @@
+"""Clean-up tasks: draft attachments, bulk-export results, run history.
+
+iTop's InlineImageGC deletes one object per pass; here each run deletes in batches until
+nothing is due or the deadline comes (`ctx.checkpoint()` between batches).
+
+Every batch is one transaction that *claims* its rows: candidates are selected with
+`FOR UPDATE SKIP LOCKED` on MySQL/MariaDB (SQLite serialises writers with BEGIN
+IMMEDIATE), then deleted with the due-condition repeated, and only the files of the rows
+this transaction really deleted (`DELETE ... RETURNING`, or the locked set where the server
+has no RETURNING) are removed afterwards. So several workers never delete a row twice.
+Rows go first, files second: an interruption leaves either a row with its file (done by a
+later run) or, if the process dies in the instant between the commit and the unlink, a
+file without a row (harmless garbage, left on disk). A row whose file is already missing
+is simply deleted.
+
+Files are deleted only inside the task's `files_root`; anything else is logged and kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, and_, delete, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tasks.attachments import draft_attachments, export_results
+from worker import Outcome, TaskContext, task
+from worker.models import runs
+
+TaskFunc = Callable[[TaskContext], Awaitable[str]]
+
+
+def _task(**kw: Any) -> Callable[[TaskFunc], TaskFunc]:
+    """`worker.task` with a type: the core's decorator is typed `Any`, which mypy --strict
+    reports as an untyped decorator."""
+    decorate: Callable[[TaskFunc], TaskFunc] = task(**kw)
+    return decorate
+
+
+@dataclass
+class FileRemover:
+    """Deletes stored files of deleted rows, refusing anything outside `root`.
+
+    Why the parent directory is resolved and not the file: a symlink *inside* the root is
+    removed as a link (never its target), while `../` or a symlinked directory that leads
+    out of the root is refused.
+    """
+
+    root: str  # "" = no root configured: no file is deleted
+    log: Any
+    removed: int = 0
+    kept_no_root: int = 0
+    _root_real: str = field(init=False, default="")
+
+    def __post_init__(self) -> None:
+        self._root_real = os.path.realpath(self.root) if self.root else ""
+
+    def remove(self, rows: Sequence[tuple[int, str | None]]) -> None:
+        """Best effort per file: a missing file is fine, an error is logged and skipped."""
+        for row_id, stored in rows:
+            if stored:
+                self._remove_one(row_id, stored)
+
+    def _remove_one(self, row_id: int, stored: str) -> None:
+        if not self._root_real:
+            self.kept_no_root += 1
+            return
+        target = self._inside_root(stored)
+        if target is None:
+            self.log.warning(
+                "file outside files_root not deleted", row_id=row_id, path=stored,
+                files_root=self.root,
+            )
+            return
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            self.log.debug("stored file already gone", row_id=row_id, path=stored)
+            return
+        except OSError as exc:
+            self.log.warning("cannot delete stored file", row_id=row_id, path=stored,
+                             error=f"{type(exc).__name__}: {exc.strerror or exc}")
+            return
+        self.removed += 1
+
+    def _inside_root(self, stored: str) -> str | None:
+        path = Path(stored)
+        if not path.is_absolute():
+            path = Path(self._root_real) / path
+        if path.name in ("", ".", ".."):
+            return None
+        parent = os.path.realpath(path.parent)
+        if os.path.commonpath([parent, self._root_real]) != self._root_real:
+            return None
+        return os.path.join(parent, path.name)
+
+
+async def _skip_locked(session: AsyncSession) -> bool:
+    """MariaDB >= 10.6 and MySQL >= 8.0 can skip rows another worker has claimed."""
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
+        return False
+    version = str((await session.execute(text("SELECT VERSION()"))).scalar_one())
+    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
+    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))
+
+
+async def _delete_batch(
+    session: AsyncSession, table: Table, due: ColumnElement[bool], limit: int, skip_locked: bool
+) -> list[tuple[int, str | None]]:
+    """Claim and delete up to `limit` due rows; return (id, file_path) of rows deleted."""
+    t = table.c
+    query = select(t.id, t.file_path).where(due).limit(limit)
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=skip_locked)
+    candidates = [(int(r.id), r.file_path) for r in (await session.execute(query)).all()]
+    if not candidates:
+        return []
+    ids = [row_id for row_id, _ in candidates]
+    stmt = delete(table).where(t.id.in_(ids), due)
+    if session.get_bind().dialect.delete_returning:
+        result = await session.execute(stmt.returning(t.id, t.file_path))
+        return [(int(r.id), r.file_path) for r in result.all()]
+    result = await session.execute(stmt)
+    if result.rowcount != len(ids):  # type: ignore[attr-defined]
+        # Cannot tell which rows went; keeping files is the safe side (garbage, not loss).
+        return []
+    return candidates
+
+
+async def sweep(
+    ctx: TaskContext, table: Table, due: ColumnElement[bool], batch_size: int, files: FileRemover
+) -> int:
+    """Delete due rows of `table` batch by batch, then their files; returns rows deleted."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+    total = 0
+    skip_locked: bool | None = None
+    while True:
+        await ctx.checkpoint()
+        async with ctx.db.begin() as session:
+            if skip_locked is None:
+                skip_locked = await _skip_locked(session)
+            deleted = await _delete_batch(session, table, due, batch_size, skip_locked)
+        if not deleted:
+            return total
+        total += len(deleted)
+        await asyncio.to_thread(files.remove, deleted)
+        if len(deleted) < batch_size:
+            return total
+
+
+def _report(what: str, rows: int, files: FileRemover, ctx: TaskContext) -> str:
+    if files.kept_no_root:
+        ctx.log.warning(
+            "files_root is not set: stored files were not deleted",
+            files_kept=files.kept_no_root, option=f"{ctx.task_name}.files_root",
+        )
+    message = f"deleted {rows} {what}, {files.removed} file(s)"
+    ctx.log.info(message, rows=rows, files=files.removed)
+    return message
+
+
+def draft_due(now: datetime, lifetime_s: float) -> ColumnElement[bool]:
+    """Unlinked and expired; a row without `expire` expires `lifetime_s` after upload."""
+    t = draft_attachments.c
+    return and_(
+        t.object_id.is_(None),
+        or_(
+            t.expire < now,
+            and_(t.expire.is_(None), t.created < now - timedelta(seconds=lifetime_s)),
+        ),
+    )
+
+
+@_task(every=3600, options={"batch_size": 500, "lifetime_s": 86400.0, "files_root": ""})
+async def draft_attachment_gc(ctx: TaskContext) -> str:
+    """Delete draft attachments and inline images of cancelled edits (iTop InlineImageGC)."""
+    files = FileRemover(str(ctx.options["files_root"]), ctx.log)
+    due = draft_due(datetime.now(UTC), float(ctx.options["lifetime_s"]))
+    rows = await sweep(ctx, draft_attachments, due, int(ctx.options["batch_size"]), files)
+    return _report("draft attachment(s)", rows, files, ctx)
+
+
+@_task(every=86400, options={"batch_size": 500, "max_age_s": 86400.0, "files_root": ""})
+async def bulk_export_gc(ctx: TaskContext) -> str:
+    """Delete bulk-export results older than max_age_s and their temporary files."""
+    files = FileRemover(str(ctx.options["files_root"]), ctx.log)
+    cutoff = datetime.now(UTC) - timedelta(seconds=float(ctx.options["max_age_s"]))
+    due = export_results.c.created < cutoff
+    rows = await sweep(ctx, export_results, due, int(ctx.options["batch_size"]), files)
+    return _report("bulk export result(s)", rows, files, ctx)
+
+
+@_task(every=86400, options={"batch_size": 5000})
+async def history_gc(ctx: TaskContext) -> str:
+    """Prune the run history older than the `history_retention_days` setting (0 = keep)."""
+    days = ctx.settings.history_retention_days
+    if days <= 0:
+        return "history_retention_days = 0: history kept"
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    batch_size = int(ctx.options["batch_size"])
+    due = and_(runs.c.started < cutoff, runs.c.outcome != Outcome.RUNNING.value)
+    total = 0
+    while True:
+        await ctx.checkpoint()
+        async with ctx.db.begin() as session:
+            ids = (await session.execute(select(runs.c.id).where(due).limit(batch_size))).scalars()
+            ids_list = list(ids)
+            if not ids_list:
+                break
+            result = await session.execute(delete(runs).where(runs.c.id.in_(ids_list), due))
+        total += int(result.rowcount)  # type: ignore[attr-defined]
+        if len(ids_list) < batch_size:
+            break
+    message = f"deleted {total} run history row(s) older than {days} day(s)"
+    ctx.log.info(message, rows=total)
+    return message
