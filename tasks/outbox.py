@@ -58,10 +58,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
+    delete,
     func,
     insert,
     literal_column,
+    or_,
+    select,
     type_coerce,
+    update,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -330,3 +335,139 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
         headers=check_headers(headers),
         created=row.created,
     )
+
+
+# -- the task's verbs on the table ----------------------------------------------------------
+
+DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
+O = outbox.c
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What to write for one claimed row once its fate is known."""
+
+    row_id: int
+    state: str  # DELETED, SENT, PLANNED (retry later) or ERROR
+    attempted: bool = True  # False for a bad row: nothing was sent, no attempt counted
+    remaining: int | None = None
+    delay_s: float = 0.0
+    error: str | None = None
+    code: int | None = None
+
+
+async def supports_skip_locked(db: async_sessionmaker[AsyncSession]) -> bool:
+    """MariaDB >= 10.6 and MySQL >= 8 can skip rows another worker is claiming."""
+    async with db() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            return False  # writers are serialised by BEGIN IMMEDIATE anyway
+        version = str((await session.execute(select(func.version()))).scalar_one())
+    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
+    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))
+
+
+async def housekeeping(
+    db: async_sessionmaker[AsyncSession], keep_sent_days: float, limit: int = 1000
+) -> tuple[list[Any], int]:
+    """Re-plan rows whose claim expired (a worker died mid-batch), and delete `sent` rows
+    older than `keep_sent_days`. Returns (the recovered rows' id/message_id/owner, pruned)."""
+    async with db() as session, session.begin():
+        now = db_now(session.get_bind().dialect)
+        expired = and_(O.state == SENDING, or_(O.lease_until.is_(None), O.lease_until < now))
+        stuck = (await session.execute(
+            select(O.id, O.message_id, O.owner).where(expired).limit(limit))).all()
+        if stuck:
+            await session.execute(update(outbox).where(O.id.in_([r.id for r in stuck]), expired)
+                                  .values(state=PLANNED, owner=None, claim_token=None,
+                                          lease_until=None))
+        cutoff = db_now(session.get_bind().dialect, -keep_sent_days * 86400)
+        old = (await session.execute(select(O.id).where(O.state == SENT, O.sent <= cutoff)
+                                     .limit(limit))).scalars().all()
+        if old:
+            await session.execute(delete(outbox).where(O.id.in_(old), O.state == SENT))
+    return list(stuck), len(old)
+
+
+async def claim(
+    db: async_sessionmaker[AsyncSession], *, owner: str, token: str, limit: int,
+    lease_s: float, skip_locked: bool,
+) -> list[Any]:
+    """Take up to `limit` due rows, oldest first, for this run: one short transaction.
+
+    The UPDATE re-checks `state = 'planned'`, so two workers that read the same candidates
+    (no SKIP LOCKED, or SQLite) can never both take a row; each gets the rows it changed.
+    """
+    async with db() as session, session.begin():
+        dialect = session.get_bind().dialect
+        query = (select(O.id).where(O.state == PLANNED, O.planned <= db_now(dialect))
+                 .order_by(O.planned, O.id).limit(limit))
+        if skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        ids = (await session.execute(query)).scalars().all()
+        if not ids:
+            return []
+        await session.execute(
+            update(outbox).where(O.id.in_(ids), O.state == PLANNED)
+            .values(state=SENDING, owner=owner[:255], claim_token=token,
+                    lease_until=db_now(dialect, lease_s)))
+        taken = await session.execute(
+            select(outbox).where(O.claim_token == token, O.state == SENDING)
+            .order_by(O.planned, O.id))
+        return list(taken.all())
+
+
+async def assign_message_id(
+    db: async_sessionmaker[AsyncSession], token: str, row_id: int, message_id: str
+) -> None:
+    """Give a directly inserted row its Message-ID before its first send, so a resend
+    after a crash carries the same one."""
+    async with db() as session, session.begin():
+        await session.execute(update(outbox).where(
+            O.id == row_id, O.claim_token == token, O.message_id.is_(None)
+        ).values(message_id=message_id))
+
+
+async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[Mark]) -> int:
+    """Write the fate of attempted rows in one transaction; every write is fenced by the
+    claim token, so a worker whose claim expired cannot overwrite a newer owner's row.
+    Returns how many rows were written (fewer means claims were lost)."""
+    written = 0
+    async with db() as session, session.begin():
+        now = db_now(session.get_bind().dialect)
+        ours = and_(O.claim_token == token, O.state == SENDING)
+        released = {"owner": None, "claim_token": None, "lease_until": None}
+        gone = [m.row_id for m in marks if m.state == DELETED]
+        if gone:
+            written += (await session.execute(delete(outbox).where(O.id.in_(gone), ours))).rowcount
+        kept = [m.row_id for m in marks if m.state == SENT]
+        if kept:
+            written += (await session.execute(update(outbox).where(O.id.in_(kept), ours).values(
+                state=SENT, sent=now, last_attempt=now, attempts=O.attempts + 1, **released,
+            ))).rowcount
+        for m in marks:
+            if m.state not in (PLANNED, ERROR):
+                continue
+            values: dict[str, Any] = {
+                "state": m.state, "last_error": m.error, "last_error_code": m.code, **released,
+            }
+            if m.attempted:
+                values.update(attempts=O.attempts + 1, last_attempt=now)
+            if m.remaining is not None:
+                values["remaining_retries"] = m.remaining
+            if m.state == PLANNED:
+                values["planned"] = db_now(session.get_bind().dialect, m.delay_s)
+            result = await session.execute(update(outbox).where(O.id == m.row_id, ours)
+                                           .values(**values))
+            written += result.rowcount
+    return written
+
+
+async def release(db: async_sessionmaker[AsyncSession], token: str, ids: list[int]) -> int:
+    """Give back claimed rows that were not sent, due at once, attempts unchanged."""
+    if not ids:
+        return 0
+    async with db() as session, session.begin():
+        result = await session.execute(
+            update(outbox).where(O.id.in_(ids), O.claim_token == token, O.state == SENDING)
+            .values(state=PLANNED, owner=None, claim_token=None, lease_until=None))
+    return int(result.rowcount)

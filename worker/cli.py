@@ -135,6 +135,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     registry = build_registry(settings, definitions)
     notifier = Notifier()
     clock = SystemClock()
+    # waiting for the database and migrating may outlast TimeoutStartSec
+    notifier.extend_timeout(settings.startup_db_wait_s + 120)
     db = await open_database(settings, wait=True)
     executor = ThreadPoolExecutor(
         max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task"
@@ -149,6 +151,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             executor=executor,
             retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
         )
+
         async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
             def load() -> Settings:
                 return load_settings(param_file=args.param_file_, overrides=args.overrides_)
@@ -162,7 +165,11 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return result.settings, result.registry
 
         supervisor = Supervisor(
-            registry, env, once=args.once, hooks=_systemd_hooks(notifier, clock), reloader=reloader
+            registry,
+            env,
+            once=args.once,
+            hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
+            reloader=reloader,
         )
         supervisor.install_signal_handlers()
         return await supervisor.run()
@@ -172,7 +179,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         await db.close()
 
 
-def _systemd_hooks(notifier: Notifier, clock: SystemClock) -> Hooks:
+def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:
     interval = notifier.watchdog_interval_s
     last_ping = [0.0]
 
@@ -189,6 +196,8 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock) -> Hooks:
 
     def stopping() -> None:
         notifier.stopping("draining")
+        # a drain may outlast TimeoutStopSec's default: tell systemd how long it can take
+        notifier.extend_timeout(drain_s)
 
     def reloading() -> None:
         notifier.reloading("reloading the configuration")
@@ -203,6 +212,7 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock) -> Hooks:
         on_tick=tick,
         on_reloading=reloading,
         on_reloaded=reloaded,
+        max_sleep_s=interval,
     )
 
 

@@ -18,10 +18,20 @@ from worker.settings import ConfigError, Settings
 
 log = structlog.get_logger("cronloop.reload")
 
-NEEDS_RESTART = frozenset({
-    "database_url", "database_password", "database_password_file", "lease_s", "task_modules",
-    "allow_root", "auto_migrate", "startup_db_wait_s", "watchdog_s", "log_format",
-})
+NEEDS_RESTART = frozenset(
+    {
+        "database_url",
+        "database_password",
+        "database_password_file",
+        "lease_s",
+        "task_modules",
+        "allow_root",
+        "auto_migrate",
+        "startup_db_wait_s",
+        "watchdog_s",
+        "log_format",
+    }
+)
 _NOT_SETTINGS = frozenset({"sources", "param_files", "task_options"})
 
 
@@ -55,8 +65,10 @@ def reload_settings(
         new = load()
         registry = build_registry(new, definitions)
     except ConfigError as exc:
-        log.error("configuration reload rejected; keeping the running configuration",
-                  problems=list(exc.problems) if hasattr(exc, "problems") else str(exc))
+        log.error(
+            "configuration reload rejected; keeping the running configuration",
+            problems=list(exc.problems) if hasattr(exc, "problems") else str(exc),
+        )
         return None
     changed = changed_keys(current, new)
     restart = [k for k in changed if k in NEEDS_RESTART]
@@ -74,5 +86,7 @@ def report(result: Reloaded, tasks: Sequence[str]) -> None:
         tasks=len(tasks),
     )
     if result.restart:
-        log.warning("some changes take effect only after a restart (systemctl restart cronloop)",
-                    settings=result.restart)
+        log.warning(
+            "some changes take effect only after a restart (systemctl restart cronloop)",
+            settings=result.restart,
+        )

@@ -48,6 +48,7 @@ class Hooks:
     on_tick: Callable[[], None] = lambda: None  # the loop made progress (watchdog)
     on_reloading: Callable[[], None] = lambda: None
     on_reloaded: Callable[[], None] = lambda: None
+    max_sleep_s: float | None = None  # wake at least this often (systemd watchdog pings)
 
 
 # Given the running settings, load and apply new ones (SIGHUP); None if rejected.
@@ -173,6 +174,8 @@ class Supervisor:
     async def _tick(self) -> bool:
         """Claim and start what is due. Returns True if nothing was due."""
         self.hooks.on_tick()
+        # cleared before claiming, so a run that ends from here on wakes the next sleep
+        self.wake_event.clear()
         capacity = self.settings.max_concurrency - len(self.runners)
         if capacity <= 0:
             return False
@@ -223,13 +226,13 @@ class Supervisor:
             self._next_due = due
             if due is not None:
                 delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
-        if cap_s is not None:
-            delay = min(delay, cap_s)
+        for cap in (cap_s, self.hooks.max_sleep_s):
+            if cap is not None:
+                delay = min(delay, cap)
         if delay <= 0:
             await asyncio.sleep(0)
             return
         log.debug("sleeping", seconds=round(delay, 3), running=len(self.runners) or None)
-        self.wake_event.clear()
         await self._wait_first(
             self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait()
         )

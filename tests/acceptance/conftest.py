@@ -41,6 +41,7 @@ _SCRUBBED = ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "JOURN
              "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONPATH")
 
 Event = dict[str, Any]
+Env = dict[str, str | None]
 
 
 @dataclass
@@ -163,21 +164,26 @@ class Cli:
             "--task_modules=sample_tasks"]
         return [str(CRONLOOP), *args, *extra, *self.db_args]
 
-    def _env(self, tasks: str | None, env: dict[str, str] | None) -> dict[str, str]:
+    def _env(self, tasks: str | None, env: Env | None) -> dict[str, str]:
+        """This test's environment; `env` adds variables, or removes them with None."""
         merged = dict(self.env)
         if tasks is not None:
             merged["SAMPLE_TASKS"] = tasks
-        merged.update(env or {})
+        for key, value in (env or {}).items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
         return merged
 
-    def run(self, *args: str, tasks: str | None = None, env: dict[str, str] | None = None,
+    def run(self, *args: str, tasks: str | None = None, env: Env | None = None,
             timeout: float = COMMAND_TIMEOUT_S) -> Result:
         proc = subprocess.run(self.argv(args), env=self._env(tasks, env), cwd=self.cwd,
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=timeout, check=False)
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def ok(self, *args: str, tasks: str | None = None, env: dict[str, str] | None = None,
+    def ok(self, *args: str, tasks: str | None = None, env: Env | None = None,
            timeout: float = COMMAND_TIMEOUT_S) -> Result:
         """`run`, asserting exit 0."""
         result = self.run(*args, tasks=tasks, env=env, timeout=timeout)
@@ -185,7 +191,7 @@ class Cli:
         return result
 
     def start(self, *args: str, tasks: str | None = None,
-              env: dict[str, str] | None = None) -> Worker:
+              env: Env | None = None) -> Worker:
         worker = Worker(self.argv(["run", *args]), self._env(tasks, env), self.cwd)
         self.workers.append(worker)
         return worker
@@ -329,14 +335,16 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 def make_cli(backend: str, cwd: Path, extra_env: dict[str, str],
-             get_mariadb: Callable[[], str]) -> Cli:
+             get_mariadb: Callable[[], str], *, clear: bool = True) -> Cli:
+    """A `Cli` for `backend`; the MariaDB database is emptied first unless `clear` is off."""
     env = {**base_env(cwd), **extra_env}
     if backend == "sqlite":
         inspect_url = f"sqlite:///{cwd / 'state' / 'cronloop.db'}"
         return Cli(backend, cwd, env, [], inspect_url)
     url = get_mariadb()
     inspect_url = make_url(url).set(drivername="mysql+pymysql").render_as_string(False)
-    _clear(inspect_url)
+    if clear:
+        _clear(inspect_url)
     return Cli(backend, cwd, env, [f"--database_url={url}"], inspect_url)
 
 
