@@ -181,7 +181,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@task(name="sla", every=10, timeout=60, options=OPTIONS)
+@task(name="sla", every=10, timeout=60, options=OPTIONS)  # type: ignore[untyped-decorator, unused-ignore]
 async def sla(ctx: TaskContext) -> str:
     """Notify and escalate tickets whose SLA thresholds passed (CheckStopWatchThresholds)."""
     report = await process_due(ctx, _now())
@@ -311,7 +311,7 @@ async def process_ticket(
     return result
 
 
-def due_thresholds(row: Mapping[str, Any], now: datetime) -> list[Due]:
+def due_thresholds(row: Mapping[Any, Any], now: datetime) -> list[Due]:
     """The running, untriggered thresholds of this row whose deadline is not after `now`,
     in deadline order (75 % before 100 % when both passed while no worker ran)."""
     due = []
@@ -329,7 +329,8 @@ async def _trigger(session: AsyncSession, ticket_id: int, due: Due, overrun: flo
     flag = tickets.c[f"{due.sw}_{due.pct}_triggered"]
     statement = (
         update(tickets)
-        .where(tickets.c.id == ticket_id, flag == false(), tickets.c[f"{due.sw}_state"] == "running")
+        .where(tickets.c.id == ticket_id, flag == false())
+        .where(tickets.c[f"{due.sw}_state"] == "running")
         .values({flag: True, tickets.c[f"{due.sw}_{due.pct}_overrun"]: overrun})
     )
     return await _changed(session, statement)
@@ -364,7 +365,7 @@ async def _changed(session: AsyncSession, statement: Any) -> bool:
 async def _notify(
     session: AsyncSession,
     config: SlaConfig,
-    row: Mapping[str, Any],
+    row: Mapping[Any, Any],
     due: Due,
     overrun: float,
     status: str,

@@ -195,7 +195,7 @@ async def _insert(session: AsyncSession, values: Mapping[str, Any]) -> int:
     return int(key[0])
 
 
-def ticket_problem(row: Mapping[str, Any]) -> str | None:
+def ticket_problem(row: Mapping[Any, Any]) -> str | None:
     """Why the `sla` task cannot process this ticket row, or None if it can.
 
     Checked before anything is written, so a bad ticket is skipped whole (never half
@@ -220,7 +220,7 @@ def ticket_problem(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _stopwatch_problem(row: Mapping[str, Any], sw: str, status: str) -> str | None:
+def _stopwatch_problem(row: Mapping[Any, Any], sw: str, status: str) -> str | None:
     name = sw.upper()
     state = row[f"{sw}_state"]
     if state not in STOPWATCH_STATES:

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo
 
 from worker.params import normalize_key
@@ -83,8 +83,12 @@ class TaskSpec:
 _definitions: list[TaskDefinition] = []
 
 
+@overload
+def task(func: F, /) -> F: ...
+
+
+@overload
 def task(
-    func: Callable[..., Any] | None = None,
     *,
     every: float | timedelta | str | None = None,
     at: str | None = None,
@@ -96,7 +100,24 @@ def task(
     enabled: bool = True,
     isolate: bool = False,
     options: Mapping[str, Any] | None = None,
-) -> Any:
+) -> Callable[[F], F]: ...
+
+
+def task(
+    func: F | None = None,
+    /,
+    *,
+    every: float | timedelta | str | None = None,
+    at: str | None = None,
+    days: str | None = None,
+    cron: str | None = None,
+    name: str | None = None,
+    timeout: float | None = None,
+    blocking: bool = False,
+    enabled: bool = True,
+    isolate: bool = False,
+    options: Mapping[str, Any] | None = None,
+) -> F | Callable[[F], F]:
     """Declare a background task. Exactly one of `every=`, `at=` (with `days=`), `cron=`.
 
     `options` declares the task's own settings and their defaults; the params file sets

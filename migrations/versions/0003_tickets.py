@@ -25,7 +25,7 @@ THRESHOLDS = (75, 100)
 
 
 def _stopwatch(sw: str) -> list[sa.Column]:  # type: ignore[type-arg]
-    columns = [
+    columns: list[sa.Column] = [  # type: ignore[type-arg]
         sa.Column(f"{sw}_state", sa.String(16), nullable=False, server_default="stopped"),
         sa.Column(f"{sw}_started", UTCDateTime(), nullable=True),
         sa.Column(f"{sw}_goal_s", sa.Float(), nullable=True),

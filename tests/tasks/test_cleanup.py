@@ -57,11 +57,17 @@ async def add_draft(
             insert(draft_attachments).values(
                 object_class="UserRequest" if object_id else None, object_id=object_id,
                 kind="inline_image", file_path=stored,
-                contents=None if stored else b"\x00\x01 binary", mime_type="image/png",
+                contents=None if stored else blob(engine, b"\x00\x01 binary"), mime_type="image/png",
                 size=9, created=created, expire=expire,
             )
         )
         return int(result.inserted_primary_key[0]), file  # type: ignore[index]
+
+
+def blob(engine: AsyncEngine, data: bytes) -> Any:
+    """A binary value; on MariaDB through UNHEX() because aiomysql 0.3.2 cannot bind bytes
+    with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080)."""
+    return data if engine.dialect.name == "sqlite" else func.unhex(data.hex())
 
 
 async def draft_ids(engine: AsyncEngine) -> set[int]:
