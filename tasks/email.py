@@ -1,0 +1,287 @@
+"""The `email` task: sends the outbox (iTop's ExecAsyncTask with `email_asynchronous = 1`).
+
+Each run re-plans rows a crashed worker left `sending`, then claims batches of due rows
+and sends each batch with `concurrency` parallel senders, each over its own SMTP
+connection kept open for the whole run (iTop sends one at a time). Outcomes are written
+in group commits fenced by the claim token. Between messages every sender passes a
+checkpoint: at the deadline or on shutdown the rows not yet sent go back to `planned` at
+once; a row whose send completed is always recorded first. Table contract, states and the
+at-least-once rule: see `tasks/outbox.py`.
+
+`smtp_password` is a secret: it is never logged nor stored in `last_error`. Keep the
+params file that holds it readable by the service only (mode 0600, or 0640 with the
+service's group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import socket
+import tempfile
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosmtplib
+
+from tasks import outbox as ob
+from worker import StopRun, TaskContext, task
+from worker.settings import state_directory
+
+MAX_DELAY_S = 30 * 86400.0
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "transport": "file",  # "smtp" or "file": the embedded default works without a server
+    "file_dir": "",  # default <state dir>/outbox-eml
+    "smtp_host": "localhost",
+    "smtp_port": 25,
+    "smtp_tls": "none",  # "none" | "starttls" | "tls"
+    "smtp_ca_file": "",  # PEM bundle to trust instead of the system's (a private CA)
+    "smtp_username": "",
+    "smtp_password": "",  # secret; never logged
+    "smtp_timeout_s": 30.0,
+    "sender": "",  # From for rows without one; default cronloop@<host name>
+    "concurrency": 4,
+    "batch_size": 100,
+    "max_retries": 3,
+    "retry_delay_s": 600.0,
+    "exponential_delay": False,
+    "keep_sent_days": 0.0,  # 0: delete a row once sent (iTop); else keep it as `sent`
+}
+
+
+@dataclass(frozen=True)
+class EmailOptions:
+    """The task's options, checked once per run (a bad value fails the run, saying which)."""
+
+    transport: str
+    file_dir: Path
+    smtp_host: str
+    smtp_port: int
+    smtp_tls: str
+    smtp_ca_file: str
+    smtp_username: str
+    smtp_password: str = field(repr=False)
+    smtp_timeout_s: float
+    sender: str
+    concurrency: int
+    batch_size: int
+    max_retries: int
+    retry_delay_s: float
+    exponential_delay: bool
+    keep_sent_days: float
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any]) -> EmailOptions:
+        o = {**DEFAULT_OPTIONS, **raw}
+        opts = cls(
+            transport=str(o["transport"]).lower(),
+            file_dir=Path(o["file_dir"]) if o["file_dir"] else state_directory() / "outbox-eml",
+            smtp_host=str(o["smtp_host"]), smtp_port=int(o["smtp_port"]),
+            smtp_tls=str(o["smtp_tls"]).lower(), smtp_ca_file=str(o["smtp_ca_file"]),
+            smtp_username=str(o["smtp_username"]), smtp_password=str(o["smtp_password"]),
+            smtp_timeout_s=float(o["smtp_timeout_s"]),
+            sender=str(o["sender"]) or f"cronloop@{socket.gethostname()}",
+            concurrency=int(o["concurrency"]), batch_size=int(o["batch_size"]),
+            max_retries=int(o["max_retries"]), retry_delay_s=float(o["retry_delay_s"]),
+            exponential_delay=bool(o["exponential_delay"]),
+            keep_sent_days=float(o["keep_sent_days"]),
+        )
+        problems = [
+            *(["transport must be smtp or file"] if opts.transport not in ("smtp", "file") else []),
+            *(["smtp_tls must be none, starttls or tls"]
+              if opts.smtp_tls not in ("none", "starttls", "tls") else []),
+            *([f"{k} must be >= 1" for k in ("concurrency", "batch_size", "smtp_port")
+               if getattr(opts, k) < 1]),
+            *([f"{k} must be >= 0" for k in ("max_retries", "retry_delay_s", "keep_sent_days")
+               if getattr(opts, k) < 0]),
+            *(["smtp_timeout_s must be > 0"] if opts.smtp_timeout_s <= 0 else []),
+        ]
+        if problems:
+            raise ValueError("email options: " + "; ".join(problems))
+        ob.check_address(opts.sender, "email.sender")
+        return opts
+
+
+# -- transports -------------------------------------------------------------------------------
+
+
+class SendError(Exception):
+    """A failed delivery: `permanent` (5xx to the message) or worth retrying."""
+
+    def __init__(self, text: str, *, code: int | None = None, permanent: bool = False) -> None:
+        super().__init__(text)
+        self.text, self.code, self.permanent = text, code, permanent
+
+
+class Connection(Protocol):
+    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
+        """Deliver; return refused recipients when others were accepted; raise SendError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class SmtpConnection:
+    """One SMTP session, opened on first use and reused for every following message;
+    dropped after a connection-level failure and reopened by the next send."""
+
+    def __init__(self, opts: EmailOptions) -> None:
+        self.opts = opts
+        self.client: aiosmtplib.SMTP | None = None
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self.client is not None and self.client.is_connected:
+            return self.client
+        o = self.opts
+        client = aiosmtplib.SMTP(
+            hostname=o.smtp_host, port=o.smtp_port, timeout=o.smtp_timeout_s,
+            username=o.smtp_username or None, password=o.smtp_password or None,
+            use_tls=o.smtp_tls == "tls", start_tls=o.smtp_tls == "starttls",
+            cert_bundle=o.smtp_ca_file or None,
+        )
+        try:
+            await client.connect()
+        except aiosmtplib.SMTPResponseException as exc:
+            # A refusal at connect, EHLO or AUTH is the server's or our configuration's
+            # state, not the message's fault: transient, whatever the code.
+            client.close()
+            raise SendError(f"connect: {exc.code} {exc.message}", code=exc.code) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise SendError(f"connect: {type(exc).__name__}: {exc}") from None
+        self.client = client
+        return client
+
+    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
+        client = await self._connected()
+        try:
+            refused, _ = await client.send_message(
+                message, sender=env.envelope_from, recipients=env.envelope_to)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            permanent = all(500 <= c < 600 for c in codes)
+            raise SendError(text, code=max(codes) if permanent else min(codes),
+                            permanent=permanent) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code == 421 or not 400 <= exc.code < 600:
+                self._drop()
+            raise SendError(f"{exc.code} {exc.message}", code=exc.code,
+                            permanent=500 <= exc.code < 600) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise SendError(f"{type(exc).__name__}: {exc}") from None
+        except ValueError as exc:  # an address the client refuses to put on the wire
+            raise SendError(f"unsendable: {exc}", permanent=True) from None
+        return dict(refused)
+
+    def _drop(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.client = None
+
+    async def close(self) -> None:
+        client, self.client = self.client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit(timeout=min(5.0, self.opts.smtp_timeout_s))
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
+
+
+class FileConnection:
+    """Writes `<message-id>.eml` files: for development, tests, or a pickup directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
+        # Bcc is not a header; keep the envelope so whoever picks the file up has it.
+        message["X-Cronloop-Envelope-To"] = ", ".join(env.envelope_to)
+        try:
+            await asyncio.to_thread(write_eml, self.directory, eml_name(env.message_id),
+                                    message.as_bytes())
+        except OSError as exc:
+            raise SendError(f"file: {type(exc).__name__}: {exc}") from None
+        return {}
+
+    async def close(self) -> None:
+        return None
+
+
+def eml_name(message_id: str) -> str:
+    """A file name from the Message-ID: stable, so a resend overwrites its earlier copy."""
+    core = message_id.strip().strip("<>")
+    safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", core)[:150].lstrip(".") or "message"
+    if safe != core:  # keep two ids that sanitise alike apart
+        safe += "-" + hashlib.sha256(message_id.encode()).hexdigest()[:12]
+    return safe + ".eml"
+
+
+def write_eml(directory: Path, name: str, data: bytes) -> Path:
+    """Write atomically: a temporary file, fsync, then rename over the final name."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, directory / name)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return directory / name
+
+
+def open_connection(opts: EmailOptions) -> Connection:
+    if opts.transport == "smtp":
+        return SmtpConnection(opts)
+    return FileConnection(opts.file_dir)
+
+
+def build_message(env: ob.Envelope) -> EmailMessage:
+    """RFC 5322 message; Date is the queue time so a resend is byte-identical."""
+    msg = EmailMessage()
+    msg["From"] = env.sender
+    if env.to:
+        msg["To"] = ", ".join(env.to)
+    if env.cc:
+        msg["Cc"] = ", ".join(env.cc)
+    if not env.to and not env.cc:
+        msg["To"] = "undisclosed-recipients:;"
+    msg["Subject"] = env.subject
+    msg["Date"] = format_datetime(env.created, usegmt=True)
+    msg["Message-ID"] = env.message_id
+    for name, value in env.headers.items():
+        msg[name] = value
+    msg.set_content(env.body_text)
+    if env.body_html is not None:
+        msg.add_alternative(env.body_html, subtype="html")
+    return msg
+
+
+def retry_delay(attempt: int, base_s: float, exponential: bool) -> float:
+    """Delay after the `attempt`-th failed try (1-based): base, or base x 2^(attempt-1)."""
+    if not exponential:
+        return base_s
+    return min(base_s * 2 ** min(max(attempt - 1, 0), 32), MAX_DELAY_S)
+
+
+def failure_mark(row: Any, opts: EmailOptions, err: SendError) -> ob.Mark:
+    """iTop's rule: retry while remaining_retries > 0, counting down; then `error`."""
+    remaining = row.remaining_retries if row.remaining_retries is not None else opts.max_retries
+    if err.permanent or remaining <= 0:
+        return ob.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text,
+                       code=err.code)
+    delay = retry_delay(row.attempts + 1, opts.retry_delay_s, opts.exponential_delay)
+    return ob.Mark(row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay,
+                   error=err.text, code=err.code)
