@@ -116,22 +116,42 @@ async def _delete_batch(
 ) -> list[tuple[int, str | None]]:
     """Claim and delete up to `limit` due rows; return (id, file_path) of rows deleted."""
     t = table.c
-    query = select(t.id, t.file_path).where(due).limit(limit)
+    with_file = "file_path" in t
+    query = select(t.id, t.file_path if with_file else t.id).where(due).limit(limit)
     if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=skip_locked)
-    candidates = [(int(r.id), r.file_path) for r in (await session.execute(query)).all()]
+    rows = (await session.execute(query)).all()
+    candidates = {int(r[0]): (r[1] if with_file else None) for r in rows}
     if not candidates:
         return []
-    ids = [row_id for row_id, _ in candidates]
-    stmt = delete(table).where(t.id.in_(ids), due)
-    if session.get_bind().dialect.delete_returning:
-        result = await session.execute(stmt.returning(t.id, t.file_path))
-        return [(int(r.id), r.file_path) for r in result.all()]
-    result = await session.execute(stmt)
-    if result.rowcount != len(ids):  # type: ignore[attr-defined]
-        # Cannot tell which rows went; keeping files is the safe side (garbage, not loss).
-        return []
-    return candidates
+    gone = await _delete_ids(session, table, sorted(candidates))
+    return [(row_id, candidates[row_id]) for row_id in sorted(gone)]
+
+
+async def _delete_ids(session: AsyncSession, table: Table, ids: list[int]) -> set[int]:
+    """Delete claimed rows by primary key; return the ids this transaction deleted.
+
+    The due-condition is not repeated: the rows are ours (locked FOR UPDATE, or SQLite's
+    single writer), so it cannot have changed. On MySQL/MariaDB each row is deleted by
+    `id = ?`: with stale index statistics a multi-row `id IN (...)` becomes a full scan
+    that waits on other workers' claimed rows while they wait on ours (deadlock 1213,
+    seen in tests); a primary-key equality never reads another row.
+    """
+    dialect = session.get_bind().dialect
+    key = table.c.id
+    if dialect.name != "sqlite":
+        gone = set()
+        for row_id in ids:
+            result = await session.execute(delete(table).where(key == row_id))
+            if result.rowcount:  # type: ignore[attr-defined]
+                gone.add(row_id)
+        return gone
+    if dialect.delete_returning:
+        result = await session.execute(delete(table).where(key.in_(ids)).returning(key))
+        return {int(row_id) for row_id in result.scalars()}
+    result = await session.execute(delete(table).where(key.in_(ids)))
+    # the single writer deleted exactly what it selected; otherwise keep the files
+    return set(ids) if result.rowcount == len(ids) else set()  # type: ignore[attr-defined]
 
 
 async def sweep(
@@ -198,27 +218,16 @@ async def bulk_export_gc(ctx: TaskContext) -> str:
     return _report("bulk export result(s)", rows, files, ctx)
 
 
-@_task(every=86400, options={"batch_size": 5000})
+@_task(every=86400, options={"batch_size": 1000})
 async def history_gc(ctx: TaskContext) -> str:
     """Prune the run history older than the `history_retention_days` setting (0 = keep)."""
     days = ctx.settings.history_retention_days
     if days <= 0:
         return "history_retention_days = 0: history kept"
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    batch_size = int(ctx.options["batch_size"])
+    # a row still `running` belongs to a live (or not yet reaped) run: never pruned
     due = and_(runs.c.started < cutoff, runs.c.outcome != Outcome.RUNNING.value)
-    total = 0
-    while True:
-        await ctx.checkpoint()
-        async with ctx.db.begin() as session:
-            ids = (await session.execute(select(runs.c.id).where(due).limit(batch_size))).scalars()
-            ids_list = list(ids)
-            if not ids_list:
-                break
-            result = await session.execute(delete(runs).where(runs.c.id.in_(ids_list), due))
-        total += int(result.rowcount)  # type: ignore[attr-defined]
-        if len(ids_list) < batch_size:
-            break
-    message = f"deleted {total} run history row(s) older than {days} day(s)"
-    ctx.log.info(message, rows=total)
+    rows = await sweep(ctx, runs, due, int(ctx.options["batch_size"]), FileRemover("", ctx.log))
+    message = f"deleted {rows} run history row(s) older than {days} day(s)"
+    ctx.log.info(message, rows=rows)
     return message

@@ -273,15 +273,183 @@ def retry_delay(attempt: int, base_s: float, exponential: bool) -> float:
     """Delay after the `attempt`-th failed try (1-based): base, or base x 2^(attempt-1)."""
     if not exponential:
         return base_s
-    return min(base_s * 2 ** min(max(attempt - 1, 0), 32), MAX_DELAY_S)
+    return float(min(base_s * 2 ** min(max(attempt - 1, 0), 32), MAX_DELAY_S))
 
 
 def failure_mark(row: Any, opts: EmailOptions, err: SendError) -> ob.Mark:
     """iTop's rule: retry while remaining_retries > 0, counting down; then `error`."""
-    remaining = row.remaining_retries if row.remaining_retries is not None else opts.max_retries
+    stored = row.remaining_retries
+    remaining = int(stored) if stored is not None else opts.max_retries
     if err.permanent or remaining <= 0:
         return ob.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text,
                        code=err.code)
     delay = retry_delay(row.attempts + 1, opts.retry_delay_s, opts.exponential_delay)
     return ob.Mark(row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay,
                    error=err.text, code=err.code)
+
+
+# -- one batch ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Totals:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    released: int = 0
+
+    def count(self, mark: ob.Mark) -> None:
+        if mark.state in (ob.DELETED, ob.SENT):
+            self.sent += 1
+        elif mark.state == ob.PLANNED:
+            self.retried += 1
+        else:
+            self.failed += 1
+
+
+class Batch:
+    """Sends claimed rows with one sender per connection, records outcomes in group
+    commits, and on any exit records what was sent and releases what was not."""
+
+    def __init__(self, ctx: TaskContext, opts: EmailOptions, token: str, rows: list[Any],
+                 totals: Totals) -> None:
+        self.ctx, self.opts, self.token, self.totals = ctx, opts, token, totals
+        self.pending: deque[Any] = deque(rows)
+        self.inflight: dict[int, Any] = {}
+        self.unrecorded: list[ob.Mark] = []
+        self.lock = asyncio.Lock()
+
+    async def run(self, connections: list[Connection]) -> None:
+        """Raises the StopRun a sender met at its checkpoint, after cleaning up."""
+        try:
+            stops = await asyncio.gather(*(self._sender(c) for c in connections))
+        finally:
+            await asyncio.shield(self._finish())
+        for stop in stops:
+            if stop is not None:
+                raise stop
+
+    async def _sender(self, connection: Connection) -> StopRun | None:
+        while True:
+            try:
+                await self.ctx.checkpoint()
+            except StopRun as stop:
+                return stop  # the other senders finish their current message, then stop too
+            if not self.pending:
+                return None
+            row = self.pending.popleft()
+            self.inflight[row.id] = row
+            mark = await self._deliver(connection, row)
+            del self.inflight[row.id]
+            self.totals.count(mark)
+            self.unrecorded.append(mark)
+            await self._flush()
+
+    async def _deliver(self, connection: Connection, row: Any) -> ob.Mark:
+        """Never raises an Exception: a bad row or a bug marks this row, not the batch."""
+        log = self.ctx.log.bind(row_id=row.id, message_id=row.message_id)
+        try:
+            env = ob.decode_row(row, self.opts.sender)
+            message = build_message(env)
+        except Exception as exc:
+            log.warning("bad outbox row, marked error", reason=str(exc))
+            return ob.Mark(row.id, ob.ERROR, attempted=False, error=f"bad row: {exc}")
+        try:
+            if row.message_id is None:
+                await ob.assign_message_id(self.ctx.db, self.token, row.id, env.message_id)
+            refused = await connection.send(message, env)
+        except SendError as err:
+            err.text = self._scrub(err.text)
+            mark = failure_mark(row, self.opts, err)
+            log.warning("email not sent", code=err.code, error=err.text,
+                        retry_in_s=mark.delay_s if mark.state == ob.PLANNED else None)
+            return mark
+        except Exception as exc:
+            log.error("email send failed unexpectedly", error=self._scrub(repr(exc)))
+            return failure_mark(row, self.opts, SendError(self._scrub(repr(exc))))
+        if refused:
+            log.warning("some recipients refused", refused={k: str(v) for k, v in refused.items()})
+        log.debug("email sent")
+        return ob.Mark(row.id, ob.SENT if self.opts.keep_sent_days > 0 else ob.DELETED)
+
+    def _scrub(self, text: str) -> str:
+        secret = self.opts.smtp_password
+        return (text.replace(secret, "***") if secret else text)[:2000]
+
+    async def _flush(self) -> None:
+        """Group commit: whoever holds the lock writes every outcome gathered so far."""
+        async with self.lock:
+            marks = list(self.unrecorded)
+            if not marks:
+                return
+            try:
+                written = await ob.record(self.ctx.db, self.token, marks)
+            except Exception as exc:
+                self.ctx.log.error("cannot record sent emails yet", error=repr(exc),
+                                   rows=[m.row_id for m in marks])
+                return
+            del self.unrecorded[: len(marks)]
+            if written < len(marks):
+                self.ctx.log.warning("claims lost before recording: another worker may resend",
+                                     rows=len(marks) - written)
+
+    async def _finish(self) -> None:
+        """Record what was sent, then give back what was not (interrupted sends included:
+        they may have been delivered, see the at-least-once rule)."""
+        await self._flush()
+        if self.unrecorded:
+            self.ctx.log.error("sent emails not recorded; they are resent when the claim "
+                               "expires", rows=[m.row_id for m in self.unrecorded])
+        back = [r.id for r in [*self.inflight.values(), *self.pending]]
+        if back:
+            try:
+                self.totals.released += await ob.release(self.ctx.db, self.token, back)
+            except Exception as exc:
+                self.ctx.log.error("cannot release unsent emails; they are re-planned when "
+                                   "the claim expires", error=repr(exc), rows=len(back))
+
+
+# -- the task -------------------------------------------------------------------------------
+
+
+@task(name="email", every=2, timeout=60, options=DEFAULT_OPTIONS)
+async def send_queued_email(ctx: TaskContext) -> str | None:
+    """Send queued emails (the outbox), in parallel over reused SMTP connections."""
+    opts = EmailOptions.parse(ctx.options)
+    recovered, pruned = await ob.housekeeping(ctx.db, opts.keep_sent_days)
+    if recovered:
+        ctx.log.warning("re-planned emails whose sender was lost (they may be sent twice)",
+                        rows=[(r.id, r.message_id, r.owner) for r in recovered][:20],
+                        count=len(recovered))
+    skip_locked = await ob.supports_skip_locked(ctx.db)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{ctx.run_id}"
+    connections = [open_connection(opts) for _ in range(opts.concurrency)]
+    totals = Totals()
+    try:
+        while True:
+            await ctx.checkpoint()
+            # The claim must outlive this run, including its grace and a send in flight.
+            lease_s = max(ctx.time_left(), 0) + ctx.settings.grace_s + opts.smtp_timeout_s + 30
+            token = str(uuid.uuid4())
+            rows = await ob.claim(ctx.db, owner=owner, token=token, limit=opts.batch_size,
+                                  lease_s=lease_s, skip_locked=skip_locked)
+            if not rows:
+                break
+            await Batch(ctx, opts, token, rows, totals).run(connections[: len(rows)])
+            # Leave the rest to the next run (2 s later) rather than end at the deadline.
+            if len(rows) < opts.batch_size or ctx.time_left() < ctx.timeout_s / 2:
+                break
+    finally:
+        await asyncio.shield(_close_all(connections))
+        if totals != Totals() or recovered or pruned:
+            ctx.log.info("outbox", sent=totals.sent, retried=totals.retried,
+                         failed=totals.failed, released=totals.released,
+                         recovered=len(recovered), pruned=pruned)
+    if totals == Totals() and not recovered:
+        return None
+    return (f"sent {totals.sent}, retry {totals.retried}, error {totals.failed}, "
+            f"released {totals.released}, recovered {len(recovered)}")
+
+
+async def _close_all(connections: list[Connection]) -> None:
+    await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)

@@ -37,6 +37,7 @@ the same Message-ID, so the duplicate is detectable downstream.
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import json
 import re
@@ -47,10 +48,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Dialect,
     Index,
@@ -69,6 +71,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -102,6 +105,7 @@ outbox = Table(
     Column("owner", String(255)),
     Column("claim_token", String(36)),
     Column("lease_until", UTCDateTime()),
+    CheckConstraint("state IN ('planned', 'sending', 'sent', 'error')", name="state"),
     Index(None, "state", "planned"),
     Index(None, "state", "lease_until"),
     Index(None, "claim_token"),
@@ -150,7 +154,7 @@ def check_address(text: object, field: str) -> str:
         raise ValueError(f"{field}: {text!r} contains a line break")
     try:
         header = email.policy.default.header_factory("To", text.strip())
-        addresses = header.addresses  # type: ignore[attr-defined]
+        addresses = header.addresses
         defects = header.defects
     except Exception:  # the parser raises assorted errors on garbage
         raise ValueError(f"{field}: {text!r} is not a valid email address") from None
@@ -266,7 +270,7 @@ async def queue_from_cli(
     engine: AsyncEngine, *, to: list[str], subject: str, body: str, html_file: str | None
 ) -> str:
     """`cronloop queue-email`: queue one message for ops (a test mail, a notice)."""
-    html = Path(html_file).read_text(encoding="utf-8") if html_file else None
+    html = await asyncio.to_thread(Path(html_file).read_text, "utf-8") if html_file else None
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     return await queue_email(sessions, to=to, subject=subject, body_text=body, body_html=html)
 
@@ -322,12 +326,13 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
     subject = row.subject or ""
     if "\r" in subject or "\n" in subject:
         raise ValueError("subject: contains a line break")
-    message_id = (row.message_id or "").strip()
+    sender = check_address(row.sender or default_sender, "sender")
+    message_id = (row.message_id or "").strip() or new_message_id(sender)
     if not message_id.startswith("<"):
         message_id = f"<{message_id}>"
     return Envelope(
         message_id=message_id,
-        sender=check_address(row.sender or default_sender, "sender"),
+        sender=sender,
         to=lists["to"], cc=lists["cc"], bcc=lists["bcc"],
         subject=subject,
         body_text=row.body_text or "",
@@ -340,7 +345,7 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
 # -- the task's verbs on the table ----------------------------------------------------------
 
 DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
-O = outbox.c
+C = outbox.c
 
 
 @dataclass(frozen=True)
@@ -373,18 +378,18 @@ async def housekeeping(
     older than `keep_sent_days`. Returns (the recovered rows' id/message_id/owner, pruned)."""
     async with db() as session, session.begin():
         now = db_now(session.get_bind().dialect)
-        expired = and_(O.state == SENDING, or_(O.lease_until.is_(None), O.lease_until < now))
+        expired = and_(C.state == SENDING, or_(C.lease_until.is_(None), C.lease_until < now))
         stuck = (await session.execute(
-            select(O.id, O.message_id, O.owner).where(expired).limit(limit))).all()
+            select(C.id, C.message_id, C.owner).where(expired).limit(limit))).all()
         if stuck:
-            await session.execute(update(outbox).where(O.id.in_([r.id for r in stuck]), expired)
+            await session.execute(update(outbox).where(C.id.in_([r.id for r in stuck]), expired)
                                   .values(state=PLANNED, owner=None, claim_token=None,
                                           lease_until=None))
         cutoff = db_now(session.get_bind().dialect, -keep_sent_days * 86400)
-        old = (await session.execute(select(O.id).where(O.state == SENT, O.sent <= cutoff)
+        old = (await session.execute(select(C.id).where(C.state == SENT, C.sent <= cutoff)
                                      .limit(limit))).scalars().all()
         if old:
-            await session.execute(delete(outbox).where(O.id.in_(old), O.state == SENT))
+            await session.execute(delete(outbox).where(C.id.in_(old), C.state == SENT))
     return list(stuck), len(old)
 
 
@@ -399,20 +404,20 @@ async def claim(
     """
     async with db() as session, session.begin():
         dialect = session.get_bind().dialect
-        query = (select(O.id).where(O.state == PLANNED, O.planned <= db_now(dialect))
-                 .order_by(O.planned, O.id).limit(limit))
+        query = (select(C.id).where(C.state == PLANNED, C.planned <= db_now(dialect))
+                 .order_by(C.planned, C.id).limit(limit))
         if skip_locked:
             query = query.with_for_update(skip_locked=True)
         ids = (await session.execute(query)).scalars().all()
         if not ids:
             return []
         await session.execute(
-            update(outbox).where(O.id.in_(ids), O.state == PLANNED)
+            update(outbox).where(C.id.in_(ids), C.state == PLANNED)
             .values(state=SENDING, owner=owner[:255], claim_token=token,
                     lease_until=db_now(dialect, lease_s)))
         taken = await session.execute(
-            select(outbox).where(O.claim_token == token, O.state == SENDING)
-            .order_by(O.planned, O.id))
+            select(outbox).where(C.claim_token == token, C.state == SENDING)
+            .order_by(C.planned, C.id))
         return list(taken.all())
 
 
@@ -423,7 +428,7 @@ async def assign_message_id(
     after a crash carries the same one."""
     async with db() as session, session.begin():
         await session.execute(update(outbox).where(
-            O.id == row_id, O.claim_token == token, O.message_id.is_(None)
+            C.id == row_id, C.claim_token == token, C.message_id.is_(None)
         ).values(message_id=message_id))
 
 
@@ -434,16 +439,16 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
     written = 0
     async with db() as session, session.begin():
         now = db_now(session.get_bind().dialect)
-        ours = and_(O.claim_token == token, O.state == SENDING)
+        ours = and_(C.claim_token == token, C.state == SENDING)
         released = {"owner": None, "claim_token": None, "lease_until": None}
         gone = [m.row_id for m in marks if m.state == DELETED]
         if gone:
-            written += (await session.execute(delete(outbox).where(O.id.in_(gone), ours))).rowcount
+            written += _count(await session.execute(delete(outbox).where(C.id.in_(gone), ours)))
         kept = [m.row_id for m in marks if m.state == SENT]
         if kept:
-            written += (await session.execute(update(outbox).where(O.id.in_(kept), ours).values(
-                state=SENT, sent=now, last_attempt=now, attempts=O.attempts + 1, **released,
-            ))).rowcount
+            written += _count(await session.execute(update(outbox).where(C.id.in_(kept), ours)
+                                                    .values(state=SENT, sent=now, last_attempt=now,
+                                                            attempts=C.attempts + 1, **released)))
         for m in marks:
             if m.state not in (PLANNED, ERROR):
                 continue
@@ -451,14 +456,14 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
                 "state": m.state, "last_error": m.error, "last_error_code": m.code, **released,
             }
             if m.attempted:
-                values.update(attempts=O.attempts + 1, last_attempt=now)
+                values.update(attempts=C.attempts + 1, last_attempt=now)
             if m.remaining is not None:
                 values["remaining_retries"] = m.remaining
             if m.state == PLANNED:
                 values["planned"] = db_now(session.get_bind().dialect, m.delay_s)
-            result = await session.execute(update(outbox).where(O.id == m.row_id, ours)
+            result = await session.execute(update(outbox).where(C.id == m.row_id, ours)
                                            .values(**values))
-            written += result.rowcount
+            written += _count(result)
     return written
 
 
@@ -468,6 +473,11 @@ async def release(db: async_sessionmaker[AsyncSession], token: str, ids: list[in
         return 0
     async with db() as session, session.begin():
         result = await session.execute(
-            update(outbox).where(O.id.in_(ids), O.claim_token == token, O.state == SENDING)
+            update(outbox).where(C.id.in_(ids), C.claim_token == token, C.state == SENDING)
             .values(state=PLANNED, owner=None, claim_token=None, lease_until=None))
-    return int(result.rowcount)
+    return _count(result)
+
+
+def _count(result: Any) -> int:
+    """Rows changed by an UPDATE/DELETE (a CursorResult, typed as a plain Result)."""
+    return int(cast(CursorResult[Any], result).rowcount)

@@ -181,7 +181,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-@task(name="sla", every=10, timeout=60, options=OPTIONS)  # type: ignore[untyped-decorator, unused-ignore]
+@task(name="sla", every=10, timeout=60, options=OPTIONS)
 async def sla(ctx: TaskContext) -> str:
     """Notify and escalate tickets whose SLA thresholds passed (CheckStopWatchThresholds)."""
     report = await process_due(ctx, _now())

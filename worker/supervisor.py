@@ -336,9 +336,9 @@ class Supervisor:
     # -- shutdown -------------------------------------------------------------------------
 
     async def _drain(self) -> None:
+        self.hooks.on_stopping()
         if not self.runners:
             return
-        self.hooks.on_stopping()
         grace = self.settings.shutdown_grace
         log.info("draining", running=len(self.runners), grace_s=grace)
         for runner in list(self.runners.values()):

@@ -368,3 +368,19 @@ def sqlite_cli(tmp_path: Path, foreign_tasks_off: dict[str, str]) -> Iterator[Cl
         yield handle
     finally:
         handle.close()
+
+
+@pytest.fixture
+def cli_on(tmp_path: Path, foreign_tasks_off: dict[str, str]) -> Iterator[Callable[[str], Cli]]:
+    """A `Cli` on a given MariaDB URL, whose database is left as it is (not emptied)."""
+    made: list[Cli] = []
+
+    def factory(url: str) -> Cli:
+        made.append(make_cli("mariadb", tmp_path, foreign_tasks_off, lambda: url, clear=False))
+        return made[-1]
+
+    try:
+        yield factory
+    finally:
+        for handle in made:
+            handle.close()

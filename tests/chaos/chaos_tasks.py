@@ -11,7 +11,7 @@ The scenario is chosen by environment variables, read at import:
 
 - `CHAOS_RACE=N:PERIOD`: N tasks `race_000`... every PERIOD seconds, that record and end;
 - `CHAOS_LONG=SECONDS`: a task `long` (first run at start) that works SECONDS seconds in
-  0.1 s steps, a checkpoint before each;
+  0.1 s steps, each one's write after a checkpoint;
 - `CHAOS_STEADY=PERIOD`: a well-behaved task `steady` every PERIOD seconds;
 - `CHAOS_MISBEHAVE=names`: some of `blocker` (time.sleep in a coroutine: blocks the
   loop), `swallower` (ignores cancellation), `raiser` (raises), `overrunner` (ignores its
@@ -115,8 +115,8 @@ def _define_long(seconds: float) -> None:
         ctx.log.info("chaos long started", pid=os.getpid())
         steps = int(seconds / 0.1)
         for i in range(steps):
-            await ctx.checkpoint()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the work of one step...
+            await ctx.checkpoint()  # ...then, if the run may go on, its write
             await beat(ctx, row, done=i == steps - 1)
         return f"worked {seconds:g}s"
 
