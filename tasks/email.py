@@ -181,6 +181,9 @@ class SmtpConnection:
             raise SendError(f"{type(exc).__name__}: {exc}") from None
         except ValueError as exc:  # an address the client refuses to put on the wire
             raise SendError(f"unsendable: {exc}", permanent=True) from None
+        except asyncio.CancelledError:
+            self._drop()  # mid-transaction: the session is unusable, and QUIT would wait
+            raise
         return dict(refused)
 
     def _drop(self) -> None:

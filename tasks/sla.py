@@ -40,10 +40,8 @@ from worker import TaskContext, task
 
 ESCALATION = {"new": "escalated_tto", "approved": "escalated_tto", "assigned": "escalated_ttr"}
 STOPWATCH_NAMES = {"tto": "time to own", "ttr": "time to resolve"}
-PLACEHOLDERS = frozenset({
-    "ref", "title", "threshold", "stopwatch", "stopwatch_name", "deadline", "overrun",
-    "status", "priority",
-})
+PLACEHOLDERS = frozenset({"ref", "title", "threshold", "stopwatch", "stopwatch_name",
+                          "deadline", "overrun", "status", "priority"})
 # A ticket that fails unexpectedly is logged and left for the next run; this many failures
 # in a row mean something systematic (database down, outbox missing): stop the run.
 MAX_CONSECUTIVE_FAILURES = 3
@@ -121,14 +119,13 @@ def _template(opts: Mapping[str, Any], key: str) -> str:
     (no attribute or index access: templates only ever see the values listed above)."""
     text = str(opts[key]).replace("\\n", "\n")
     try:
-        for _literal, name, _spec, _conv in string.Formatter().parse(text):
-            if name is not None and name not in PLACEHOLDERS:
-                known = " ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
-                raise SlaConfigError(f"sla.{key}: unknown placeholder {{{name}}}; known: {known}")
-        text.format_map(dict.fromkeys(PLACEHOLDERS, ""))
+        names = {field[1] for field in string.Formatter().parse(text) if field[1] is not None}
+        unknown = sorted(names - PLACEHOLDERS)
+        if unknown:
+            known = " ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
+            raise SlaConfigError(f"unknown placeholder {{{unknown[0]}}}; known: {known}")
+        text.format_map(dict.fromkeys(PLACEHOLDERS, ""))  # a bad format spec, e.g. {ref:%}
     except (ValueError, IndexError) as exc:
-        if isinstance(exc, SlaConfigError):
-            raise
         raise SlaConfigError(f"sla.{key}: {exc}") from None
     return text
 
@@ -140,9 +137,12 @@ class SlaReport:
     triggered: int = 0
     escalated: int = 0
     skipped: int = 0
-    failed: int = 0
     emails: int = 0
     failed_ids: list[int] = field(default_factory=list)
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_ids)
 
     def message(self) -> str:
         parts = [
@@ -194,7 +194,8 @@ async def sla(ctx: TaskContext) -> str:
 
 async def process_due(ctx: TaskContext, now: datetime) -> SlaReport:
     """Process every threshold due at `now`, oldest deadline first, in batches, with a
-    checkpoint before each ticket. Tests call this with their own `now`."""
+    checkpoint before each ticket. `now` is fixed for the run (what falls due meanwhile
+    waits 10 s for the next one); tests call this with their own `now`."""
     config = SlaConfig.from_options(ctx.options)
     report = SlaReport()
     handled: set[int] = set()
@@ -211,7 +212,6 @@ async def process_due(ctx: TaskContext, now: datetime) -> SlaReport:
             try:
                 await _process_one(ctx, config, ticket_id, now, report)
             except Exception as exc:
-                report.failed += 1
                 report.failed_ids.append(ticket_id)
                 consecutive_failures += 1
                 ctx.log.error("sla ticket failed", ticket_id=ticket_id, error=repr(exc),
@@ -282,7 +282,7 @@ async def process_ticket(
     session: AsyncSession, config: SlaConfig, ticket_id: int, now: datetime
 ) -> TicketResult | None:
     """Inside the caller's transaction: lock the ticket, then trigger, escalate and notify
-    each due threshold. Raises BadTicket (before writing anything) for inconsistent data.
+    each due threshold. Raises BadTicket for inconsistent data (the caller rolls back).
 
     The row lock (FOR UPDATE on MariaDB; SQLite's BEGIN IMMEDIATE) makes a second worker
     wait here and then see the flags already set, and each flag is still flipped by a
@@ -362,14 +362,9 @@ async def _changed(session: AsyncSession, statement: Any) -> bool:
     return result.rowcount == 1
 
 
-async def _notify(
-    session: AsyncSession,
-    config: SlaConfig,
-    row: Mapping[Any, Any],
-    due: Due,
-    overrun: float,
-    status: str,
-) -> None:
+async def _notify(session: AsyncSession, config: SlaConfig, row: Mapping[Any, Any], due: Due,
+                  overrun: float, status: str) -> None:
+    """Queue the notification in the caller's transaction (see the module doc)."""
     values = {
         "ref": row["ref"],
         "title": row["title"],

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ _SCRUBBED = ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "JOURN
              "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONPATH")
 
 Event = dict[str, Any]
-Env = dict[str, str | None]
+Env = Mapping[str, str | None]
 
 
 @dataclass
@@ -273,7 +273,9 @@ def cronloop_bin() -> Path:
 
 
 @pytest.fixture(scope="session")
-def foreign_tasks_off(cronloop_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def foreign_tasks_off(
+    cronloop_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """`CRONLOOP_<TASK>__ENABLED=0` for every task installed by entry points (the standard
     tasks), so that a test's `run --once` runs only the sample tasks it chose."""
     cwd = tmp_path_factory.mktemp("foreign")

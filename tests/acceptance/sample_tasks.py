@@ -67,7 +67,8 @@ async def nightly(ctx: TaskContext) -> str:
 async def long(ctx: TaskContext) -> None:
     """Works until told to stop, then says what it saw and stops at a checkpoint."""
     ctx.log.info("long started")
-    while not ctx.should_stop:
+    # should_stop is a flag that threads read too, not an asyncio.Event: polling is its use
+    while not ctx.should_stop:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     ctx.log.info("long saw stop", reason=str(ctx.stop_reason))
     await ctx.checkpoint()  # raises StopRun: the run ends `interrupted` or `timed_out`

@@ -48,8 +48,13 @@ def test_notify_sequence_ready_status_watchdog_stopping_and_exit_75(tmp_path: Pa
             "CRONLOOP_PARAM_FILE": "",
         }
         env.pop("WATCHDOG_PID", None)
-        args = ["run", "--task_modules=notify_tasks", "--max_lifetime=2", "--lifetime_jitter_s=0",
-                "--poll_interval=0.5"]
+        args = [
+            "run",
+            "--task_modules=notify_tasks",
+            "--max_lifetime=2",
+            "--lifetime_jitter_s=0",
+            "--poll_interval=0.5",
+        ]
         proc = subprocess.Popen([CRONLOOP, *args], env=env, stderr=subprocess.PIPE)
         try:
             messages = _collect(sock, proc, limit_s=30)

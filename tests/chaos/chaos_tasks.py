@@ -11,7 +11,8 @@ The scenario is chosen by environment variables, read at import:
 
 - `CHAOS_RACE=N:PERIOD`: N tasks `race_000`... every PERIOD seconds, that record and end;
 - `CHAOS_LONG=SECONDS`: a task `long` (first run at start) that works SECONDS seconds in
-  0.1 s steps, each one's write after a checkpoint;
+  0.1 s steps, each one's effects after a checkpoint: a line in the file `CHAOS_TRACE`
+  (if set) and, unless `CHAOS_LONG_DB=0`, its `last_seen` in the database;
 - `CHAOS_STEADY=PERIOD`: a well-behaved task `steady` every PERIOD seconds;
 - `CHAOS_MISBEHAVE=names`: some of `blocker` (time.sleep in a coroutine: blocks the
   loop), `swallower` (ignores cancellation), `raiser` (raises), `overrunner` (ignores its
@@ -109,15 +110,28 @@ def _define_race(spec: str) -> None:
         task(name=f"race_{i:03d}", every=float(period), timeout=30)(race)
 
 
+def trace(ctx: TaskContext, step: int) -> None:
+    """One line per unit of work in a local file: evidence that does not need the
+    database (a partitioned worker cannot write its progress there)."""
+    path = os.environ.get("CHAOS_TRACE")
+    if path:
+        with open(path, "a", encoding="ascii") as out:
+            out.write(f"{ctx.run_id} {os.getpid()} {time.time():.6f} {step}\n")
+
+
 def _define_long(seconds: float) -> None:
+    use_db = os.environ.get("CHAOS_LONG_DB", "1") == "1"
+
     async def long(ctx: TaskContext) -> str:
-        row = await begin(ctx)
+        row = await begin(ctx) if use_db else 0
         ctx.log.info("chaos long started", pid=os.getpid())
         steps = int(seconds / 0.1)
         for i in range(steps):
             await asyncio.sleep(0.1)  # the work of one step...
-            await ctx.checkpoint()  # ...then, if the run may go on, its write
-            await beat(ctx, row, done=i == steps - 1)
+            await ctx.checkpoint()  # ...then, if the run may go on, its effects
+            trace(ctx, i)
+            if use_db:
+                await beat(ctx, row, done=i == steps - 1)
         return f"worked {seconds:g}s"
 
     task(name="long", every=3600, timeout=seconds * 4)(long)

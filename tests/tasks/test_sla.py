@@ -182,6 +182,18 @@ async def test_resolved_paused_and_stopped_stopwatches_are_never_processed(
     assert await emails(db) == []
 
 
+async def test_a_stopwatch_stopped_with_past_deadlines_never_fires(db: AsyncEngine) -> None:
+    """Assigning a ticket stops TTO but keeps its deadlines; the TTR firing on the same
+    ticket must not drag the stopped TTO along."""
+    tid = await add(db)
+    await set_ticket(db, tid, status="assigned", tto_state="stopped")
+    report = await run(db, TTR_75)
+    assert (report.triggered, report.escalated) == (1, 0)
+    row = await ticket(db, tid)
+    assert row["ttr_75_triggered"] and not row["tto_75_triggered"]
+    assert not row["tto_100_triggered"] and row["status"] == "assigned"
+
+
 async def test_statuses_without_timeout_transition_are_notified_not_escalated(
     db: AsyncEngine,
 ) -> None:
@@ -364,6 +376,8 @@ BROKEN: list[tuple[dict[str, Any], str]] = [
     ({"tto_75_deadline": None}, "TTO has no 75 % deadline"),
     ({"status": "closed", "tto_state": "stopped"}, "TTR stopwatch still running on a closed"),
     ({"ttr_state": "bogus"}, "unknown TTR state 'bogus'"),
+    # caught only when the outbox refuses the message: rolled back, then marked
+    ({"ref": "R-9\r\nBcc: x@example.org"}, "notification refused: headers"),
 ]
 
 
@@ -398,6 +412,24 @@ async def test_broken_tickets_are_logged_once_and_skipped_and_the_rest_processed
     await set_ticket(db, fixed, status="new", sla_error=None)
     report = await run(db, TTR_100 + 2 * SEC)
     assert (report.triggered, report.escalated) == (4, 1)
+
+
+async def test_a_ticket_marked_bad_by_another_worker_is_not_logged_again(
+    db: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tid = await add(db)
+    await set_ticket(db, tid, status="open")
+    await run(db, TTO_75)
+    marked = (await ticket(db, tid))["sla_error"]
+
+    async def stale_batch(*args: Any, **kw: Any) -> list[int]:
+        return [tid]  # as read by a worker just before the other one marked the ticket
+
+    monkeypatch.setattr(sla_module, "due_ticket_ids", stale_batch)
+    with capture_logs() as logs:
+        report = await run(db, TTO_75)
+    assert report.skipped == 0 and [e["event"] for e in logs] == []
+    assert (await ticket(db, tid))["sla_error"] == marked
 
 
 async def test_the_run_message_counts_thresholds_escalations_and_skips(db: AsyncEngine) -> None:
