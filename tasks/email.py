@@ -16,6 +16,7 @@ service's group).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
@@ -311,8 +312,8 @@ class Totals:
 
 
 class Batch:
-    """Sends claimed rows with one sender per connection, records outcomes in group
-    commits, and on any exit records what was sent and releases what was not."""
+    """Sends claimed rows with one sender per connection while a writer records outcomes
+    in group commits; on any exit, records what was sent and releases what was not."""
 
     def __init__(self, ctx: TaskContext, opts: EmailOptions, token: str, rows: list[Any],
                  totals: Totals) -> None:
@@ -321,13 +322,18 @@ class Batch:
         self.inflight: dict[int, Any] = {}
         self.unrecorded: list[ob.Mark] = []
         self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.closing = False
 
     async def run(self, connections: list[Connection]) -> None:
         """Raises the StopRun a sender met at its checkpoint, after cleaning up."""
+        writer = asyncio.ensure_future(self._write_loop())
         try:
             stops = await asyncio.gather(*(self._sender(c) for c in connections))
         finally:
-            await asyncio.shield(self._finish())
+            self.closing = True
+            self.wake.set()
+            await asyncio.shield(self._finish(writer))
         for stop in stops:
             if stop is not None:
                 raise stop
@@ -346,7 +352,18 @@ class Batch:
             del self.inflight[row.id]
             self.totals.count(mark)
             self.unrecorded.append(mark)
-            await self._flush()
+            self.wake.set()
+
+    async def _write_loop(self) -> None:
+        """Senders do not wait for the database: what piles up during one commit goes
+        into the next."""
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not await self._flush() and not self.closing:
+                await asyncio.sleep(1.0)  # the database is failing: do not hammer it
+            if self.closing:
+                return
 
     async def _deliver(self, connection: Connection, row: Any) -> ob.Mark:
         """Never raises an Exception: a bad row or a bug marks this row, not the batch."""
@@ -379,26 +396,29 @@ class Batch:
         secret = self.opts.smtp_password
         return (text.replace(secret, "***") if secret else text)[:2000]
 
-    async def _flush(self) -> None:
-        """Group commit: whoever holds the lock writes every outcome gathered so far."""
+    async def _flush(self) -> bool:
+        """Write every outcome gathered so far in one transaction; False if that failed."""
         async with self.lock:
             marks = list(self.unrecorded)
             if not marks:
-                return
+                return True
             try:
                 written = await ob.record(self.ctx.db, self.token, marks)
             except Exception as exc:
                 self.ctx.log.error("cannot record sent emails yet", error=repr(exc),
                                    rows=[m.row_id for m in marks])
-                return
+                return False
             del self.unrecorded[: len(marks)]
             if written < len(marks):
                 self.ctx.log.warning("claims lost before recording: another worker may resend",
                                      rows=len(marks) - written)
+        return True
 
-    async def _finish(self) -> None:
+    async def _finish(self, writer: asyncio.Future[None]) -> None:
         """Record what was sent, then give back what was not (interrupted sends included:
         they may have been delivered, see the at-least-once rule)."""
+        with contextlib.suppress(BaseException):
+            await writer
         await self._flush()
         if self.unrecorded:
             self.ctx.log.error("sent emails not recorded; they are resent when the claim "

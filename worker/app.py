@@ -86,7 +86,9 @@ async def open_database(
     except BaseException:
         await engine.dispose()
         raise
-    store = TaskStore(engine, lease_s=settings.lease_s)
+    store = TaskStore(
+        engine, lease_s=settings.lease_s, quarantine_timeouts=settings.quarantine_timeouts
+    )
     return Database(engine=engine, store=store, sessions=session_factory(engine))
 
 

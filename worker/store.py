@@ -13,9 +13,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, case, delete, func, insert, or_, select, update
@@ -25,113 +23,32 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from worker.db import db_now, server_supports_skip_locked
 from worker.models import runs, tasks
 from worker.outcome import Outcome, TaskStatus
+from worker.records import (
+    Claim,
+    RunEntry,
+    RunRecord,
+    SyncReport,
+    TaskDeclaration,
+    TaskState,
+    TriggerResult,
+    UnknownTask,
+)
+
+__all__ = [
+    "Claim",
+    "RunEntry",
+    "RunRecord",
+    "SyncReport",
+    "TaskDeclaration",
+    "TaskState",
+    "TaskStore",
+    "TriggerResult",
+    "UnknownTask",
+    "make_worker_id",
+]
 
 T = tasks.c
 R = runs.c
-
-
-class UnknownTask(LookupError):
-    """No task of that name in the table."""
-
-
-@dataclass(frozen=True)
-class TaskDeclaration:
-    """What `sync_tasks` needs to know of a task this worker can run."""
-
-    name: str
-    schedule: str  # human description; a change means "recompute the next run"
-    timeout_s: float
-    first_run: datetime | None  # next slot if (re)planned now; None if not runnable
-    error: str | None = None  # why it is disabled by configuration
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class SyncReport:
-    added: list[str]
-    removed: list[str]
-    reactivated: list[str]
-    disabled: list[str]
-    replanned: list[str]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One run this worker now owns, until its lease runs out."""
-
-    task_id: int
-    name: str
-    token: str
-    run_id: str
-    scheduled_for: datetime
-    planned_run: datetime | None
-    triggered: bool  # brought forward by `trigger` or a retry, off the schedule's slot
-    took_over: str | None  # run id of an abandoned run this claim replaces
-    consecutive_failures: int
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """How a run ended and what comes next, written by `complete`."""
-
-    outcome: Outcome
-    started: datetime
-    ended: datetime
-    duration_s: float
-    next_run: datetime | None
-    planned_run: datetime | None
-    message: str | None = None
-    error: str | None = None
-    missed: int = 0
-
-
-@dataclass(frozen=True)
-class TaskState:
-    """A task row as `cronloop status` shows it."""
-
-    name: str
-    status: str
-    status_reason: str | None
-    schedule: str
-    next_run: datetime | None
-    latest_run_start: datetime | None
-    latest_run_end: datetime | None
-    runs: int
-    avg_duration_s: float | None
-    min_duration_s: float | None
-    max_duration_s: float | None
-    latest_duration_s: float | None
-    last_outcome: str | None
-    last_message: str | None
-    last_error: str | None
-    running: bool
-    owner: str | None
-    consecutive_failures: int
-    last_user: str | None
-    last_host: str | None
-
-
-@dataclass(frozen=True)
-class RunEntry:
-    """One row of the run history."""
-
-    run_id: str
-    task_name: str
-    scheduled_for: datetime
-    started: datetime
-    ended: datetime | None
-    duration_s: float | None
-    outcome: str
-    message: str | None
-    error: str | None
-    worker: str
-    missed: int
-    triggered: bool
-
-
-class TriggerResult(StrEnum):
-    QUEUED = "queued"
-    NOT_ACTIVE = "not_active"
 
 
 def make_worker_id() -> str:
@@ -149,10 +66,19 @@ def _os_user() -> str:
 class TaskStore:
     """The SQLAlchemy implementation, for SQLite and MySQL/MariaDB."""
 
-    def __init__(self, engine: AsyncEngine, *, worker_id: str | None = None, lease_s: float = 30.0):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        quarantine_timeouts: int = 0,
+    ):
         self.engine = engine
         self.worker_id = worker_id or make_worker_id()
         self.lease_s = lease_s
+        # quarantine a task after this many timeouts in a row (0: never)
+        self.quarantine_timeouts = quarantine_timeouts
         self._dialect = engine.dialect
         self._skip_locked: bool | None = None
         self._user = _os_user()
@@ -384,6 +310,8 @@ class TaskStore:
             (T.lease_until, None),
             (T.updated, self._now()),
         ]
+        if record.outcome == Outcome.TIMED_OUT and self.quarantine_timeouts:
+            assignments = self._quarantine_on_timeouts() + assignments
         if counted:
             assignments += [
                 (T.latest_duration_s, d),
@@ -451,6 +379,24 @@ class TaskStore:
                 .values(outcome=Outcome.SKIPPED, ended=self._now(), error="released unrun")
             )
         return result.rowcount == 1
+
+    def _quarantine_on_timeouts(self) -> list[tuple[Any, Any]]:
+        """Status assignments that quarantine the task on its M-th timeout in a row.
+
+        Placed before the counters are incremented: MySQL evaluates assignments left to
+        right with the new values, SQLite with the old ones; this order reads the old
+        counter on both.
+        """
+        limit = self.quarantine_timeouts
+        trips = and_(T.status == TaskStatus.ACTIVE, T.consecutive_timeouts + 1 >= limit)
+        reason = (
+            f"timed out {limit} times in a row; fix the task or raise its timeout, then "
+            "`cronloop resume` it"
+        )
+        return [
+            (T.status_reason, case((trips, reason), else_=T.status_reason)),
+            (T.status, case((trips, TaskStatus.QUARANTINED.value), else_=T.status)),
+        ]
 
     async def reap_abandoned(self) -> int:
         """Close history rows of runs whose worker vanished, so history never shows a run

@@ -224,3 +224,23 @@ async def test_concurrent_claims_never_share_a_run(store: TaskStore) -> None:
     async with store.engine.connect() as conn:
         started = (await conn.execute(select(runs.c.task_name))).scalars().all()
     assert sorted(started) == sorted(names)
+
+
+async def test_repeated_timeouts_quarantine_until_resumed(engine: AsyncEngine) -> None:
+    store = TaskStore(engine, worker_id="w1", quarantine_timeouts=3)
+    await store.sync_tasks([decl("hangs"), decl("fine")])
+    for _ in range(2):
+        [claim] = await store.claim_due(NOW, 1, names=["hangs"])
+        await store.complete(claim, record(Outcome.TIMED_OUT, NOW))
+    assert (await store.status(["hangs"]))[0].status == "active"
+    [claim] = await store.claim_due(NOW, 1, names=["hangs"])
+    await store.complete(claim, record(Outcome.TIMED_OUT, NOW))
+    [state] = await store.status(["hangs"])
+    assert state.status == "quarantined" and "3 times in a row" in (state.status_reason or "")
+    assert [c.name for c in await store.claim_due(NOW, 10)] == ["fine"]
+    assert await store.resume("hangs") == "quarantined"
+    [state] = await store.status(["hangs"])
+    assert state.status == "active"
+    [claim] = await store.claim_due(NOW, 1, names=["hangs"])
+    await store.complete(claim, record(Outcome.TIMED_OUT, NOW))
+    assert (await store.status(["hangs"]))[0].status == "active"  # counters were reset

@@ -1,0 +1,400 @@
+"""Database backups, iTop's BackupExec: a dump plus config files in a `.tar.gz`.
+
+The archive (`<backup_dir>/<file_name_format>.tar.gz`, mode 0600) holds `manifest.json`
+first (format, cronloop version, database kind/name/server version, creation time, and
+each file's size and sha256), the dump (`<db>.sql` from mariadb-dump/mysqldump, or
+`cronloop.sqlite3` from SQLite's online backup API), then the `extra_files` under
+`extra/`. Everything is written under temporary names in the backup directory itself
+(`.cronloop-backup-*.partial/`, `<archive>.partial`), fsync'ed, and renamed only when
+complete: a failed or interrupted backup leaves nothing (and a crash leaves partials that
+the next backup removes).
+
+One backup at a time: an flock on `<backup_dir>/.lock`, and on MySQL/MariaDB also the
+named lock `cronloop_backup.<db>`, so two hosts do not both dump whether or not they share
+the directory. A busy lock is reported ("another backup is running"), not a failure.
+
+Retention runs *after* the new archive is in place (iTop deletes first): a failed backup
+never costs a good one. Only our archives count: the name must match the pattern of
+`file_name_format` and the archive must start with our manifest for the same database;
+other files in the directory are never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import sqlite3
+import tarfile
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tasks.backup_dump import (
+    CHUNK,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    BackupError,
+    DbTarget,
+    Stopper,
+    copy_hashed,
+    digest,
+    dump_mysql,
+    find_command,
+    read_manifest,
+    restore,
+    run_in_thread,
+    sqlite_copy,
+)
+from worker import TaskContext, task
+from worker.schedule import ScheduleError, resolve_timezone
+from worker.settings import Settings, state_directory
+
+SUFFIX = ".tar.gz"
+PARTIAL = ".partial"
+SPOOL_PREFIX = ".cronloop-backup-"
+LOCK_FILE = ".lock"
+BUSY = "another backup is running"
+DUMP_TOOLS = ("mariadb-dump", "mysqldump")
+OPTIONS: Mapping[str, Any] = {
+    "retention_count": 5,
+    "file_name_format": "__DB__-%Y-%m-%d_%H_%M",
+    "backup_dir": "",
+    "dump_command": "",
+    "extra_files": "",
+}
+_DIGITS = {"Y": r"\d{4}", "y": r"\d{2}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d{2}",
+           "I": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}", "j": r"\d{3}", "%": "%"}
+
+TaskFunc = Callable[[TaskContext], Awaitable[str]]
+log = structlog.get_logger("cronloop.backup")
+
+
+class BackupBusy(BackupError):
+    """Another backup holds the lock."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One file of the archive: its name inside, where it is spooled, size and sha256."""
+
+    arcname: str
+    path: Path
+    size: int
+    sha256: str
+    source: str | None = None  # original path of an extra file
+
+
+@dataclass(frozen=True)
+class BackupPlan:
+    """Everything one backup needs, resolved from settings and task options."""
+
+    target: DbTarget
+    backup_dir: Path
+    name_format: str
+    tz: ZoneInfo
+    retention_count: int
+    dump_command: str
+    extra_files: tuple[Path, ...]
+
+    @classmethod
+    def from_options(cls, settings: Settings, url: URL, options: Mapping[str, Any]) -> BackupPlan:
+        opts = {**OPTIONS, **options}
+        backup_dir = str(opts["backup_dir"]) or settings.backup_dir
+        try:
+            tz = resolve_timezone(settings.timezone)
+        except ScheduleError as exc:
+            raise BackupError(f"timezone: {exc}") from None
+        extras = tuple(Path(p.strip()) for p in str(opts["extra_files"]).split(",") if p.strip())
+        return cls(
+            target=DbTarget.from_url(url, settings.database_password),
+            backup_dir=Path(backup_dir) if backup_dir else state_directory() / "backups",
+            name_format=str(opts["file_name_format"]),
+            tz=tz,
+            retention_count=int(opts["retention_count"]),
+            dump_command=str(opts["dump_command"]),
+            extra_files=extras,
+        )
+
+
+@dataclass(frozen=True)
+class BackupResult:
+    path: Path
+    size: int
+    seconds: float
+    deleted: tuple[Path, ...]
+
+    def describe(self) -> str:
+        pruned = f"; deleted {len(self.deleted)} old archive(s)" if self.deleted else ""
+        return f"backup {self.path} ({self.size / 1048576:.1f} MiB, {self.seconds:.1f} s){pruned}"
+
+
+def archive_name(name_format: str, db: str, now: datetime, tz: ZoneInfo) -> str:
+    """The archive's file name: strftime in the configured zone, `__DB__` = database."""
+    stamp = now.astimezone(tz).strftime(name_format)  # `__DB__` has no `%`: kept as is
+    name = stamp.replace("__DB__", db) + SUFFIX
+    if "/" in name or "\0" in name or name.startswith(".") or name == SUFFIX:
+        raise BackupError(f"file_name_format {name_format!r} gives an unusable name {name!r}")
+    return name
+
+
+def archive_pattern(name_format: str, db: str) -> re.Pattern[str]:
+    """Matches the names `archive_name` makes (any time, optional `-N` collision suffix)."""
+    parts = []
+    for token in re.split(r"(__DB__|%.)", name_format):
+        if token == "__DB__":
+            parts.append(re.escape(db))
+        elif len(token) == 2 and token[0] == "%":
+            parts.append(_DIGITS.get(token[1], ".+?"))
+        else:
+            parts.append(re.escape(token))
+    return re.compile("".join(parts) + r"(?:-\d+)?" + re.escape(SUFFIX))
+
+
+@contextlib.contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """flock on `<dir>/.lock`, not waiting: a second backup on this host is busy."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BackupBusy(BUSY) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.asynccontextmanager
+async def _server_lock(engine: AsyncEngine | None, target: DbTarget) -> AsyncIterator[str]:
+    """The named lock on MySQL/MariaDB (held by one connection for the whole backup);
+    yields the server version for the manifest."""
+    if target.kind == "sqlite" or engine is None:
+        yield f"SQLite {sqlite3.sqlite_version}" if target.kind == "sqlite" else "unknown"
+        return
+    name = f"cronloop_backup.{target.name}"[:64]
+    async with engine.connect() as conn:
+        server = str((await conn.execute(text("SELECT VERSION()"))).scalar_one())
+        got = (await conn.execute(text("SELECT GET_LOCK(:name, 0)"), {"name": name})).scalar()
+        await conn.commit()
+        if got != 1:
+            raise BackupBusy(BUSY)
+        try:
+            yield server
+        finally:
+            try:
+                await conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+                await conn.commit()
+            except BaseException:
+                await conn.invalidate()  # closing the session releases the lock
+                raise
+
+
+def _remove_leftovers(directory: Path, pattern: re.Pattern[str], logger: Any) -> None:
+    """Partials of a backup that crashed (we hold the lock: none is in progress)."""
+    for entry in directory.iterdir():
+        name = entry.name
+        if name.startswith(SPOOL_PREFIX) and name.endswith(PARTIAL) and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif name.endswith(PARTIAL) and pattern.fullmatch(name[: -len(PARTIAL)]):
+            entry.unlink(missing_ok=True)
+        else:
+            continue
+        logger.warning("removed the leftover of an interrupted backup", path=str(entry))
+
+
+def _unique(directory: Path, name: str) -> Path:
+    """`name`, or `name-N` when a backup already has that name (two in one minute)."""
+    stem = name[: -len(SUFFIX)]
+    candidate, n = name, 0
+    while (directory / candidate).exists() or (directory / (candidate + PARTIAL)).exists():
+        n += 1
+        candidate = f"{stem}-{n}{SUFFIX}"
+    return directory / candidate
+
+
+async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper) -> list[Member]:
+    """Dump the database and snapshot the extra files into `spool`, hashing each."""
+    target = plan.target
+    if target.kind == "mysql":
+        command = find_command(plan.dump_command, DUMP_TOOLS)
+        dump = spool / f"{target.name}.sql"
+        await dump_mysql(target, command, dump, stopper)
+    else:
+        dump = spool / f"{target.name}.sqlite3"
+        await run_in_thread(lambda: sqlite_copy(target.path, dump, stopper), stopper)
+    size, sha = await run_in_thread(lambda: digest(dump, stopper), stopper)
+    members = [Member(dump.name, dump, size, sha)]
+    for i, extra in enumerate(plan.extra_files):
+        copy = spool / f"extra-{i}"
+        try:
+            size, sha = await run_in_thread(
+                lambda e=extra, c=copy: copy_hashed(e, c, stopper), stopper  # type: ignore[misc]
+            )
+        except OSError as exc:
+            raise BackupError(f"extra file {extra}: {exc.strerror or exc}") from None
+        members.append(Member(f"extra/{extra.name}", copy, size, sha, source=str(extra)))
+    return members
+
+
+def _manifest(plan: BackupPlan, server: str, now: datetime, members: list[Member]) -> bytes:
+    try:
+        ours = version("cronloop")
+    except PackageNotFoundError:
+        ours = "unknown"
+    data = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cronloop_version": ours,
+        "created": now.astimezone(UTC).isoformat(),
+        "database": {"kind": plan.target.kind, "name": plan.target.name, "server_version": server},
+        "dump": members[0].arcname,
+        "files": [
+            {"name": m.arcname, "size": m.size, "sha256": m.sha256,
+             **({"source": m.source} if m.source else {})}
+            for m in members
+        ],
+    }
+    return json.dumps(data, indent=2).encode() + b"\n"
+
+
+class _CheckedReader:
+    """A file that checks for a stop request at every read (tarfile reads in CHUNKs)."""
+
+    def __init__(self, handle: IO[bytes], stopper: Stopper) -> None:
+        self._handle, self._stopper = handle, stopper
+
+    def read(self, size: int = -1) -> bytes:
+        self._stopper.check_sync()
+        return self._handle.read(size)
+
+
+def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, mtime, 0o600
+    return info
+
+
+def _write_archive(partial: Path, manifest: bytes, members: list[Member], mtime: float,
+                   stopper: Stopper) -> int:
+    """Write the .tar.gz (manifest first: retention reads only the first member) and
+    fsync it; returns its size."""
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
+                          format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
+            tar.addfile(_tarinfo(MANIFEST, len(manifest), mtime), io.BytesIO(manifest))
+            for m in members:
+                with m.path.open("rb") as handle:
+                    tar.addfile(_tarinfo(m.arcname, m.size, mtime), _CheckedReader(handle, stopper))
+        raw.flush()
+        os.fsync(raw.fileno())
+        return os.fstat(raw.fileno()).st_size
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename into place and fsync the directory, so the name survives a power cut."""
+    os.rename(partial, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _prune(plan: BackupPlan, keep_path: Path, logger: Any) -> tuple[Path, ...]:
+    """Delete our oldest archives of this database while there are more than
+    `retention_count` (0 = keep all). Blocking: run in a thread."""
+    if plan.retention_count <= 0:
+        return ()
+    pattern = archive_pattern(plan.name_format, plan.target.name)
+    ours: list[tuple[datetime, str, Path]] = []
+    for entry in plan.backup_dir.iterdir():
+        if not pattern.fullmatch(entry.name) or not entry.is_file():
+            continue
+        manifest = read_manifest(entry)
+        db = manifest.get("database", {}) if manifest else {}
+        if db.get("name") != plan.target.name or db.get("kind") != plan.target.kind:
+            continue
+        try:
+            created = datetime.fromisoformat(str(manifest["created"]))  # type: ignore[index]
+        except ValueError:
+            continue
+        ours.append((created, entry.name, entry))
+    ours.sort()
+    deleted = []
+    for _created, _name, path in ours[: max(0, len(ours) - plan.retention_count)]:
+        if path != keep_path:
+            path.unlink(missing_ok=True)
+            logger.info("deleted old backup (retention)", path=str(path),
+                        retention_count=plan.retention_count)
+            deleted.append(path)
+    return tuple(deleted)
+
+
+async def run_backup(plan: BackupPlan, engine: AsyncEngine | None, *, logger: Any = log,
+                     stopper: Stopper | None = None, now: datetime | None = None) -> BackupResult:
+    """Take one backup; raises BackupBusy if another one is running, BackupError if it
+    fails (having removed everything it wrote)."""
+    stopper = stopper or Stopper()
+    now = now or datetime.now(UTC)
+    started = time.monotonic()
+    name = archive_name(plan.name_format, plan.target.name, now, plan.tz)
+    for extra in plan.extra_files:
+        if not extra.is_file():
+            raise BackupError(f"extra file {extra} does not exist or is not a file")
+    if len({e.name for e in plan.extra_files}) != len(plan.extra_files):
+        raise BackupError("extra_files: two files have the same name")
+    plan.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _dir_lock(plan.backup_dir):
+        async with _server_lock(engine, plan.target) as server:
+            pattern = archive_pattern(plan.name_format, plan.target.name)
+            _remove_leftovers(plan.backup_dir, pattern, logger)
+            final = _unique(plan.backup_dir, name)
+            logger.info("backup started", database=plan.target.name, archive=str(final))
+            size = await _build(plan, final, server, now, stopper)
+        deleted = await run_in_thread(lambda: _prune(plan, final, logger), stopper)
+    result = BackupResult(final, size, time.monotonic() - started, deleted)
+    logger.info("backup done", archive=str(final), bytes=size, seconds=round(result.seconds, 3))
+    return result
+
+
+async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
+                 stopper: Stopper) -> int:
+    """Spool, archive, publish; on any way out, remove the spool and the partial."""
+    spool = plan.backup_dir / f"{SPOOL_PREFIX}{uuid.uuid4().hex}{PARTIAL}"
+    partial = final.with_name(final.name + PARTIAL)
+    spool.mkdir(mode=0o700)
+    try:
+        members = await _produce(plan, spool, stopper)
+        manifest = _manifest(plan, server, now, members)
+        mtime = now.timestamp()
+        size = await run_in_thread(
+            lambda: _write_archive(partial, manifest, members, mtime, stopper), stopper
+        )
+        await stopper.checkpoint()
+        _publish(partial, final)
+        return size
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
