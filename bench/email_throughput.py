@@ -21,20 +21,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
-import structlog
-from sqlalchemy import delete, func, select
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-
-from tasks.email import send_queued_email
-from tasks.outbox import outbox, queue_email
-from worker.db import create_engine
-from worker.migrate import upgrade
-from worker.settings import Settings
-from worker.testing import make_context, options_of
+    from worker.settings import Settings
 
 
 def serve(port: int) -> None:
@@ -64,6 +57,11 @@ def free_port() -> int:
 
 
 async def fill(engine: AsyncEngine, n: int) -> None:
+    from sqlalchemy import delete
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from tasks.outbox import outbox, queue_email
+
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
         await session.execute(delete(outbox))
@@ -75,12 +73,19 @@ async def fill(engine: AsyncEngine, n: int) -> None:
 
 
 async def remaining(engine: AsyncEngine) -> int:
+    from sqlalchemy import func, select
+
+    from tasks.outbox import outbox
+
     async with engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
 
 
 async def measure(engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
                   ) -> float:
+    from tasks.email import send_queued_email
+    from worker.testing import make_context, options_of
+
     await fill(engine, n)
     started = time.perf_counter()
     while await remaining(engine):
@@ -91,6 +96,15 @@ async def measure(engine: AsyncEngine, settings: Settings, n: int, options: dict
 
 
 async def bench(args: argparse.Namespace, port: int) -> list[tuple[int, float]]:
+    """The parent process: cronloop is imported only here, not in the server child."""
+    sys.path.insert(0, str(ROOT))
+    import structlog
+
+    from worker.db import create_engine
+    from worker.migrate import upgrade
+    from worker.settings import Settings
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     settings = Settings(database_url=args.url)
     engine = create_engine(settings)
     try:
@@ -122,7 +136,6 @@ def main() -> None:
         return
     if not args.url:
         parser.error("give a database URL")
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -21,7 +21,6 @@ other files in the directory are never touched.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import io
@@ -33,7 +32,6 @@ import sqlite3
 import tarfile
 import time
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +46,6 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tasks.backup_dump import (
-    CHUNK,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -86,6 +83,7 @@ _DIGITS = {"Y": r"\d{4}", "y": r"\d{2}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d
 
 TaskFunc = Callable[[TaskContext], Awaitable[str]]
 log = structlog.get_logger("cronloop.backup")
+__all__ = ["BackupBusy", "BackupError", "backup", "backup_now", "read_manifest", "restore"]
 
 
 class BackupBusy(BackupError):
@@ -300,7 +298,7 @@ def _write_archive(partial: Path, manifest: bytes, members: list[Member], mtime:
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
-                          format=tarfile.PAX_FORMAT, copybufsize=CHUNK) as tar:
+                          format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_tarinfo(MANIFEST, len(manifest), mtime), io.BytesIO(manifest))
             for m in members:
                 with m.path.open("rb") as handle:
@@ -398,3 +396,62 @@ async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
         raise
     finally:
         shutil.rmtree(spool, ignore_errors=True)
+
+
+def _task(**kw: Any) -> Callable[[TaskFunc], TaskFunc]:
+    """`worker.task` with a type (the core's decorator is typed `Any`)."""
+    decorate: Callable[[TaskFunc], TaskFunc] = task(**kw)
+    return decorate
+
+
+@_task(at="23:30", days="monday,tuesday,wednesday,thursday,friday", timeout=3600,
+       options=OPTIONS)
+async def backup(ctx: TaskContext) -> str:
+    """Back up the database (and extra_files) into a .tar.gz; keep retention_count."""
+    engine: AsyncEngine = ctx.db.kw["bind"]
+    plan = BackupPlan.from_options(ctx.settings, engine.url, ctx.options)
+
+    async def checkpoint() -> None:
+        await ctx.checkpoint()
+
+    stopper = Stopper(checkpoint=checkpoint, should_stop=lambda: ctx.should_stop)
+    try:
+        result = await run_backup(plan, engine, logger=ctx.log, stopper=stopper)
+    except BackupBusy:
+        ctx.log.info(BUSY, backup_dir=str(plan.backup_dir))
+        return BUSY
+    return result.describe()
+
+
+def options_from_settings(settings: Settings) -> dict[str, Any]:
+    """The task's options as `backup.<option>` lines in the params file set them, for
+    `cronloop backup` when the caller has no registry at hand."""
+    raw = {key.rsplit(".", 1)[-1]: pv.value for key, pv in settings.task_options.get(
+        "backup", {}).items()}
+    options = dict(OPTIONS)
+    for key, default in OPTIONS.items():
+        if key in raw:
+            try:
+                options[key] = int(raw[key]) if isinstance(default, int) else raw[key].strip()
+            except ValueError:
+                raise BackupError(f"backup.{key} = {raw[key]!r}: expected a whole number") from None
+    return options
+
+
+async def backup_now(settings: Settings, *, engine: AsyncEngine | None = None,
+                     options: Mapping[str, Any] | None = None) -> Path:
+    """One backup now (`cronloop backup`): the archive's path; BackupBusy if another backup
+    runs, BackupError if it fails. `options` as the registry resolved them (default: read
+    from `settings`); a missing engine is created from the settings and disposed of."""
+    from worker.db import create_engine
+
+    own = engine is None
+    engine = engine or create_engine(settings)
+    try:
+        plan = BackupPlan.from_options(
+            settings, engine.url, options if options is not None else options_from_settings(settings)
+        )
+        return (await run_backup(plan, engine)).path
+    finally:
+        if own:
+            await engine.dispose()

@@ -17,22 +17,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import shlex
 import shutil
 import sqlite3
+import tarfile
 import tempfile
 import threading
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 from worker.settings_values import Secret
 
 T = TypeVar("T")
+FORMAT = "cronloop-backup"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CLIENT_TOOLS = ("mariadb", "mysql")
 POLL_S = 0.1  # how often a running dump checks the deadline
 THREAD_STOP_WAIT_S = 1.5  # the runner allows 2 s to unwind after a cancel
 STDERR_KEEP = 16 * 1024
@@ -356,3 +364,110 @@ def copy_hashed(source: Path, dest: Path, stopper: Stopper) -> tuple[int, str]:
             out.write(chunk)
             size += len(chunk)
     return size, hasher.hexdigest()
+
+
+def _first_manifest(tar: tarfile.TarFile) -> dict[str, Any] | None:
+    first = tar.next()
+    if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1 << 20:
+        return None
+    handle = tar.extractfile(first)
+    data = json.loads(handle.read()) if handle else None
+    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """Our manifest if `path` is one of our archives (it is the first member), else None;
+    reads only the start of the archive."""
+    try:
+        with tarfile.open(path, "r|gz") as tar:
+            return _first_manifest(tar)
+    except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError):
+        return None
+
+
+def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
+    """The manifest, after checking every file it lists against its size and sha256:
+    nothing is loaded into a database from a damaged archive."""
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, "r|gz") as tar:
+            manifest = _first_manifest(tar)
+            if manifest is None:
+                raise BackupError(f"{path} is not a cronloop backup (no manifest)")
+            if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+                raise BackupError(f"{path} was written by a newer cronloop (format "
+                                  f"{manifest.get('format_version')}); upgrade to restore it")
+            expected = {str(f["name"]): f for f in manifest["files"]}
+            for member in tar:
+                spec = expected.get(member.name)
+                handle = tar.extractfile(member) if spec and member.isfile() else None
+                if spec is None or handle is None:
+                    continue
+                hasher, size = hashlib.sha256(), 0
+                while chunk := handle.read(CHUNK):
+                    stopper.check_sync()
+                    hasher.update(chunk)
+                    size += len(chunk)
+                if size != spec["size"] or hasher.hexdigest() != spec["sha256"]:
+                    raise BackupError(f"{path}: {member.name} is damaged (size or sha256 "
+                                      "differs from the manifest)")
+                seen.add(member.name)
+    except (OSError, EOFError, tarfile.TarError, zlib.error, KeyError, ValueError) as exc:
+        raise BackupError(f"{path}: unreadable archive: {exc}") from None
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise BackupError(f"{path}: files listed in the manifest are missing: {missing}")
+    return manifest
+
+
+def _open_member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
+    for member in tar:
+        if member.name == name:
+            handle = tar.extractfile(member)
+            if handle is not None:
+                return handle
+    raise BackupError(f"the archive has no {name}")
+
+
+def _restore_sqlite(archive: Path, dump: str, dest: str, stopper: Stopper) -> None:
+    """Extract the database file next to `dest` (same file system), then copy it in."""
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=".cronloop-restore-", dir=Path(dest).parent)
+    try:
+        with os.fdopen(fd, "wb") as out, tarfile.open(archive, "r|gz") as tar:
+            source = _open_member(tar, dump)
+            while chunk := source.read(CHUNK):
+                stopper.check_sync()
+                out.write(chunk)
+        sqlite_restore(Path(temp), dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+async def restore(archive: Path, target_url: str, password: Secret | None = None, *,
+                  client_command: str = "", stopper: Stopper | None = None) -> None:
+    """Restore `archive` into the database at `target_url`, after verifying it.
+
+    MySQL/MariaDB: the database must exist (create it empty); the tables in the dump are
+    dropped and re-created, other tables are left alone. The client is `client_command`,
+    else `mariadb` or `mysql` from PATH, with the password in a 0600 defaults file.
+    SQLite: `target_url` names the file, created if missing, replaced if present.
+    """
+    stopper = stopper or Stopper()
+    try:
+        url = make_url(target_url)
+    except ArgumentError:
+        raise BackupError("restore target: not a database URL") from None
+    target = DbTarget.from_url(url, password)
+    manifest = await run_in_thread(lambda: verify_archive(archive, stopper), stopper)
+    kind, dump = manifest["database"]["kind"], str(manifest["dump"])
+    if kind != target.kind:
+        raise BackupError(f"{archive} holds a {kind} dump; the target is {target.kind}")
+    if target.kind == "sqlite":
+        await run_in_thread(lambda: _restore_sqlite(archive, dump, target.path, stopper), stopper)
+        return
+    command = find_command(client_command, CLIENT_TOOLS)
+    with tarfile.open(archive, "r|gz") as tar:
+        source = await run_in_thread(lambda: _open_member(tar, dump), stopper)
+        await load_mysql(target, command, lambda: source.read(CHUNK), stopper)
