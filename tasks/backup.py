@@ -62,6 +62,7 @@ from tasks.backup_dump import (
     sqlite_copy,
 )
 from worker import TaskContext, task
+from worker.db import create_engine
 from worker.schedule import ScheduleError, resolve_timezone
 from worker.settings import Settings, state_directory
 
@@ -443,13 +444,12 @@ async def backup_now(settings: Settings, *, engine: AsyncEngine | None = None,
     """One backup now (`cronloop backup`): the archive's path; BackupBusy if another backup
     runs, BackupError if it fails. `options` as the registry resolved them (default: read
     from `settings`); a missing engine is created from the settings and disposed of."""
-    from worker.db import create_engine
-
     own = engine is None
     engine = engine or create_engine(settings)
     try:
         plan = BackupPlan.from_options(
-            settings, engine.url, options if options is not None else options_from_settings(settings)
+            settings, engine.url,
+            options if options is not None else options_from_settings(settings),
         )
         return (await run_backup(plan, engine)).path
     finally:

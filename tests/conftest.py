@@ -20,6 +20,8 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+import tasks  # noqa: F401  (registers the standard tasks' tables)
+from tasks.schema import metadata as tasks_metadata
 from worker.db import create_engine
 from worker.migrate import upgrade
 from worker.models import metadata
@@ -104,7 +106,10 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
         await upgrade(eng)
     else:
         async with eng.begin() as conn:
-            for table in reversed(metadata.sorted_tables):
+            for table in [
+                *reversed(tasks_metadata.sorted_tables),
+                *reversed(metadata.sorted_tables),
+            ]:
                 await conn.execute(delete(table))
     try:
         yield eng

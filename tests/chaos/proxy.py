@@ -33,7 +33,7 @@ class ProxyStats:
     dropped_bytes: int = 0
 
 
-@dataclass
+@dataclass(eq=False)  # identity: pairs live in a set
 class _Pair:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter | None = None
