@@ -30,14 +30,17 @@ if TYPE_CHECKING:
     from worker.settings import Settings
 
 
-def serve(port: int) -> None:
-    """Child process: accept everything on `port` until stdin closes, then print the count."""
+def serve(port: int, latency_s: float) -> None:
+    """Child process: accept everything on `port` (each DATA answered after `latency_s`, to
+    mimic a remote relay) until stdin closes, then print the count."""
     from aiosmtpd.controller import Controller
 
     class Counter:
         received = 0
 
         async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            if latency_s:
+                await asyncio.sleep(latency_s)
             Counter.received += 1
             return "250 OK"
 
@@ -129,15 +132,18 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000, help="messages per run (10000)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel senders (4)")
     parser.add_argument("--batch-size", type=int, default=100, help="rows per claim (100)")
+    parser.add_argument("--latency-ms", type=float, default=0.0,
+                        help="server delay before answering DATA, like a remote relay (0)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.latency_ms / 1000)
         return
     if not args.url:
         parser.error("give a database URL")
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)],
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
+                               "--latency-ms", str(args.latency_ms)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert server.stdin is not None and server.stdout is not None
     try:

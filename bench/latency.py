@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -182,18 +183,29 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
             print("  ".join("-" * w for w in widths))
 
 
+@dataclass(frozen=True)
+class ServiceRun:
+    rc: int
+    wall_s: float
+    cpu_s: float  # user + system time of the cronloop process
+
+
 def run_service(args: Sequence[str], env: dict[str, str], log_path: Path,
-                timeout: float) -> tuple[int, float]:
-    """`cronloop run ...` with its log in `log_path`; exit code and wall seconds."""
+                timeout: float) -> ServiceRun:
+    """`cronloop run ...` with its log in `log_path`."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.run([str(CRONLOOP), "run", *args], env=env, stdout=log, stderr=log,
                               stdin=subprocess.DEVNULL, timeout=timeout, check=False)
-    return proc.returncode, time.monotonic() - started
+    wall_s = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return ServiceRun(proc.returncode, wall_s, cpu_s)
 
 
 def measure(spec: str, count: int, every: float, duration: float,
-            extra: Sequence[str]) -> list[object]:
+            extra: Sequence[str], timeline: bool) -> list[object]:
     with tempfile.TemporaryDirectory(prefix="cronloop-latency-") as tmp:
         workdir = Path(tmp)
         module = f"bench_tasks_{os.getpid()}"
@@ -206,18 +218,37 @@ def measure(spec: str, count: int, every: float, duration: float,
             log_path = workdir / "worker.log"
             args = [f"--task_modules={module}", f"--database_url={db.url}",
                     f"--max_lifetime={duration}", "--lifetime_jitter_s=0", *extra]
-            rc, _ = run_service(args, env, log_path, timeout=duration + 120)
-            if rc != 75:
-                sys.exit(f"cronloop exited {rc}, expected 75; log: {log_path.read_text()[-3000:]}")
+            run = run_service(args, env, log_path, timeout=duration + 120)
+            if run.rc != 75:
+                sys.exit(f"cronloop exited {run.rc}, expected 75; log: "
+                         f"{log_path.read_text()[-3000:]}")
             ready = log_times(log_path, "worker started")[0]
             rows = history(db, since=ready)
     done = [r for r in rows if r.outcome == "success"]
     lat = sorted((r.started - r.scheduled_for).total_seconds() * 1000 for r in done)
     if not lat:
         sys.exit("no runs recorded")
+    if timeline:
+        print_timeline(db.label, done, ready)
     return [db.label, count, f"{every:g} s", f"{duration:g} s", len(done),
             len(rows) - len(done), *(f"{percentile(lat, q):.1f}" for q in (50, 95, 99)),
-            f"{lat[-1]:.1f}"]
+            f"{lat[-1]:.1f}", f"{100 * run.cpu_s / run.wall_s:.0f}%"]
+
+
+def print_timeline(label: str, done: Sequence[Any], ready: datetime, bucket_s: float = 5.0) -> None:
+    """p50/max latency per bucket of scheduled time: shows whether a backlog builds up."""
+    buckets: dict[int, list[float]] = {}
+    for r in done:
+        key = int((r.scheduled_for - ready).total_seconds() // bucket_s)
+        buckets.setdefault(key, []).append((r.started - r.scheduled_for).total_seconds() * 1000)
+    rows = []
+    for key in sorted(buckets):
+        values = sorted(buckets[key])
+        rows.append([f"+{key * bucket_s:g}..{(key + 1) * bucket_s:g} s", len(values),
+                     f"{percentile(values, 50):.1f}", f"{values[-1]:.1f}"])
+    print(f"{label}: latency by scheduled time (after 'worker started')")
+    print_table(["slots", "runs", "p50 ms", "max ms"], rows)
+    print()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -227,15 +258,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--every", type=float, default=5.0, help="period of each task (s)")
     parser.add_argument("--duration", type=float, default=30.0, help="worker lifetime (s)")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also print latency per 5 s of scheduled time")
     parser.add_argument("service_args", nargs="*",
-                        help="extra settings for `cronloop run` after --, e.g. -- --poll_interval=1")
+                        help="settings for `cronloop run`, after --: -- --poll_interval=1")
     opts = parser.parse_args(argv)
-    rows = [measure(spec, opts.tasks, opts.every, opts.duration, opts.service_args)
-            for spec in opts.db]
+    rows = [measure(spec, opts.tasks, opts.every, opts.duration, opts.service_args,
+                    opts.timeline) for spec in opts.db]
     print(f"due-to-start latency (started - scheduled_for), cronloop run "
         f"{' '.join(opts.service_args) or '(default settings)'}")
     print_table(["database", "tasks", "every", "ran for", "runs", "other", "p50 ms", "p95 ms",
-                 "p99 ms", "max ms"], rows)
+                 "p99 ms", "max ms", "worker cpu"], rows)
 
 
 if __name__ == "__main__":

@@ -220,23 +220,29 @@ def _remove_leftovers(directory: Path, pattern: re.Pattern[str], logger: Any) ->
         logger.warning("removed the leftover of an interrupted backup", path=str(entry))
 
 
-def _unique(directory: Path, name: str) -> Path:
-    """`name`, or `name-N` when a backup already has that name (two in one minute)."""
+def _prepare(plan: BackupPlan, name: str, logger: Any) -> Path:
+    """Remove leftovers, then pick the final path: `name`, or `name-N` when a backup
+    already has that name (two in one minute). Blocking: run in a thread."""
+    _remove_leftovers(plan.backup_dir, archive_pattern(plan.name_format, plan.target.name),
+                      logger)
     stem = name[: -len(SUFFIX)]
     candidate, n = name, 0
-    while (directory / candidate).exists() or (directory / (candidate + PARTIAL)).exists():
+    while (plan.backup_dir / candidate).exists():
         n += 1
         candidate = f"{stem}-{n}{SUFFIX}"
-    return directory / candidate
+    return plan.backup_dir / candidate
 
 
-async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper) -> list[Member]:
+async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper, logger: Any
+                   ) -> list[Member]:
     """Dump the database and snapshot the extra files into `spool`, hashing each."""
     target = plan.target
     if target.kind == "mysql":
         command = find_command(plan.dump_command, DUMP_TOOLS)
         dump = spool / f"{target.name}.sql"
-        await dump_mysql(target, command, dump, stopper)
+        warnings = await dump_mysql(target, command, dump, stopper)
+        if warnings:
+            logger.warning("the dump tool reported", tool=Path(command[0]).name, stderr=warnings)
     else:
         dump = spool / f"{target.name}.sqlite3"
         await run_in_thread(lambda: sqlite_copy(target.path, dump, stopper), stopper)
@@ -292,10 +298,11 @@ def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def _write_archive(partial: Path, manifest: bytes, members: list[Member], mtime: float,
-                   stopper: Stopper) -> int:
-    """Write the .tar.gz (manifest first: retention reads only the first member) and
-    fsync it; returns its size."""
+def _write_archive(partial: Path, final: Path, manifest: bytes, members: list[Member],
+                   mtime: float, stopper: Stopper) -> int:
+    """Write the .tar.gz (manifest first: retention reads only the first member), fsync
+    it and publish it as `final`; returns its size. Once complete, it is published even if
+    a stop was asked meanwhile: a finished backup is worth keeping."""
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as raw:
         with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
@@ -306,7 +313,9 @@ def _write_archive(partial: Path, manifest: bytes, members: list[Member], mtime:
                     tar.addfile(_tarinfo(m.arcname, m.size, mtime), _CheckedReader(handle, stopper))
         raw.flush()
         os.fsync(raw.fileno())
-        return os.fstat(raw.fileno()).st_size
+        size = os.fstat(raw.fileno()).st_size
+    _publish(partial, final)
+    return size
 
 
 def _publish(partial: Path, final: Path) -> None:
@@ -365,11 +374,9 @@ async def run_backup(plan: BackupPlan, engine: AsyncEngine | None, *, logger: An
     plan.backup_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with _dir_lock(plan.backup_dir):
         async with _server_lock(engine, plan.target) as server:
-            pattern = archive_pattern(plan.name_format, plan.target.name)
-            _remove_leftovers(plan.backup_dir, pattern, logger)
-            final = _unique(plan.backup_dir, name)
+            final = await run_in_thread(lambda: _prepare(plan, name, logger), stopper)
             logger.info("backup started", database=plan.target.name, archive=str(final))
-            size = await _build(plan, final, server, now, stopper)
+            size = await _build(plan, final, server, now, stopper, logger)
         deleted = await run_in_thread(lambda: _prune(plan, final, logger), stopper)
     result = BackupResult(final, size, time.monotonic() - started, deleted)
     logger.info("backup done", archive=str(final), bytes=size, seconds=round(result.seconds, 3))
@@ -377,21 +384,18 @@ async def run_backup(plan: BackupPlan, engine: AsyncEngine | None, *, logger: An
 
 
 async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
-                 stopper: Stopper) -> int:
+                 stopper: Stopper, logger: Any) -> int:
     """Spool, archive, publish; on any way out, remove the spool and the partial."""
     spool = plan.backup_dir / f"{SPOOL_PREFIX}{uuid.uuid4().hex}{PARTIAL}"
     partial = final.with_name(final.name + PARTIAL)
     spool.mkdir(mode=0o700)
     try:
-        members = await _produce(plan, spool, stopper)
+        members = await _produce(plan, spool, stopper, logger)
         manifest = _manifest(plan, server, now, members)
         mtime = now.timestamp()
-        size = await run_in_thread(
-            lambda: _write_archive(partial, manifest, members, mtime, stopper), stopper
+        return await run_in_thread(
+            lambda: _write_archive(partial, final, manifest, members, mtime, stopper), stopper
         )
-        await stopper.checkpoint()
-        _publish(partial, final)
-        return size
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -25,6 +25,7 @@ import sqlite3
 import tarfile
 import tempfile
 import threading
+import urllib.parse
 import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ THREAD_STOP_WAIT_S = 1.5  # the runner allows 2 s to unwind after a cancel
 STDERR_KEEP = 16 * 1024
 STDERR_WAIT_S = 5.0
 SQLITE_STEP_PAGES = 4096  # 16 MiB of 4 KiB pages per step, a checkpoint between steps
+SQLITE_MAX_RESTARTS = 3
 CHUNK = 1 << 20
 DUMP_FLAGS = (
     "--single-transaction", "--routines", "--triggers", "--hex-blob",
@@ -133,7 +135,12 @@ class DbTarget:
         )
 
     def secrets(self) -> list[str]:
-        return [self.password.reveal()] if self.password and self.password.reveal() else []
+        """The password as given and as escaped in the defaults file (a tool may echo
+        either)."""
+        if self.password is None or not self.password.reveal():
+            return []
+        raw = self.password.reveal()
+        return sorted({raw, _option_value(raw)[1:-1]}, key=len, reverse=True)
 
 
 def scrub(text: str, secrets: list[str]) -> str:
@@ -225,8 +232,9 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
             await asyncio.wait_for(asyncio.shield(proc.wait()), THREAD_STOP_WAIT_S)
 
 
-async def dump_mysql(target: DbTarget, command: list[str], dest: Path, stopper: Stopper) -> None:
-    """Run the dump tool with stdout into `dest` (0600); raise BackupError on failure."""
+async def dump_mysql(target: DbTarget, command: list[str], dest: Path, stopper: Stopper) -> str:
+    """Run the dump tool with stdout into `dest` (0600); raise BackupError on failure.
+    Returns what it wrote on stderr (warnings), secrets masked."""
     with defaults_file(target) as cnf, _open_new(dest) as out:
         argv = [command[0], f"--defaults-extra-file={cnf}", *command[1:], *DUMP_FLAGS,
                 "--", target.name]
@@ -237,7 +245,7 @@ async def dump_mysql(target: DbTarget, command: list[str], dest: Path, stopper: 
             )
         except OSError as exc:
             raise BackupError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
-        await _supervise(proc, Path(command[0]).name, target, stopper)
+        return await _supervise(proc, Path(command[0]).name, target, stopper)
 
 
 async def load_mysql(target: DbTarget, command: list[str], feed: Callable[[], bytes],
@@ -276,8 +284,9 @@ async def _pump(proc: asyncio.subprocess.Process, feed: Callable[[], bytes],
 
 
 async def _supervise(proc: asyncio.subprocess.Process, tool: str, target: DbTarget,
-                     stopper: Stopper) -> None:
-    """Collect stderr, wait with deadline checks, kill on any way out, check the result."""
+                     stopper: Stopper) -> str:
+    """Collect stderr, wait with deadline checks, kill on any way out, check the result;
+    returns stderr (secrets masked)."""
     errors = asyncio.ensure_future(_read_limited(proc.stderr))
     try:
         await _finish(proc, stopper)
@@ -290,7 +299,9 @@ async def _supervise(proc: asyncio.subprocess.Process, tool: str, target: DbTarg
             errors.cancel()
     text = scrub(stderr.decode("utf-8", "replace").strip(), target.secrets())
     if proc.returncode != 0:
-        raise BackupError(f"{tool} failed (exit {proc.returncode}): {text or 'no message'}")
+        shown = text if len(text) <= 4000 else text[:4000] + " [...]"
+        raise BackupError(f"{tool} failed (exit {proc.returncode}): {shown or 'no message'}")
+    return text
 
 
 @contextlib.contextmanager
@@ -301,20 +312,46 @@ def _open_new(path: Path) -> Iterator[IO[bytes]]:
         yield handle
 
 
-def sqlite_copy(source: str, dest: Path, stopper: Stopper) -> None:
-    """Online backup of `source` into the new file `dest`, SQLITE_STEP_PAGES at a time
-    (blocking; run it in a thread). The copy is switched out of WAL mode so the one file
-    is the whole database."""
+class _Restarting(Exception):
+    """The source keeps changing under a stepwise copy."""
+
+
+def _uri(path: str | Path, mode: str) -> str:
+    return f"file:{urllib.parse.quote(str(path))}?mode={mode}"
+
+
+def sqlite_copy(source: str, dest: Path, stopper: Stopper,
+                step_pages: int = SQLITE_STEP_PAGES) -> None:
+    """Online backup of `source` into the new file `dest` (blocking: run it in a thread).
+
+    In steps of `step_pages`, checking for a stop between steps. A write to the source by
+    another connection restarts a stepwise copy; after SQLITE_MAX_RESTARTS restarts (a
+    busy database) it is redone in one step, a single read transaction that WAL lets
+    writers work beside. The copy is switched out of WAL mode: the one file is the whole
+    database.
+    """
     if not os.path.exists(source):
         raise BackupError(f"SQLite database {source} does not exist")
     with _open_new(dest):
         pass  # created 0600 before SQLite writes into it
-    src = sqlite3.connect(f"file:{source}?mode=rw", uri=True, timeout=30)
+    seen = {"remaining": -1, "restarts": 0}
+
+    def progress(_status: int, remaining: int, _total: int) -> None:
+        stopper.check_sync()
+        if remaining > seen["remaining"] >= 0:
+            seen["restarts"] += 1
+            if seen["restarts"] >= SQLITE_MAX_RESTARTS:
+                raise _Restarting
+        seen["remaining"] = remaining
+
+    src = sqlite3.connect(_uri(source, "rw"), uri=True, timeout=30)
     try:
         dst = sqlite3.connect(dest)
         try:
-            src.backup(dst, pages=SQLITE_STEP_PAGES,
-                       progress=lambda _status, _remaining, _total: stopper.check_sync())
+            try:
+                src.backup(dst, pages=step_pages, progress=progress)
+            except _Restarting:
+                src.backup(dst, pages=-1)
             dst.execute("PRAGMA journal_mode=DELETE")
         finally:
             dst.close()
@@ -327,7 +364,7 @@ def sqlite_copy(source: str, dest: Path, stopper: Stopper) -> None:
 def sqlite_restore(source: Path, dest: str) -> None:
     """Copy the database file `source` into `dest` through the backup API, which is safe
     even if `dest` exists in WAL mode (a plain file copy over it would not be)."""
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    src = sqlite3.connect(_uri(source, "ro"), uri=True)
     try:
         dst = sqlite3.connect(dest, timeout=30)
         try:

@@ -5,9 +5,9 @@ nothing is due or the deadline comes (`ctx.checkpoint()` between batches).
 
 Every batch is one transaction that *claims* its rows: candidates are selected with
 `FOR UPDATE SKIP LOCKED` on MySQL/MariaDB (SQLite serialises writers with BEGIN
-IMMEDIATE), then deleted with the due-condition repeated, and only the files of the rows
-this transaction really deleted (`DELETE ... RETURNING`, or the locked set where the server
-has no RETURNING) are removed afterwards. So several workers never delete a row twice.
+IMMEDIATE), deleted by primary key, and only the files of the rows this transaction really
+deleted (by rowcount per row, or `DELETE ... RETURNING` on SQLite) are removed after the
+commit. So several workers never delete a row, or a file, twice.
 Rows go first, files second: an interruption leaves either a row with its file (done by a
 later run) or, if the process dies in the instant between the commit and the unlink, a
 file without a row (harmless garbage, left on disk). A row whose file is already missing

@@ -196,7 +196,7 @@ class SmtpConnection:
         client, self.client = self.client, None
         if client is not None and client.is_connected:
             try:
-                await client.quit(timeout=min(5.0, self.opts.smtp_timeout_s))
+                await client.quit(timeout=min(1.0, self.opts.smtp_timeout_s))
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
 

@@ -338,8 +338,21 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
         body_text=row.body_text or "",
         body_html=row.body_html,
         headers=check_headers(headers),
-        created=row.created,
+        created=_timestamp(row.created),
     )
+
+
+def _timestamp(value: object) -> datetime:
+    """A stored UTC timestamp as returned raw by either database, or ValueError."""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ValueError(f"created: not a timestamp: {text[:40]!r}") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"created: not a timestamp: {value!r}")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # -- the task's verbs on the table ----------------------------------------------------------
@@ -359,6 +372,12 @@ class Mark:
     delay_s: float = 0.0
     error: str | None = None
     code: int | None = None
+
+
+# What a sender reads; `created` comes raw, so a malformed timestamp written directly on
+# SQLite makes that row an error instead of failing the whole claim.
+SEND_COLUMNS = (C.id, C.message_id, C.sender, C.recipients, C.subject, C.body_text,
+                C.body_html, C.headers, C.remaining_retries, C.attempts)
 
 
 async def supports_skip_locked(db: async_sessionmaker[AsyncSession]) -> bool:
@@ -416,8 +435,8 @@ async def claim(
             .values(state=SENDING, owner=owner[:255], claim_token=token,
                     lease_until=db_now(dialect, lease_s)))
         taken = await session.execute(
-            select(outbox).where(C.claim_token == token, C.state == SENDING)
-            .order_by(C.planned, C.id))
+            select(*SEND_COLUMNS, type_coerce(C.created, String).label("created"))
+            .where(C.claim_token == token, C.state == SENDING).order_by(C.planned, C.id))
         return list(taken.all())
 
 

@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(verb, help=text).add_argument("name")
     sub.add_parser("tasks", help="the tasks this installation defines")
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
+    sub.add_parser("backup", help="take a backup of the database now (the backup task's settings)")
     sub.add_parser("check-config", help="the effective settings and where each came from")
     return parser
 
@@ -324,6 +325,26 @@ async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
+async def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.backup import BackupBusy, BackupError, backup_now  # the standard task's own API
+
+    check_user(settings)
+    registry = load_registry(settings)
+    if "backup" not in registry:
+        raise ExitError("the backup task is not installed", exitcodes.ERROR)
+    db = await open_database(settings, wait=True)
+    try:
+        path = await backup_now(settings, engine=db.engine, options=registry["backup"].options)
+    except BackupBusy as exc:
+        raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
+    except BackupError as exc:
+        raise ExitError(f"backup failed: {exc}", exitcodes.ERROR) from None
+    finally:
+        await db.close()
+    print(path)
+    return exitcodes.OK
+
+
 COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -334,6 +355,7 @@ COMMANDS: dict[str, Command] = {
     "tasks": cmd_tasks,
     "migrate": cmd_migrate,
     "check-config": cmd_check_config,
+    "backup": cmd_backup,
 }
 
 

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, delete, or_, select, update
+from sqlalchemy import and_, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from worker.db import db_now
 from worker.models import runs, tasks
-from worker.outcome import Outcome, TaskStatus
+from worker.outcome import TaskStatus
 from worker.records import RunEntry, TaskState, TriggerResult, UnknownTask
 
 T = tasks.c
@@ -141,25 +141,3 @@ class AdminVerbs:
     async def task_names(self) -> list[str]:
         async with self.engine.connect() as conn:
             return list((await conn.execute(select(T.name).order_by(T.name))).scalars())
-
-    async def prune_history(self, older_than: datetime, batch: int = 5000) -> int:
-        """Delete finished history rows started before `older_than`, in small batches so
-        a large backlog never holds long locks."""
-        total = 0
-        while True:
-            async with self.engine.begin() as conn:
-                ids = (
-                    (
-                        await conn.execute(
-                            select(R.id)
-                            .where(R.started < older_than, R.outcome != Outcome.RUNNING)
-                            .limit(batch)
-                        )
-                    )
-                    .scalars()
-                    .all()
-                )
-                if not ids:
-                    return total
-                await conn.execute(delete(runs).where(R.id.in_(list(ids))))
-            total += len(ids)

@@ -15,7 +15,7 @@ import random
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
@@ -35,7 +35,6 @@ T = TypeVar("T")
 
 MAX_BACKOFF_S = 30.0
 REMINDER_EVERY_S = 60.0
-PRUNE_EVERY_S = 3600.0
 
 
 @dataclass
@@ -320,17 +319,10 @@ class Supervisor:
             await self.leases.renew(list(self.runners.values()))
 
     async def _housekeeping_loop(self) -> None:
-        """Close abandoned history rows and prune old history, off the hot path."""
-        last_prune = -PRUNE_EVERY_S
+        """Close history rows of runs whose worker vanished, off the hot path. (Pruning old
+        history is the `history_gc` standard task's job.)"""
         while True:
             await self._guarded(self.store.reap_abandoned())
-            days = self.settings.history_retention_days
-            if days and self.clock.monotonic() - last_prune >= PRUNE_EVERY_S:
-                cutoff = self.clock.now() - timedelta(days=days)
-                pruned = await self._guarded(self.store.prune_history(cutoff))
-                if pruned:
-                    log.info("history pruned", rows=pruned, older_than=cutoff.isoformat())
-                last_prune = self.clock.monotonic()
             await self.clock.sleep(self.settings.lease_s)
 
     # -- shutdown -------------------------------------------------------------------------

@@ -60,14 +60,14 @@ def options_of(func: Any, **overrides: Any) -> dict[str, Any]:
 def stop_after_checkpoints(
     ctx: TaskContext, n: int, reason: StopReason = StopReason.SHUTDOWN
 ) -> None:
-    """Make the n-th following `checkpoint()` raise, to test interruption at any point."""
-    original = ctx._raise_if_stopping
+    """Make the n-th following `checkpoint()` call raise, to test interruption anywhere."""
+    original = ctx.checkpoint
     count = [0]
 
-    def counting() -> None:
+    def counting() -> Any:
         count[0] += 1
         if count[0] >= n:
             ctx._stop.set(reason)
-        original()
+        return original()
 
-    ctx._raise_if_stopping = counting  # type: ignore[method-assign]
+    ctx.checkpoint = counting  # type: ignore[method-assign]

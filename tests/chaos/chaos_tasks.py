@@ -176,7 +176,7 @@ async def overrunner(ctx: TaskContext) -> None:
 
 
 _MISBEHAVING = {"blocker": (blocker, 3), "swallower": (swallower, 2),
-                "raiser": (raiser, 1), "overrunner": (overrunner, 2)}
+                "raiser": (raiser, 6), "overrunner": (overrunner, 2)}
 
 
 def _define_misbehaving(names: str) -> None:

@@ -269,6 +269,12 @@ class Fleet:
         self.workers.append(w)
         return w
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A one-shot `cronloop` command (status, resume...) on this test's database."""
+        return subprocess.run([str(CRONLOOP), *args, f"--database_url={self.db.worker_url()}"],
+                              env={**base_env(), **self.foreign_off}, cwd=self.cwd,
+                              capture_output=True, text=True, timeout=60, check=False)
+
     def stop_all(self, timeout: float = 30.0) -> list[int]:
         """SIGTERM everyone still running, then wait: graceful exits release leases."""
         for w in self.workers:

@@ -5,7 +5,11 @@ Two sources, checked against each other:
 - `cronloop_chaos_exec`, written by the chaos tasks: one row per execution, `finished`
   set with its last unit of work. A slot `(task, scheduled_for)` finished twice is a
   DUPLICATE; two executions of one task whose [started, end] intervals cross OVERLAP
-  (end = `finished`, or `last_seen` for an execution that never finished).
+  (end = `finished`, or `last_seen` for an execution that never finished). One
+  exception, by design: a process that crashed (kill -9, watchdog exit 70) after a task's
+  work but before the service recorded the run leaves that run `abandoned`, and it is run
+  again (at least once, never lost). The test names the crashed pids; such slots are
+  counted as RERUN_AFTER_CRASH, not duplicates.
 - `cronloop_run`, the service's history: for each task the slots that reached a final
   outcome (success, failed, timed_out), in order. Between two consecutive final slots
   (and between the last one and the task's `planned_run`, the slot still to come), every
@@ -31,6 +35,7 @@ class Ledger:
     slots: int = 0
     missed: int = 0
     duplicates: list[tuple[str, datetime, int]] = field(default_factory=list)
+    rerun_after_crash: list[tuple[str, datetime]] = field(default_factory=list)
     overlaps: list[tuple[str, str, str]] = field(default_factory=list)
     lost: list[tuple[str, datetime, int]] = field(default_factory=list)
     off_grid: list[tuple[str, datetime]] = field(default_factory=list)
@@ -41,6 +46,7 @@ class Ledger:
     def counts(self) -> dict[str, int]:
         return {"executions": self.executions, "finished": self.finished, "slots": self.slots,
                 "missed": self.missed, "duplicates": len(self.duplicates),
+                "rerun_after_crash": len(self.rerun_after_crash),
                 "overlaps": len(self.overlaps), "lost": sum(n for _, _, n in self.lost)}
 
     def assert_clean(self, *, allow_unrecorded: bool = False) -> None:
@@ -60,17 +66,20 @@ def period_of(schedule: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def audit(db: Any, tasks: list[str] | None = None) -> Ledger:
+def audit(db: Any, tasks: list[str] | None = None, crashed_pids: set[int] | None = None) -> Ledger:
     """Read both tables (after the workers stopped) and count what went wrong."""
     ledger = Ledger()
     names = set(tasks) if tasks else None
     execs = [r for r in db.rows("SELECT run_id, task, scheduled_for, pid, started, last_seen, "
                                 "finished FROM cronloop_chaos_exec ORDER BY task, started, id")
              if names is None or r.task in names]
-    _check_executions(ledger, execs)
     history = [r for r in db.rows("SELECT run_id, task_name, scheduled_for, outcome, missed, "
                                   "triggered FROM cronloop_run ORDER BY id")
                if names is None or r.task_name in names]
+    outcome_of = {r.run_id: r.outcome for r in history}
+    crashed = {r.run_id for r in execs
+               if r.pid in (crashed_pids or set()) and outcome_of.get(r.run_id) == "abandoned"}
+    _check_executions(ledger, execs, crashed)
     task_rows = {r.name: r for r in db.rows("SELECT name, schedule, planned_run, lease_token "
                                              "FROM cronloop_task")
                  if names is None or r.name in names}
@@ -83,14 +92,18 @@ def audit(db: Any, tasks: list[str] | None = None) -> Ledger:
     return ledger
 
 
-def _check_executions(ledger: Ledger, execs: list[Any]) -> None:
+def _check_executions(ledger: Ledger, execs: list[Any], crashed: set[str]) -> None:
     ledger.executions = len(execs)
     done: dict[tuple[str, datetime], int] = defaultdict(int)
     by_task: dict[str, list[Any]] = defaultdict(list)
     for r in execs:
         by_task[r.task].append(r)
-        if r.finished is not None:
-            ledger.finished += 1
+        if r.finished is None:
+            continue
+        ledger.finished += 1
+        if r.run_id in crashed:
+            ledger.rerun_after_crash.append((r.task, r.scheduled_for))
+        else:
             done[(r.task, r.scheduled_for)] += 1
     ledger.duplicates = [(t, s, n) for (t, s), n in done.items() if n > 1]
     for name, rows in by_task.items():

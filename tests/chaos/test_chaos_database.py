@@ -116,14 +116,16 @@ def test_partitioned_worker_stops_its_run_before_the_takeover(
     cut_at = time.time()
     proxy.blackhole()
     b.wait_for("chaos long started", timeout=LEASE_S + 15)
-    steps = read_trace(trace)
+    steps = wait_until(lambda: (s := read_trace(trace)) and any(v[0][0] == b.pid for v in s.values())
+                       and s, 5, "B's first step")
     (a_run,) = [r for r, s in steps.items() if s[0][0] == a.pid]
     (b_run,) = [r for r, s in steps.items() if s[0][0] == b.pid]
     time.sleep(3)
     proxy.heal()
     wait_until(lambda: b.find("run finished", task="long"), 30, "B to finish")
+    a.wait_for("database reachable again", timeout=30)
     a_alive = a.proc.poll() is None
-    fleet.stop_all(timeout=40)
+    assert fleet.stop_all() == [0, 0], a.tail()
 
     steps = read_trace(trace)
     a_last = max(t for _, t in steps[a_run])
@@ -133,3 +135,5 @@ def test_partitioned_worker_stops_its_run_before_the_takeover(
                   margin_s=round(b_first - a_last, 2), a_alive=a_alive)
     assert a_last < b_first, "the partitioned worker was still running the task when B took it"
     assert a_alive
+    assert a.find("run finished", task="long", outcome="abandoned"), a.tail()
+    audit(chaos_db).assert_clean(allow_unrecorded=True)  # this run writes its steps to a file only

@@ -7,7 +7,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
@@ -69,9 +68,7 @@ class SmtpHandler:
         self.data_started.set()
         try:
             if self.gate is not None:
-                deadline = time.monotonic() + 5
-                while not self.gate.is_set() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.005)
+                await asyncio.to_thread(self.gate.wait, 5)
             await asyncio.sleep(self.delay_s)
         finally:
             self.active -= 1
@@ -111,6 +108,18 @@ def _start(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
                             **kwargs)
     controller.start()
     return controller, port
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A local port nobody listens on."""
+    return free_port()
+
+
+@pytest.fixture
+def smtp_password() -> str:
+    """The password the AUTH servers accept for user `mailer`."""
+    return PASSWORD
 
 
 @pytest.fixture

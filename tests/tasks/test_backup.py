@@ -9,10 +9,11 @@ import fcntl
 import io
 import json
 import os
+import sqlite3
 import stat
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,22 +34,27 @@ from tasks.backup import (
     archive_pattern,
     backup,
     backup_now,
+    options_from_settings,
     read_manifest,
     restore,
     run_backup,
 )
-from tasks.backup_dump import DbTarget
-from worker import StopRun
+from tasks.backup_dump import DbTarget, Stopper, sqlite_copy
+from worker import StopReason, StopRun
 from worker.models import runs, tasks
+from worker.params import ParamValue
 from worker.settings import Settings
 from worker.settings_values import Secret
 from worker.testing import make_context, options_of, stop_after_checkpoints
 
 MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
 T0 = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)
-TRICKY = 'p@ss w"o#rd\\x\'é;$`'  # quote, hash, backslash, space, non-ASCII
-mariadb_only = pytest.mark.parametrize("db_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)],
-                                       indirect=True)
+# quote, hash, backslash, space, shell characters (non-ASCII would not work: PyMySQL sends
+# the password as Latin-1, the mariadb tools as UTF-8, so no password suits both)
+TRICKY = 'p@ss w"o#rd\\x\';$`'
+
+mariadb_only = pytest.mark.parametrize(
+    "db_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
@@ -58,10 +64,11 @@ def server_url(database: str | None, **kw: Any) -> str:
 
 
 async def admin(sql: str, *params: Any) -> None:
+    """Run one statement as the server's admin; write `%` as `%%` (pyformat)."""
     engine = create_async_engine(server_url(None))
     try:
         async with engine.begin() as conn:
-            await conn.exec_driver_sql(sql, params or None)  # type: ignore[arg-type]
+            await conn.exec_driver_sql(sql, params or None)
     finally:
         await engine.dispose()
 
@@ -76,7 +83,7 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
         now = T0
         await conn.execute(insert(tasks), [
             {"name": f"task{i}", "created": now, "updated": now, "next_run": now,
-             "last_message": f"ok 🚀 ‘quoted’ \\ line\nbreak {i}"} for i in range(25)
+             "last_message": f"ok 🚀 'quoted' \\ line\nbreak {i}"} for i in range(25)
         ])
         await conn.execute(insert(runs), [
             {"run_id": str(uuid.uuid4()), "task_name": "task1", "scheduled_for": now,
@@ -105,13 +112,33 @@ async def all_rows(engine: AsyncEngine) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.fixture
-async def scratch_mysql() -> AsyncIterator[str]:
+def restore_target(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """An empty scratch database of the same kind, dropped at the end."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{tmp_path / 'restored' / 'copy.db'}"
+        return
     name = f"cronloop_r_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    await admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    asyncio.run(admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
     try:
         yield server_url(name)
     finally:
-        await admin(f"DROP DATABASE IF EXISTS `{name}`")
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+def read_cnf(path: str) -> tuple[int, str]:
+    return stat.S_IMODE(os.stat(path).st_mode), Path(path).read_text(encoding="utf-8")
+
+
+def exists(path: str | Path) -> bool:
+    return os.path.exists(path)
+
+
+def archives(directory: Path, glob: str = "*.tar.gz") -> list[Path]:
+    return sorted(directory.glob(glob))
+
+
+def spooled_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.glob(".cronloop-backup-*/*.sql"))
 
 
 @pytest.fixture
@@ -124,11 +151,10 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         info: dict[str, Any] = {"argv": [str(a) for a in argv], "env": kw.get("env")}
         if str(argv[1]).startswith("--defaults-extra-file="):
             info["cnf"] = str(argv[1]).split("=", 1)[1]
-            info["cnf_mode"] = stat.S_IMODE(os.stat(info["cnf"]).st_mode)
-            info["cnf_text"] = Path(info["cnf"]).read_text(encoding="utf-8")
+            info["cnf_mode"], info["cnf_text"] = read_cnf(info["cnf"])
+        calls.append(info)
         proc = await original(*argv, **kw)
         info["pid"] = proc.pid
-        calls.append(info)
         return proc
 
     monkeypatch.setattr(asyncio, "create_subprocess_exec", wrapper)
@@ -159,7 +185,7 @@ def fake_plan(directory: Path, command: str, **kw: Any) -> BackupPlan:
 
 
 async def test_backup_and_restore_round_trip(
-    db: AsyncEngine, settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+    db: AsyncEngine, settings: Settings, tmp_path: Path, restore_target: str
 ) -> None:
     before = await all_rows(db)
     config = tmp_path / "config-itop.php"
@@ -169,7 +195,7 @@ async def test_backup_and_restore_round_trip(
 
     message = await backup(ctx)
 
-    [archive] = (tmp_path / "b").glob("*.tar.gz")
+    [archive] = archives(tmp_path / "b")
     assert message.startswith(f"backup {archive} (")
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     manifest = read_manifest(archive)
@@ -181,12 +207,8 @@ async def test_backup_and_restore_round_trip(
         assert tar.getnames() == ["manifest.json", dump_name, "extra/config-itop.php"]
         extra = tar.extractfile("extra/config-itop.php")
         assert extra is not None and extra.read() == config.read_bytes()
-    if kind == "sqlite":
-        target = f"sqlite+aiosqlite:///{tmp_path / 'restored' / 'copy.db'}"
-    else:
-        target = request.getfixturevalue("scratch_mysql")
-    await restore(archive, target, None)
-    restored = create_async_engine(target)
+    await restore(archive, restore_target, None)
+    restored = create_async_engine(restore_target)
     try:
         assert await all_rows(restored) == before
     finally:
@@ -200,14 +222,14 @@ async def test_password_only_in_a_0600_defaults_file(
 ) -> None:
     database = db.url.database
     user = f"clbk_{uuid.uuid4().hex[:8]}"
-    await admin(f"CREATE USER '{user}'@'%' IDENTIFIED BY %s", TRICKY)
+    await admin(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", TRICKY)
     try:
-        await admin(f"GRANT ALL ON `{database}`.* TO '{user}'@'%'")
+        await admin(f"GRANT ALL ON `{database}`.* TO '{user}'@'%%'")
         url = make_url(server_url(database)).set(username=user).render_as_string(False)
         mine = with_dir(settings, tmp_path, database_url=url, database_password=Secret(TRICKY))
         path = await backup_now(mine)
     finally:
-        await admin(f"DROP USER IF EXISTS '{user}'@'%'")
+        await admin(f"DROP USER IF EXISTS '{user}'@'%%'")
     assert path.exists()
     [call] = spawned
     assert call["argv"][1].startswith("--defaults-extra-file=")
@@ -215,7 +237,7 @@ async def test_password_only_in_a_0600_defaults_file(
     assert call["env"] is not None and "MYSQL_PWD" not in call["env"]
     assert not any(TRICKY in v for v in call["env"].values())
     assert call["cnf_mode"] == 0o600 and "password=" in call["cnf_text"]
-    assert not os.path.exists(call["cnf"]), "defaults file removed"
+    assert not exists(call["cnf"]), "defaults file removed"
 
 
 @mariadb_only
@@ -230,7 +252,7 @@ async def test_wrong_password_fails_cleanly_without_leaking_it(
         await run_backup(plan, db)  # the named lock through the fixture's engine
     assert TRICKY not in str(info.value)
     assert leftovers(tmp_path) == []
-    assert not os.path.exists(spawned[0]["cnf"])
+    assert not exists(spawned[0]["cnf"])
 
 
 @mariadb_only
@@ -268,7 +290,7 @@ async def test_cancellation_mid_dump_leaves_nothing(
     run = asyncio.create_task(run_backup(fake_plan(tmp_path, command), None))
     for _ in range(200):  # bounded: until the dump has written something
         await asyncio.sleep(0.01)
-        if any(p.stat().st_size for p in tmp_path.glob(".cronloop-backup-*/*.sql")):
+        if spawned and "pid" in spawned[0] and spooled_bytes(tmp_path):
             break
     else:
         pytest.fail("the fake dump never started")
@@ -276,7 +298,7 @@ async def test_cancellation_mid_dump_leaves_nothing(
     with pytest.raises(asyncio.CancelledError):
         await run
     assert leftovers(tmp_path) == []
-    assert not os.path.exists(spawned[0]["cnf"])
+    assert not exists(spawned[0]["cnf"])
     with pytest.raises(ProcessLookupError):
         os.kill(spawned[0]["pid"], 0)
 
@@ -305,7 +327,7 @@ async def test_two_concurrent_backups_the_second_is_busy(
                              options=options_of(backup, dump_command=command)) for _ in range(2)]
     messages = await asyncio.gather(*(backup(c) for c in contexts))
     assert sorted(m == BUSY for m in messages) == [False, True], messages
-    assert len(list((tmp_path / "b").glob("*.tar.gz"))) == 1
+    assert len(archives(tmp_path / "b")) == 1
 
 
 @mariadb_only
@@ -326,6 +348,8 @@ async def test_named_lock_makes_another_host_busy(
 async def test_directory_lock_makes_a_second_backup_busy(
     db: AsyncEngine, settings: Settings, tmp_path: Path
 ) -> None:
+    tmp_path = tmp_path / "b"
+    tmp_path.mkdir()
     fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -342,6 +366,8 @@ async def test_directory_lock_makes_a_second_backup_busy(
 async def test_retention_keeps_exactly_n_and_never_foreign_files(
     db: AsyncEngine, settings: Settings, tmp_path: Path
 ) -> None:
+    tmp_path = tmp_path / "b"
+    tmp_path.mkdir()
     foreign = {
         "notes.txt": b"mine",
         "cronloop-2020-01-01_00_00.tar.gz": b"not a tar at all",  # matches the pattern
@@ -354,19 +380,21 @@ async def test_retention_keeps_exactly_n_and_never_foreign_files(
                                    options_of(backup, retention_count=2))
     made = [(await run_backup(plan, db, now=T0 + timedelta(minutes=i))) for i in range(4)]
     assert [len(r.deleted) for r in made] == [0, 0, 1, 1]
-    ours = sorted(p.name for p in tmp_path.glob("cronloop-2026-*.tar.gz"))
+    ours = [p.name for p in archives(tmp_path, "cronloop-2026-*.tar.gz")]
     assert ours == [made[2].path.name, made[3].path.name]
     for name, data in foreign.items():
         assert (tmp_path / name).read_bytes() == data
     keep_all = dataclasses.replace(plan, retention_count=0)
     await run_backup(keep_all, db, now=T0 + timedelta(minutes=10))
-    assert len(list(tmp_path.glob("cronloop-2026-*.tar.gz"))) == 3
+    assert len(archives(tmp_path, "cronloop-2026-*.tar.gz")) == 3
 
 
 @sqlite_only
 async def test_leftovers_of_a_crash_are_removed_and_names_never_collide(
     db: AsyncEngine, settings: Settings, tmp_path: Path
 ) -> None:
+    tmp_path = tmp_path / "b"
+    tmp_path.mkdir()
     (tmp_path / ".cronloop-backup-0123.partial").mkdir()
     (tmp_path / "cronloop-2026-03-02_22_30.tar.gz.partial").write_bytes(b"half")
     plan = BackupPlan.from_options(with_dir(settings, tmp_path, timezone="UTC"), db.url,
@@ -375,13 +403,14 @@ async def test_leftovers_of_a_crash_are_removed_and_names_never_collide(
     second = await run_backup(plan, db, now=T0)
     assert (first.path.name, second.path.name) == (
         "cronloop-2026-03-02_22_30.tar.gz", "cronloop-2026-03-02_22_30-1.tar.gz")
-    assert leftovers(tmp_path) == [first.path.name, second.path.name]
+    assert leftovers(tmp_path) == sorted([first.path.name, second.path.name])
 
 
 def test_file_name_format_uses_the_configured_zone() -> None:
     paris = ZoneInfo("Europe/Paris")
     now = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)  # 03:30 in Paris, after the DST jump
-    assert archive_name("__DB__-%Y-%m-%d_%H_%M", "itop", now, paris) == "itop-2026-03-29_03_30.tar.gz"
+    name = archive_name("__DB__-%Y-%m-%d_%H_%M", "itop", now, paris)
+    assert name == "itop-2026-03-29_03_30.tar.gz"
     assert archive_name("bk_%d%m%Y", "x%y", now, paris) == "bk_29032026.tar.gz"
     assert archive_name("__DB__", "x%Y", now, paris) == "x%Y.tar.gz"  # a `%` in the name stays
     pattern = archive_pattern("__DB__-%Y-%m-%d_%H_%M", "itop")
@@ -425,8 +454,124 @@ async def test_restore_refuses_a_damaged_archive(
     target = tmp_path / "restored.db"
     with pytest.raises(BackupError, match="damaged"):
         await restore(damaged, f"sqlite:///{target}", None)
-    assert not target.exists()
+    assert not exists(target)
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"not gzip")
+    with pytest.raises(BackupError, match="unreadable archive"):
+        await restore(garbage, f"sqlite:///{target}", None)
+    foreign = tmp_path / "foreign.tar.gz"
+    with tarfile.open(foreign, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("dump.sql"), io.BytesIO(b""))
     with pytest.raises(BackupError, match="not a cronloop backup"):
-        (tmp_path / "x.tar.gz").write_bytes(b"")
-        await restore(tmp_path / "x.tar.gz", f"sqlite:///{target}", None)
+        await restore(foreign, f"sqlite:///{target}", None)
+    assert not exists(target)
 
+
+
+@sqlite_only
+@pytest.mark.parametrize("stop_at", [1, 2, 3, 5, 8])
+async def test_a_stop_at_any_step_leaves_nothing(
+    db: AsyncEngine, settings: Settings, tmp_path: Path, stop_at: int
+) -> None:
+    """Stop requests seen by the threads (copy, hash, archive) and by the async steps."""
+    config = tmp_path / "config.php"
+    config.write_bytes(b"x" * 3_000_000)  # several chunks
+    calls = [0]
+
+    def should_stop() -> bool:
+        calls[0] += 1
+        return calls[0] >= stop_at
+
+    async def checkpoint() -> None:
+        if should_stop():
+            raise StopRun(StopReason.DEADLINE)
+
+    plan = BackupPlan.from_options(with_dir(settings, tmp_path / "b"), db.url,
+                                   options_of(backup, extra_files=str(config)))
+    with pytest.raises(StopRun):
+        await run_backup(plan, db, stopper=Stopper(checkpoint, should_stop))
+    assert leftovers(tmp_path / "b") == []
+
+
+async def test_a_missing_extra_file_fails_before_anything(tmp_path: Path) -> None:
+    plan = fake_plan(tmp_path / "b", "/bin/true", extra_files=(tmp_path / "nope.php",))
+    with pytest.raises(BackupError, match=r"extra file .*nope.php does not exist"):
+        await run_backup(plan, None)
+    assert not exists(tmp_path / "b")
+
+
+async def test_a_failed_backup_never_costs_a_good_one(tmp_path: Path) -> None:
+    """Retention runs only after a new archive is in place (iTop prunes first)."""
+    good = fake_dump(tmp_path, "echo '-- dump'")
+    directory = tmp_path / "b"
+    for minute in range(2):
+        await run_backup(fake_plan(directory, good, retention_count=0), None,
+                         now=T0 + timedelta(minutes=minute))
+    before = leftovers(directory)
+    failing = fake_dump(tmp_path, "echo '-- half a dump'; exit 2")
+    with pytest.raises(BackupError, match="exit 2"):
+        await run_backup(fake_plan(directory, failing, retention_count=1), None,
+                         now=T0 + timedelta(minutes=5))
+    assert leftovers(directory) == before and len(before) == 2
+    made = await run_backup(fake_plan(directory, good, retention_count=1), None,
+                            now=T0 + timedelta(minutes=6))
+    assert leftovers(directory) == [made.path.name]
+
+
+def test_sqlite_copy_survives_a_source_that_keeps_changing(tmp_path: Path) -> None:
+    """Every step sees a write from another connection (a busy worker): the stepwise
+    copy restarts, then falls back to one step, and the copy is complete and consistent."""
+    source = tmp_path / "src #1?.db"  # URI-special characters in the path
+    conn = sqlite3.connect(source)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [("x" * 500,) for _ in range(200)])
+    conn.commit()
+    writes = [0]
+
+    def busy_writer() -> bool:
+        writes[0] += 1
+        conn.execute("INSERT INTO t (v) VALUES ('more')")
+        conn.commit()
+        return False
+
+    sqlite_copy(str(source), tmp_path / "copy.db", Stopper(should_stop=busy_writer), step_pages=5)
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    try:
+        count = copy.execute("SELECT count(*) FROM t").fetchone()[0]
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        copy.close()
+        conn.close()
+    assert writes[0] >= 3 and count == 200 + writes[0]
+
+
+@mariadb_only
+async def test_restore_errors_are_clear(db: AsyncEngine, settings: Settings,
+                                        tmp_path: Path) -> None:
+    path = await backup_now(with_dir(settings, tmp_path), engine=db)
+    with pytest.raises(BackupError, match="Unknown database"):
+        await restore(path, server_url("cronloop_no_such_db_here"), None)
+    with pytest.raises(BackupError, match="Access denied") as info:
+        await restore(path, server_url("cronloop_no_such_db_here"), Secret(TRICKY))
+    assert TRICKY not in str(info.value)
+    with pytest.raises(BackupError, match="holds a mysql dump; the target is sqlite"):
+        await restore(path, f"sqlite:///{tmp_path / 'x.db'}", None)
+
+
+def test_options_from_the_params_file() -> None:
+    def value(key: str, text: str) -> ParamValue:
+        return ParamValue(key=f"backup.{key}", value=text, file="/etc/cronloop.params", line=3)
+
+    settings = Settings(task_options={"backup": {
+        "backup.retention_count": value("retention_count", " 9 "),
+        "backup.extra_files": value("extra_files", "/a.php, /b.php"),
+    }})
+    options = options_from_settings(settings)
+    assert options["retention_count"] == 9 and options["file_name_format"].startswith("__DB__")
+    plan = BackupPlan.from_options(settings, make_url("mysql://u@h/itop"), options)
+    assert plan.extra_files == (Path("/a.php"), Path("/b.php")) and plan.retention_count == 9
+    bad = Settings(task_options={"backup": {"backup.retention_count": value("x", "many")}})
+    with pytest.raises(BackupError, match="retention_count = 'many': expected a whole number"):
+        options_from_settings(bad)

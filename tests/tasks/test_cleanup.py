@@ -57,7 +57,8 @@ async def add_draft(
             insert(draft_attachments).values(
                 object_class="UserRequest" if object_id else None, object_id=object_id,
                 kind="inline_image", file_path=stored,
-                contents=None if stored else blob(engine, b"\x00\x01 binary"), mime_type="image/png",
+                contents=None if stored else blob(engine, b"\x00\x01 binary"),
+                mime_type="image/png",
                 size=9, created=created, expire=expire,
             )
         )
@@ -68,6 +69,10 @@ def blob(engine: AsyncEngine, data: bytes) -> Any:
     """A binary value; on MariaDB through UNHEX() because aiomysql 0.3.2 cannot bind bytes
     with PyMySQL >= 1.2.3 (aio-libs/aiomysql#1080)."""
     return data if engine.dialect.name == "sqlite" else func.unhex(data.hex())
+
+
+def files_in(directory: Path) -> list[Path]:
+    return list(directory.iterdir())
 
 
 async def draft_ids(engine: AsyncEngine) -> set[int]:
@@ -124,7 +129,7 @@ async def test_interrupted_between_batches_leaves_rows_and_files_consistent(
         assert file.exists() == (row_id in remaining), f"row {row_id} and its file disagree"
     await draft_attachment_gc(make_context(db, options=gc_options(root, batch_size=3)))
     assert await draft_ids(db) == set()
-    assert list(root.iterdir()) == []
+    assert files_in(root) == []
 
 
 async def test_concurrent_runs_delete_each_row_once(db: AsyncEngine, root: Path) -> None:
@@ -137,7 +142,7 @@ async def test_concurrent_runs_delete_each_row_once(db: AsyncEngine, root: Path)
     counts = [int(m.split()[1]) for m in messages]
     files = [int(m.split(", ")[1].split()[0]) for m in messages]
     assert sum(counts) == 40 and sum(files) == 40, messages
-    assert await draft_ids(db) == set() and list(root.iterdir()) == []
+    assert await draft_ids(db) == set() and files_in(root) == []
 
 
 async def test_missing_file_is_fine(db: AsyncEngine, root: Path) -> None:
@@ -258,6 +263,6 @@ async def test_history_gc_stops_at_a_checkpoint_between_batches(
 
 
 def test_tasks_are_registered_with_their_schedules() -> None:
-    for func, every in ((draft_attachment_gc, 3600), (bulk_export_gc, 86400), (history_gc, 86400)):
-        definition = func.__cronloop_task__  # type: ignore[attr-defined]
+    for fn, every in ((draft_attachment_gc, 3600), (bulk_export_gc, 86400), (history_gc, 86400)):
+        definition = fn.__cronloop_task__  # type: ignore[attr-defined]
         assert definition.every == every

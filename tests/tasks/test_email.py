@@ -12,12 +12,11 @@ from typing import Any
 
 import pytest
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import String, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tasks.email import EmailOptions, eml_name, retry_delay, send_queued_email
 from tasks.outbox import outbox, queue_email, queue_from_cli
-from tests.tasks.conftest import PASSWORD, SmtpServer
 from worker import StopReason, StopRun
 from worker.db import create_engine
 from worker.settings import Settings
@@ -48,8 +47,10 @@ async def run(engine: AsyncEngine, settings: Settings, **options: Any) -> str | 
 
 
 async def rows(engine: AsyncEngine) -> list[Any]:
+    """All rows; `created` raw (one test stores garbage there)."""
+    columns = [c if c.name != "created" else type_coerce(c, String) for c in outbox.c]
     async with engine.connect() as conn:
-        return list((await conn.execute(select(outbox).order_by(C.id))).all())
+        return list((await conn.execute(select(*columns).order_by(C.id))).all())
 
 
 async def insert_row(engine: AsyncEngine, **values: Any) -> int:
@@ -57,14 +58,16 @@ async def insert_row(engine: AsyncEngine, **values: Any) -> int:
     row = {"recipients": json.dumps({"to": ["rcpt@example.org"]}), "subject": "s",
            "body_text": "b", "created": now, "planned": now, **values}
     async with engine.begin() as conn:
-        return int((await conn.execute(insert(outbox).values(**row))).inserted_primary_key[0])
+        key = (await conn.execute(insert(outbox).values(**row))).inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
 
 async def test_delivers_headers_message_id_and_html_alternative(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     [mid] = [await queue_email(
         sessions(db), to=["Ann <ann@example.org>"], cc="cc@example.org",
-        bcc=["hidden@example.org"], subject="Ticket R-1 updated", body_text="plain body",
+        bcc=["hidden@example.org"], subject="Ticket R-1 mis à jour", body_text="Grüße, body",
         body_html="<p>html body</p>", headers={"Reply-To": "desk@example.org"},
         sender="Service Desk <desk@example.org>")]
     assert await run(db, settings, **smtp_server.options()) is not None
@@ -75,17 +78,17 @@ async def test_delivers_headers_message_id_and_html_alternative(
     assert msg["From"] == "Service Desk <desk@example.org>"
     assert msg["To"] == "Ann <ann@example.org>" and msg["Cc"] == "cc@example.org"
     assert msg["Bcc"] is None and msg["Reply-To"] == "desk@example.org"
-    assert msg["Subject"] == "Ticket R-1 updated" and msg["Date"]
+    assert msg["Subject"] == "Ticket R-1 mis à jour" and msg["Date"]
     assert got.mail_from == "desk@example.org"
     assert got.rcpt_tos == ["ann@example.org", "cc@example.org", "hidden@example.org"]
     assert msg.get_content_type() == "multipart/alternative"
     parts = {p.get_content_type(): p.get_content().strip() for p in msg.iter_parts()}
-    assert parts == {"text/plain": "plain body", "text/html": "<p>html body</p>"}
+    assert parts == {"text/plain": "Grüße, body", "text/html": "<p>html body</p>"}
     assert await rows(db) == []  # iTop's rule: deleted once sent
 
 
 async def test_keep_sent_days_keeps_sent_rows_then_prunes(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 2)
     await run(db, settings, **smtp_server.options(keep_sent_days=1.0))
     kept = await rows(db)
@@ -100,7 +103,7 @@ async def test_keep_sent_days_keeps_sent_rows_then_prunes(
 
 
 async def test_reuses_one_connection_per_sender_across_batches(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 20)
     await run(db, settings, **smtp_server.options(concurrency=2, batch_size=5))
     assert len(smtp_server.handler.received) == 20
@@ -108,7 +111,7 @@ async def test_reuses_one_connection_per_sender_across_batches(
 
 
 async def test_concurrency_is_bounded_and_used(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     smtp_server.handler.delay_s = 0.03
     await queue(db, 9)
     await run(db, settings, **smtp_server.options(concurrency=3))
@@ -117,7 +120,7 @@ async def test_concurrency_is_bounded_and_used(
 
 
 async def test_4xx_is_retried_later_and_5xx_is_an_error_at_once(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 1, to="later@example.org")
     await queue(db, 1, to="nobody@example.org")
     replies = {"later@example.org": "451 4.3.0 try again later",
@@ -136,7 +139,7 @@ async def test_4xx_is_retried_later_and_5xx_is_an_error_at_once(
 
 
 async def test_550_after_data_is_an_error_at_once(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 1)
     smtp_server.handler.data_reply = "554 5.6.0 content rejected"
     await run(db, settings, **smtp_server.options())
@@ -145,7 +148,7 @@ async def test_550_after_data_is_an_error_at_once(
 
 
 async def test_exponential_retries_then_error(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 1)
     smtp_server.handler.rcpt_reply = lambda _: "452 4.2.2 mailbox full"
     options = smtp_server.options(retry_delay_s=10.0, exponential_delay=True, max_retries=3)
@@ -169,11 +172,10 @@ def test_retry_delay_arithmetic() -> None:
     assert retry_delay(200, 600, True) == 30 * 86400  # capped, no overflow
 
 
-async def test_unreachable_server_is_transient(db: AsyncEngine, settings: Settings) -> None:
-    from tests.tasks.conftest import free_port
-
+async def test_unreachable_server_is_transient(db: AsyncEngine, settings: Settings,
+                                               closed_port: int) -> None:
     await queue(db, 2)
-    await run(db, settings, transport="smtp", smtp_host="127.0.0.1", smtp_port=free_port(),
+    await run(db, settings, transport="smtp", smtp_host="127.0.0.1", smtp_port=closed_port,
               smtp_timeout_s=2.0)
     for row in await rows(db):
         assert (row.state, row.remaining_retries, row.attempts) == ("planned", 2, 1)
@@ -181,7 +183,7 @@ async def test_unreachable_server_is_transient(db: AsyncEngine, settings: Settin
 
 
 async def test_deadline_stops_between_messages_and_gives_back_the_rest(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     smtp_server.handler.delay_s = 0.04
     queued = await queue(db, 12)
     ctx = context(db, settings, timeout_s=0.15, **smtp_server.options(concurrency=2))
@@ -199,7 +201,7 @@ async def test_deadline_stops_between_messages_and_gives_back_the_rest(
 
 
 async def test_shutdown_at_a_checkpoint_releases_unsent(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 6)
     ctx = context(db, settings, **smtp_server.options(concurrency=1))
     # Each awaited checkpoint checks twice: the run's loop (1, 2), send 1 (3, 4), send 2
@@ -212,20 +214,20 @@ async def test_shutdown_at_a_checkpoint_releases_unsent(
 
 
 async def test_cancelled_mid_send_releases_the_batch(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     smtp_server.handler.gate = threading.Event()
     await queue(db, 3)
     job = asyncio.ensure_future(run(db, settings, **smtp_server.options(concurrency=1)))
     assert await asyncio.to_thread(smtp_server.handler.data_started.wait, 5)
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await asyncio.wait_for(job, 2)  # no QUIT on the broken session, no waiting
+        await asyncio.wait_for(job, 0.9)  # no QUIT (1 s timeout) on the broken session
     smtp_server.handler.gate.set()
     assert [(r.state, r.claim_token) for r in await rows(db)] == [("planned", None)] * 3
 
 
 async def test_expired_claims_are_recovered_and_sent_once(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     past, future = datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC) + timedelta(hours=1)
     crashed = await insert_row(db, message_id="<crashed@x.org>", state="sending",
                                claim_token="dead", owner="gone:1", lease_until=past)
@@ -240,7 +242,7 @@ async def test_expired_claims_are_recovered_and_sent_once(
 
 
 async def test_two_concurrent_runs_never_send_twice(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     smtp_server.handler.delay_s = 0.002
     queued = await queue(db, 40)
     other = create_engine(settings)
@@ -257,7 +259,7 @@ async def test_two_concurrent_runs_never_send_twice(
 
 
 async def test_bad_rows_are_marked_error_and_the_rest_sent(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     bad = {
         "not json": await insert_row(db, recipients="not json"),
         "no address": await insert_row(db, recipients='{"to": [], "cc": []}'),
@@ -265,6 +267,11 @@ async def test_bad_rows_are_marked_error_and_the_rest_sent(
         "line break": await insert_row(db, subject="two\nlines"),
         "set by cronloop": await insert_row(db, headers='{"Bcc": "spy@example.org"}'),
     }
+    if db.dialect.name == "sqlite":  # only SQLite accepts any text in a timestamp column
+        bad["not a timestamp"] = await insert_row(db)
+        async with db.begin() as conn:
+            await conn.exec_driver_sql("UPDATE cronloop_outbox SET created = 'garbage' "
+                                       f"WHERE id = {bad['not a timestamp']}")
     good = await queue(db, 2)
     direct = await insert_row(db, recipients='["direct@example.org"]')  # no message_id
     with structlog.testing.capture_logs() as logs:
@@ -280,7 +287,7 @@ async def test_bad_rows_are_marked_error_and_the_rest_sent(
 
 
 async def test_planned_in_the_future_waits(
-        db: AsyncEngine, settings: Settings, smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 1, planned=datetime.now(UTC) + timedelta(hours=1))
     assert await run(db, settings, **smtp_server.options()) is None
     assert [r.state for r in await rows(db)] == ["planned"]
@@ -311,37 +318,38 @@ async def test_default_file_dir_is_under_the_state_directory(
 
 
 @pytest.mark.parametrize("tls_smtp_server", ["starttls", "tls"], indirect=True)
-async def test_tls_and_auth(db: AsyncEngine, settings: Settings, tls_smtp_server: SmtpServer,
-                            tls_files: tuple[Path, Path], request: pytest.FixtureRequest
-                            ) -> None:
+async def test_tls_and_auth(db: AsyncEngine, settings: Settings, tls_smtp_server: Any,
+                            tls_files: tuple[Path, Path], request: pytest.FixtureRequest,
+                            smtp_password: str) -> None:
     mode = request.node.callspec.params["tls_smtp_server"]
     await queue(db, 2)
     await run(db, settings, **tls_smtp_server.options(
         smtp_tls=mode, smtp_ca_file=str(tls_files[0]), smtp_username="mailer",
-        smtp_password=PASSWORD, concurrency=1))
+        smtp_password=smtp_password, concurrency=1))
     assert len(tls_smtp_server.handler.received) == 2
     assert len(tls_smtp_server.handler.logins) == 1  # one login, connection reused
     assert await rows(db) == []
 
 
 async def test_password_never_in_logs_nor_rows(
-        db: AsyncEngine, settings: Settings, auth_smtp_server: SmtpServer) -> None:
+        db: AsyncEngine, settings: Settings, auth_smtp_server: Any, smtp_password: str) -> None:
+    secret = smtp_password
     await queue(db, 1)
     with structlog.testing.capture_logs() as logs:
         await run(db, settings, **auth_smtp_server.options(
-            smtp_username="mailer", smtp_password=PASSWORD + "-wrong"))
+            smtp_username="mailer", smtp_password=secret + "-wrong"))
         with pytest.raises(ValueError) as bad:
             await run(db, settings, **auth_smtp_server.options(transport="nonsense",
-                                                               smtp_password=PASSWORD))
-    assert PASSWORD not in str(bad.value)
+                                                               smtp_password=secret))
+    assert secret not in str(bad.value)
     [row] = await rows(db)
     assert row.state == "planned" and "535" in row.last_error  # auth refusal: transient
-    assert logs and PASSWORD not in repr(logs) and PASSWORD not in repr(row._mapping)
-    assert PASSWORD not in repr(EmailOptions.parse({"smtp_password": PASSWORD}))
+    assert logs and secret not in repr(logs) and secret not in repr(row._mapping)
+    assert secret not in repr(EmailOptions.parse({"smtp_password": secret}))
 
 
 async def test_queue_email_validates(db: AsyncEngine) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"to": "not an address"}, "to:"),
         ({"to": "a@x.org, b@y.org"}, "not one valid"),
         ({"to": [], "cc": ()}, "no recipients"),
@@ -361,9 +369,8 @@ async def test_queue_email_validates(db: AsyncEngine) -> None:
 
 async def test_queue_joins_the_callers_transaction(db: AsyncEngine) -> None:
     async with sessions(db)() as session:
-        async with session.begin():
-            await queue_email(session, to="a@example.org", subject="s", body_text="b")
-            await session.rollback()
+        await queue_email(session, to="a@example.org", subject="s", body_text="b")
+        await session.rollback()  # the caller's change failed: no email either
     assert await rows(db) == []
     mid = await queue_from_cli(db, to=["a@example.org"], subject="test", body="b",
                                html_file=None)
