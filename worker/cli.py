@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tasks", help="the tasks this installation defines")
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
     sub.add_parser("backup", help="take a backup of the database now (the backup task's settings)")
+    sub.add_parser("demo", help="fill the database with demo tickets, emails and drafts")
     sub.add_parser("check-config", help="the effective settings and where each came from")
     return parser
 
@@ -345,6 +346,24 @@ async def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.demo import fill_demo  # demo data lives with the standard tasks
+
+    check_user(settings)
+    db = await open_database(settings, wait=True)
+    try:
+        summary = await fill_demo(db.sessions, SystemClock().now())
+    finally:
+        await db.close()
+    print(
+        f"demo data added: {summary.tickets} tickets (SLA thresholds pass within a minute), "
+        f"{summary.emails} queued emails, {summary.drafts} drafts ({summary.drafts - 2} "
+        f"expired), {summary.exports} export results.\n"
+        "Now run `cronloop run` and watch; then `cronloop status` and `cronloop history`."
+    )
+    return exitcodes.OK
+
+
 COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -356,6 +375,7 @@ COMMANDS: dict[str, Command] = {
     "migrate": cmd_migrate,
     "check-config": cmd_check_config,
     "backup": cmd_backup,
+    "demo": cmd_demo,
 }
 
 
