@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
     sub.add_parser("backup", help="take a backup of the database now (the backup task's settings)")
     sub.add_parser("demo", help="fill the database with demo tickets, emails and drafts")
+    mail = sub.add_parser("queue-email", help="queue an email for the email task to send")
+    mail.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
+    mail.add_argument("--subject", required=True)
+    mail.add_argument("--body", required=True, help="the plain-text body")
+    mail.add_argument("--html-file", help="a file holding an HTML alternative")
     sub.add_parser("check-config", help="the effective settings and where each came from")
     return parser
 
@@ -364,6 +369,23 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
+async def cmd_queue_email(args: argparse.Namespace, settings: Settings) -> int:
+    from tasks.outbox import queue_from_cli  # the email task's own API
+
+    check_user(settings)
+    db = await open_database(settings, wait=True)
+    try:
+        message_id = await queue_from_cli(
+            db.engine, to=args.to, subject=args.subject, body=args.body, html_file=args.html_file
+        )
+    except ValueError as exc:
+        raise ExitError(str(exc), exitcodes.ERROR) from None
+    finally:
+        await db.close()
+    print(message_id)
+    return exitcodes.OK
+
+
 COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -376,6 +398,7 @@ COMMANDS: dict[str, Command] = {
     "check-config": cmd_check_config,
     "backup": cmd_backup,
     "demo": cmd_demo,
+    "queue-email": cmd_queue_email,
 }
 
 

@@ -74,7 +74,7 @@ class TaskContext:
     log: Any  # a structlog BoundLogger bound to task and run_id
     db: async_sessionmaker[AsyncSession]
     settings: Settings
-    options: Mapping[str, str]
+    options: Mapping[str, Any] = field(repr=False)  # may hold secrets (smtp_password)
     _clock: Clock
     _deadline_mono: float
     _stop: StopSignal

@@ -67,7 +67,7 @@ class TaskSpec:
     blocking: bool = False
     enabled: bool = True
     isolate: bool = False
-    options: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     error: str | None = None  # why the task is disabled by configuration
     description: str = ""
 

@@ -204,9 +204,9 @@ async def test_shutdown_at_a_checkpoint_releases_unsent(
         db: AsyncEngine, settings: Settings, smtp_server: Any) -> None:
     await queue(db, 6)
     ctx = context(db, settings, **smtp_server.options(concurrency=1))
-    # Each awaited checkpoint checks twice: the run's loop (1, 2), send 1 (3, 4), send 2
-    # (5, 6), and the 7th check stops the sender before its third message.
-    stop_after_checkpoints(ctx, 7)
+    # Checkpoints: the run's loop (1), before send 1 (2), before send 2 (3), and the 4th
+    # stops the sender before its third message.
+    stop_after_checkpoints(ctx, 4)
     with pytest.raises(StopRun):
         await send_queued_email(ctx)
     assert len(smtp_server.handler.received) == 2
