@@ -1,7 +1,9 @@
 """The outbox: emails queued by the application, sent by the `email` task.
 
 This replaces iTop's `email_asynchronous = 1` queue. The table is a contract with the
-application, so its rules are spelled out here.
+application, so its rules are spelled out here. The task's side: claiming and recording
+rows in `tasks/outbox_claims.py`, building and delivering messages in
+`tasks/email_transport.py`, the run itself in `tasks/email.py`.
 
 Queueing. Call `queue_email(...)`: given an `AsyncSession` the row joins the caller's
 transaction (the email exists only if the change that caused it commits); given an
@@ -48,34 +50,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Dialect,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
-    and_,
-    delete,
-    func,
-    insert,
-    literal_column,
-    or_,
-    select,
-    type_coerce,
-    update,
-)
+from sqlalchemy import CheckConstraint, Column, Index, Integer, String, Table, Text, insert
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.sql.elements import ColumnElement
 
+from tasks._sql import id_column
 from tasks.schema import metadata
+from worker.db import db_now
 from worker.models import UTCDateTime
 
 PLANNED, SENDING, SENT, ERROR = "planned", "sending", "sent", "error"
@@ -84,8 +67,7 @@ LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 outbox = Table(
     "cronloop_outbox",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
-           autoincrement=True),
+    id_column(),
     Column("message_id", String(255), unique=True),
     Column("sender", String(320)),
     Column("recipients", Text, nullable=False),
@@ -121,21 +103,6 @@ RESERVED_HEADERS = frozenset({
 })
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _ADDR_SPEC = re.compile(r"^[\x21-\x7e]+@[A-Za-z0-9\[][A-Za-z0-9.:\[\]-]*$")
-
-
-def db_now(dialect: Dialect, plus_s: float = 0.0) -> ColumnElement[Any]:
-    """The database server's UTC time (+ `plus_s`) as SQL.
-
-    Due-ness, leases and retry times use one clock, the database's, because the rows are
-    written by application hosts and claimed by worker hosts whose clocks may disagree.
-    """
-    if dialect.name == "sqlite":
-        expr = func.strftime("%Y-%m-%d %H:%M:%f", "now", f"{plus_s:+.6f} seconds").concat("000")
-        return type_coerce(expr, UTCDateTime())
-    now = func.utc_timestamp(literal_column("6"))
-    if plus_s:
-        now = func.timestampadd(literal_column("MICROSECOND"), int(plus_s * 1_000_000), now)
-    return type_coerce(now, UTCDateTime())
 
 
 # -- addresses and headers ----------------------------------------------------------------
@@ -353,150 +320,3 @@ def _timestamp(value: object) -> datetime:
     if not isinstance(value, datetime):
         raise ValueError(f"created: not a timestamp: {value!r}")
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-# -- the task's verbs on the table ----------------------------------------------------------
-
-DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
-C = outbox.c
-
-
-@dataclass(frozen=True)
-class Mark:
-    """What to write for one claimed row once its fate is known."""
-
-    row_id: int
-    state: str  # DELETED, SENT, PLANNED (retry later) or ERROR
-    attempted: bool = True  # False for a bad row: nothing was sent, no attempt counted
-    remaining: int | None = None
-    delay_s: float = 0.0
-    error: str | None = None
-    code: int | None = None
-
-
-# What a sender reads; `created` comes raw, so a malformed timestamp written directly on
-# SQLite makes that row an error instead of failing the whole claim.
-SEND_COLUMNS = (C.id, C.message_id, C.sender, C.recipients, C.subject, C.body_text,
-                C.body_html, C.headers, C.remaining_retries, C.attempts)
-
-
-async def supports_skip_locked(db: async_sessionmaker[AsyncSession]) -> bool:
-    """MariaDB >= 10.6 and MySQL >= 8 can skip rows another worker is claiming."""
-    async with db() as session:
-        if session.get_bind().dialect.name == "sqlite":
-            return False  # writers are serialised by BEGIN IMMEDIATE anyway
-        version = str((await session.execute(select(func.version()))).scalar_one())
-    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
-    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))
-
-
-async def housekeeping(
-    db: async_sessionmaker[AsyncSession], keep_sent_days: float, limit: int = 1000
-) -> tuple[list[Any], int]:
-    """Re-plan rows whose claim expired (a worker died mid-batch), and delete `sent` rows
-    older than `keep_sent_days`. Returns (the recovered rows' id/message_id/owner, pruned)."""
-    async with db() as session, session.begin():
-        now = db_now(session.get_bind().dialect)
-        expired = and_(C.state == SENDING, or_(C.lease_until.is_(None), C.lease_until < now))
-        stuck = (await session.execute(
-            select(C.id, C.message_id, C.owner).where(expired).limit(limit))).all()
-        if stuck:
-            await session.execute(update(outbox).where(C.id.in_([r.id for r in stuck]), expired)
-                                  .values(state=PLANNED, owner=None, claim_token=None,
-                                          lease_until=None))
-        cutoff = db_now(session.get_bind().dialect, -keep_sent_days * 86400)
-        old = (await session.execute(select(C.id).where(C.state == SENT, C.sent <= cutoff)
-                                     .limit(limit))).scalars().all()
-        if old:
-            await session.execute(delete(outbox).where(C.id.in_(old), C.state == SENT))
-    return list(stuck), len(old)
-
-
-async def claim(
-    db: async_sessionmaker[AsyncSession], *, owner: str, token: str, limit: int,
-    lease_s: float, skip_locked: bool,
-) -> list[Any]:
-    """Take up to `limit` due rows, oldest first, for this run: one short transaction.
-
-    The UPDATE re-checks `state = 'planned'`, so two workers that read the same candidates
-    (no SKIP LOCKED, or SQLite) can never both take a row; each gets the rows it changed.
-    """
-    async with db() as session, session.begin():
-        dialect = session.get_bind().dialect
-        query = (select(C.id).where(C.state == PLANNED, C.planned <= db_now(dialect))
-                 .order_by(C.planned, C.id).limit(limit))
-        if skip_locked:
-            query = query.with_for_update(skip_locked=True)
-        ids = (await session.execute(query)).scalars().all()
-        if not ids:
-            return []
-        await session.execute(
-            update(outbox).where(C.id.in_(ids), C.state == PLANNED)
-            .values(state=SENDING, owner=owner[:255], claim_token=token,
-                    lease_until=db_now(dialect, lease_s)))
-        taken = await session.execute(
-            select(*SEND_COLUMNS, type_coerce(C.created, String).label("created"))
-            .where(C.claim_token == token, C.state == SENDING).order_by(C.planned, C.id))
-        return list(taken.all())
-
-
-async def assign_message_id(
-    db: async_sessionmaker[AsyncSession], token: str, row_id: int, message_id: str
-) -> None:
-    """Give a directly inserted row its Message-ID before its first send, so a resend
-    after a crash carries the same one."""
-    async with db() as session, session.begin():
-        await session.execute(update(outbox).where(
-            C.id == row_id, C.claim_token == token, C.message_id.is_(None)
-        ).values(message_id=message_id))
-
-
-async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[Mark]) -> int:
-    """Write the fate of attempted rows in one transaction; every write is fenced by the
-    claim token, so a worker whose claim expired cannot overwrite a newer owner's row.
-    Returns how many rows were written (fewer means claims were lost)."""
-    written = 0
-    async with db() as session, session.begin():
-        now = db_now(session.get_bind().dialect)
-        ours = and_(C.claim_token == token, C.state == SENDING)
-        released = {"owner": None, "claim_token": None, "lease_until": None}
-        gone = [m.row_id for m in marks if m.state == DELETED]
-        if gone:
-            written += _count(await session.execute(delete(outbox).where(C.id.in_(gone), ours)))
-        kept = [m.row_id for m in marks if m.state == SENT]
-        if kept:
-            written += _count(await session.execute(update(outbox).where(C.id.in_(kept), ours)
-                                                    .values(state=SENT, sent=now, last_attempt=now,
-                                                            attempts=C.attempts + 1, **released)))
-        for m in marks:
-            if m.state not in (PLANNED, ERROR):
-                continue
-            values: dict[str, Any] = {
-                "state": m.state, "last_error": m.error, "last_error_code": m.code, **released,
-            }
-            if m.attempted:
-                values.update(attempts=C.attempts + 1, last_attempt=now)
-            if m.remaining is not None:
-                values["remaining_retries"] = m.remaining
-            if m.state == PLANNED:
-                values["planned"] = db_now(session.get_bind().dialect, m.delay_s)
-            result = await session.execute(update(outbox).where(C.id == m.row_id, ours)
-                                           .values(**values))
-            written += _count(result)
-    return written
-
-
-async def release(db: async_sessionmaker[AsyncSession], token: str, ids: list[int]) -> int:
-    """Give back claimed rows that were not sent, due at once, attempts unchanged."""
-    if not ids:
-        return 0
-    async with db() as session, session.begin():
-        result = await session.execute(
-            update(outbox).where(C.id.in_(ids), C.claim_token == token, C.state == SENDING)
-            .values(state=PLANNED, owner=None, claim_token=None, lease_until=None))
-    return _count(result)
-
-
-def _count(result: Any) -> int:
-    """Rows changed by an UPDATE/DELETE (a CursorResult, typed as a plain Result)."""
-    return int(cast(CursorResult[Any], result).rowcount)

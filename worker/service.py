@@ -1,0 +1,108 @@
+"""`cronloop run`: the service itself, wired to systemd.
+
+Builds the registry, waits for and migrates the database, synchronises the task table,
+then hands over to the supervisor with systemd notifications and a SIGHUP reloader.
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import ThreadPoolExecutor
+
+from worker import logs
+from worker.app import check_user, open_database, sync
+from worker.clock import SystemClock
+from worker.planning import RetryPolicy
+from worker.registry import Registry, build_registry, discover
+from worker.reload import reload_settings, report
+from worker.runner import RunEnvironment
+from worker.settings import Settings, load_settings
+from worker.supervisor import Hooks, Supervisor
+from worker.systemd import Notifier
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    check_user(settings)
+    definitions = discover(settings.task_modules)
+    registry = build_registry(settings, definitions)
+    notifier = Notifier()
+    clock = SystemClock()
+    # waiting for the database and migrating may outlast TimeoutStartSec
+    notifier.extend_timeout(settings.startup_db_wait_s + 120)
+    db = await open_database(settings, wait=True)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task"
+    )
+    try:
+        await sync(db, registry, clock)
+        env = RunEnvironment(
+            store=db.store,
+            settings=settings,
+            clock=clock,
+            db=db.sessions,
+            executor=executor,
+            retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
+        )
+
+        async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
+            def load() -> Settings:
+                return load_settings(param_file=args.param_file_, overrides=args.overrides_)
+
+            result = reload_settings(current, load, definitions)
+            if result is None:
+                return None
+            logs.configure(result.settings.log_level, current.log_format)
+            await sync(db, result.registry, clock)
+            report(result, result.registry.names())
+            return result.settings, result.registry
+
+        supervisor = Supervisor(
+            registry,
+            env,
+            once=args.once,
+            hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
+            reloader=reloader,
+        )
+        supervisor.install_signal_handlers()
+        return await supervisor.run()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        notifier.close()
+        await db.close()
+
+
+def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:
+    interval = notifier.watchdog_interval_s
+    last_ping = [0.0]
+
+    def tick() -> None:
+        if interval and clock.monotonic() - last_ping[0] >= interval:
+            notifier.watchdog()
+            last_ping[0] = clock.monotonic()
+
+    def ready() -> None:
+        notifier.ready("started")
+
+    def status(text: str) -> None:
+        notifier.status(text)
+
+    def stopping() -> None:
+        notifier.stopping("draining")
+        # a drain may outlast TimeoutStopSec's default: tell systemd how long it can take
+        notifier.extend_timeout(drain_s)
+
+    def reloading() -> None:
+        notifier.reloading("reloading the configuration")
+
+    def reloaded() -> None:
+        notifier.reloaded("configuration reloaded")
+
+    return Hooks(
+        on_ready=ready,
+        on_status=status,
+        on_stopping=stopping,
+        on_tick=tick,
+        on_reloading=reloading,
+        on_reloaded=reloaded,
+        max_sleep_s=interval,
+    )
