@@ -22,29 +22,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-)
+from sqlalchemy import BigInteger, CheckConstraint, Column, Index, LargeBinary, String, Table
 from sqlalchemy.dialects import mysql
 
+from tasks._sql import id_column
 from tasks.schema import metadata
 from worker.models import UTCDateTime
 
 KIND_ATTACHMENT = "attachment"
 KIND_INLINE_IMAGE = "inline_image"
-
-
-def _id() -> Column[Any]:
-    return Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    )
 
 
 def contents_type() -> Any:
@@ -55,7 +41,7 @@ def contents_type() -> Any:
 draft_attachments = Table(
     "cronloop_draft_attachment",
     metadata,
-    _id(),
+    id_column(),
     # NULL object_id = not linked to any object (a draft); the GC deletes only those
     Column("object_class", String(100)),
     Column("object_id", BigInteger),
@@ -81,7 +67,7 @@ draft_attachments = Table(
 export_results = Table(
     "cronloop_export_result",
     metadata,
-    _id(),
+    id_column(),
     Column("token", String(64), nullable=False, unique=True),
     Column("created", UTCDateTime(), nullable=False),
     Column("file_path", String(1024)),  # the temporary result file, if any

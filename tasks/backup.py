@@ -1,10 +1,11 @@
 """Database backups, iTop's BackupExec: a dump plus config files in a `.tar.gz`.
 
-The archive (`<backup_dir>/<file_name_format>.tar.gz`, mode 0600) holds `manifest.json`
-first (format, cronloop version, database kind/name/server version, creation time, and
-each file's size and sha256), the dump (`<db>.sql` from mariadb-dump/mysqldump, or
-`cronloop.sqlite3` from SQLite's online backup API), then the `extra_files` under
-`extra/`. Everything is written under temporary names in the backup directory itself
+This module takes one backup: the task, `cronloop backup` (`backup_now`), the locks, the
+spool, retention. The archive's layout (manifest first, then the dump and the
+`extra_files`), its verification and `restore`: `tasks/backup_archive.py`; producing the
+dump (mariadb-dump/mysqldump, or SQLite's online backup API): `tasks/backup_dump.py`.
+
+Everything is written under temporary names in the backup directory itself
 (`.cronloop-backup-*.partial/`, `<archive>.partial`), fsync'ed, and renamed only when
 complete: a failed or interrupted backup leaves nothing (and a crash leaves partials that
 the next backup removes).
@@ -23,21 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
-import json
 import os
 import re
 import shutil
 import sqlite3
-import tarfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -45,19 +42,24 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tasks.backup_archive import (
+    SUFFIX,
+    Member,
+    archive_name,
+    archive_pattern,
+    build_manifest,
+    copy_hashed,
+    digest,
+    read_manifest,
+    restore,
+    write_archive,
+)
 from tasks.backup_dump import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
     BackupError,
     DbTarget,
     Stopper,
-    copy_hashed,
-    digest,
     dump_mysql,
     find_command,
-    read_manifest,
-    restore,
     run_in_thread,
     sqlite_copy,
 )
@@ -66,7 +68,6 @@ from worker.db import create_engine
 from worker.schedule import ScheduleError, resolve_timezone
 from worker.settings import Settings, state_directory
 
-SUFFIX = ".tar.gz"
 PARTIAL = ".partial"
 SPOOL_PREFIX = ".cronloop-backup-"
 LOCK_FILE = ".lock"
@@ -79,27 +80,13 @@ OPTIONS: Mapping[str, Any] = {
     "dump_command": "",
     "extra_files": "",
 }
-_DIGITS = {"Y": r"\d{4}", "y": r"\d{2}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d{2}",
-           "I": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}", "j": r"\d{3}", "%": "%"}
 
-TaskFunc = Callable[[TaskContext], Awaitable[str]]
 log = structlog.get_logger("cronloop.backup")
 __all__ = ["BackupBusy", "BackupError", "backup", "backup_now", "read_manifest", "restore"]
 
 
 class BackupBusy(BackupError):
     """Another backup holds the lock."""
-
-
-@dataclass(frozen=True)
-class Member:
-    """One file of the archive: its name inside, where it is spooled, size and sha256."""
-
-    arcname: str
-    path: Path
-    size: int
-    sha256: str
-    source: str | None = None  # original path of an extra file
 
 
 @dataclass(frozen=True)
@@ -144,28 +131,6 @@ class BackupResult:
     def describe(self) -> str:
         pruned = f"; deleted {len(self.deleted)} old archive(s)" if self.deleted else ""
         return f"backup {self.path} ({self.size / 1048576:.1f} MiB, {self.seconds:.1f} s){pruned}"
-
-
-def archive_name(name_format: str, db: str, now: datetime, tz: ZoneInfo) -> str:
-    """The archive's file name: strftime in the configured zone, `__DB__` = database."""
-    stamp = now.astimezone(tz).strftime(name_format)  # `__DB__` has no `%`: kept as is
-    name = stamp.replace("__DB__", db) + SUFFIX
-    if "/" in name or "\0" in name or name.startswith(".") or name == SUFFIX:
-        raise BackupError(f"file_name_format {name_format!r} gives an unusable name {name!r}")
-    return name
-
-
-def archive_pattern(name_format: str, db: str) -> re.Pattern[str]:
-    """Matches the names `archive_name` makes (any time, optional `-N` collision suffix)."""
-    parts = []
-    for token in re.split(r"(__DB__|%.)", name_format):
-        if token == "__DB__":
-            parts.append(re.escape(db))
-        elif len(token) == 2 and token[0] == "%":
-            parts.append(_DIGITS.get(token[1], ".+?"))
-        else:
-            parts.append(re.escape(token))
-    return re.compile("".join(parts) + r"(?:-\d+)?" + re.escape(SUFFIX))
 
 
 @contextlib.contextmanager
@@ -260,74 +225,6 @@ async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper, logger: Any
     return members
 
 
-def _manifest(plan: BackupPlan, server: str, now: datetime, members: list[Member]) -> bytes:
-    try:
-        ours = version("cronloop")
-    except PackageNotFoundError:
-        ours = "unknown"
-    data = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "cronloop_version": ours,
-        "created": now.astimezone(UTC).isoformat(),
-        "database": {"kind": plan.target.kind, "name": plan.target.name, "server_version": server},
-        "dump": members[0].arcname,
-        "files": [
-            {"name": m.arcname, "size": m.size, "sha256": m.sha256,
-             **({"source": m.source} if m.source else {})}
-            for m in members
-        ],
-    }
-    return json.dumps(data, indent=2).encode() + b"\n"
-
-
-class _CheckedReader:
-    """A file that checks for a stop request at every read (tarfile reads in CHUNKs)."""
-
-    def __init__(self, handle: IO[bytes], stopper: Stopper) -> None:
-        self._handle, self._stopper = handle, stopper
-
-    def read(self, size: int = -1) -> bytes:
-        self._stopper.check_sync()
-        return self._handle.read(size)
-
-
-def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = size, mtime, 0o600
-    return info
-
-
-def _write_archive(partial: Path, final: Path, manifest: bytes, members: list[Member],
-                   mtime: float, stopper: Stopper) -> int:
-    """Write the .tar.gz (manifest first: retention reads only the first member), fsync
-    it and publish it as `final`; returns its size. Once complete, it is published even if
-    a stop was asked meanwhile: a finished backup is worth keeping."""
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as raw:
-        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
-                          format=tarfile.PAX_FORMAT) as tar:
-            tar.addfile(_tarinfo(MANIFEST, len(manifest), mtime), io.BytesIO(manifest))
-            for m in members:
-                with m.path.open("rb") as handle:
-                    tar.addfile(_tarinfo(m.arcname, m.size, mtime), _CheckedReader(handle, stopper))
-        raw.flush()
-        os.fsync(raw.fileno())
-        size = os.fstat(raw.fileno()).st_size
-    _publish(partial, final)
-    return size
-
-
-def _publish(partial: Path, final: Path) -> None:
-    """Rename into place and fsync the directory, so the name survives a power cut."""
-    os.rename(partial, final)
-    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def _prune(plan: BackupPlan, keep_path: Path, logger: Any) -> tuple[Path, ...]:
     """Delete our oldest archives of this database while there are more than
     `retention_count` (0 = keep all). Blocking: run in a thread."""
@@ -391,10 +288,10 @@ async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
     spool.mkdir(mode=0o700)
     try:
         members = await _produce(plan, spool, stopper, logger)
-        manifest = _manifest(plan, server, now, members)
+        manifest = build_manifest(plan.target, server, now, members)
         mtime = now.timestamp()
         return await run_in_thread(
-            lambda: _write_archive(partial, final, manifest, members, mtime, stopper), stopper
+            lambda: write_archive(partial, final, manifest, members, mtime, stopper), stopper
         )
     except BaseException:
         partial.unlink(missing_ok=True)
@@ -403,13 +300,7 @@ async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
         shutil.rmtree(spool, ignore_errors=True)
 
 
-def _task(**kw: Any) -> Callable[[TaskFunc], TaskFunc]:
-    """`worker.task` with a type (the core's decorator is typed `Any`)."""
-    decorate: Callable[[TaskFunc], TaskFunc] = task(**kw)
-    return decorate
-
-
-@_task(at="23:30", days="monday,tuesday,wednesday,thursday,friday", timeout=3600,
+@task(at="23:30", days="monday,tuesday,wednesday,thursday,friday", timeout=3600,
        options=OPTIONS)
 async def backup(ctx: TaskContext) -> str:
     """Back up the database (and extra_files) into a .tar.gz; keep retention_count."""

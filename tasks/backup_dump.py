@@ -1,4 +1,5 @@
-"""Producing (and loading back) a database dump for `tasks/backup.py`.
+"""Producing (and loading back) a database dump for `tasks/backup.py`, and how the long
+steps of a backup or restore learn that they must stop (`Stopper`, `run_in_thread`).
 
 MySQL/MariaDB: the dump tool runs as a subprocess; every connection detail, the password
 above all, goes into a 0600 temporary defaults file passed as `--defaults-extra-file=`
@@ -9,39 +10,31 @@ in steps, so a live database keeps being written while it is copied.
 
 Stopping: the async side checks the run's deadline every POLL_S while the dump runs, and
 kills the dump tool on any way out (deadline, cancellation, error); thread work checks a
-`Stopper` between steps. Callers delete what was spooled.
+`Stopper` between steps. Callers delete what was spooled. The archive the dump goes into,
+and restoring from it: `tasks/backup_archive.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import os
 import shlex
 import shutil
 import sqlite3
-import tarfile
 import tempfile
 import threading
 import urllib.parse
-import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TypeVar
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from worker.settings_values import Secret
 
 T = TypeVar("T")
-FORMAT = "cronloop-backup"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CLIENT_TOOLS = ("mariadb", "mysql")
 POLL_S = 0.1  # how often a running dump checks the deadline
 THREAD_STOP_WAIT_S = 1.5  # the runner allows 2 s to unwind after a cancel
 STDERR_KEEP = 16 * 1024
@@ -235,7 +228,7 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 async def dump_mysql(target: DbTarget, command: list[str], dest: Path, stopper: Stopper) -> str:
     """Run the dump tool with stdout into `dest` (0600); raise BackupError on failure.
     Returns what it wrote on stderr (warnings), secrets masked."""
-    with defaults_file(target) as cnf, _open_new(dest) as out:
+    with defaults_file(target) as cnf, open_new(dest) as out:
         argv = [command[0], f"--defaults-extra-file={cnf}", *command[1:], *DUMP_FLAGS,
                 "--", target.name]
         try:
@@ -305,7 +298,7 @@ async def _supervise(proc: asyncio.subprocess.Process, tool: str, target: DbTarg
 
 
 @contextlib.contextmanager
-def _open_new(path: Path) -> Iterator[IO[bytes]]:
+def open_new(path: Path) -> Iterator[IO[bytes]]:
     """A new file, 0600 from its creation (the dump holds every row of the database)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -332,7 +325,7 @@ def sqlite_copy(source: str, dest: Path, stopper: Stopper,
     """
     if not os.path.exists(source):
         raise BackupError(f"SQLite database {source} does not exist")
-    with _open_new(dest):
+    with open_new(dest):
         pass  # created 0600 before SQLite writes into it
     seen = {"remaining": -1, "restarts": 0}
 
@@ -375,136 +368,3 @@ def sqlite_restore(source: Path, dest: str) -> None:
         raise BackupError(f"SQLite restore into {dest} failed: {exc}") from None
     finally:
         src.close()
-
-
-def digest(path: Path, stopper: Stopper) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, checking for a stop between chunks."""
-    hasher = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            stopper.check_sync()
-            hasher.update(chunk)
-            size += len(chunk)
-    return size, hasher.hexdigest()
-
-
-def copy_hashed(source: Path, dest: Path, stopper: Stopper) -> tuple[int, str]:
-    """Snapshot `source` into `dest` (0600) and hash the copy in the same pass, so the
-    manifest describes exactly the bytes archived even if the original changes."""
-    hasher = hashlib.sha256()
-    size = 0
-    with source.open("rb") as src, _open_new(dest) as out:
-        while chunk := src.read(CHUNK):
-            stopper.check_sync()
-            hasher.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-    return size, hasher.hexdigest()
-
-
-def _first_manifest(tar: tarfile.TarFile) -> dict[str, Any] | None:
-    first = tar.next()
-    if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1 << 20:
-        return None
-    handle = tar.extractfile(first)
-    data = json.loads(handle.read()) if handle else None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """Our manifest if `path` is one of our archives (it is the first member), else None;
-    reads only the start of the archive."""
-    try:
-        with tarfile.open(path, "r|gz") as tar:
-            return _first_manifest(tar)
-    except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError):
-        return None
-
-
-def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
-    """The manifest, after checking every file it lists against its size and sha256:
-    nothing is loaded into a database from a damaged archive."""
-    seen: set[str] = set()
-    try:
-        with tarfile.open(path, "r|gz") as tar:
-            manifest = _first_manifest(tar)
-            if manifest is None:
-                raise BackupError(f"{path} is not a cronloop backup (no manifest)")
-            if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-                raise BackupError(f"{path} was written by a newer cronloop (format "
-                                  f"{manifest.get('format_version')}); upgrade to restore it")
-            expected = {str(f["name"]): f for f in manifest["files"]}
-            for member in tar:
-                spec = expected.get(member.name)
-                handle = tar.extractfile(member) if spec and member.isfile() else None
-                if spec is None or handle is None:
-                    continue
-                hasher, size = hashlib.sha256(), 0
-                while chunk := handle.read(CHUNK):
-                    stopper.check_sync()
-                    hasher.update(chunk)
-                    size += len(chunk)
-                if size != spec["size"] or hasher.hexdigest() != spec["sha256"]:
-                    raise BackupError(f"{path}: {member.name} is damaged (size or sha256 "
-                                      "differs from the manifest)")
-                seen.add(member.name)
-    except (OSError, EOFError, tarfile.TarError, zlib.error, KeyError, ValueError) as exc:
-        raise BackupError(f"{path}: unreadable archive: {exc}") from None
-    missing = sorted(set(expected) - seen)
-    if missing:
-        raise BackupError(f"{path}: files listed in the manifest are missing: {missing}")
-    return manifest
-
-
-def _open_member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
-    for member in tar:
-        if member.name == name:
-            handle = tar.extractfile(member)
-            if handle is not None:
-                return handle
-    raise BackupError(f"the archive has no {name}")
-
-
-def _restore_sqlite(archive: Path, dump: str, dest: str, stopper: Stopper) -> None:
-    """Extract the database file next to `dest` (same file system), then copy it in."""
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".cronloop-restore-", dir=Path(dest).parent)
-    try:
-        with os.fdopen(fd, "wb") as out, tarfile.open(archive, "r|gz") as tar:
-            source = _open_member(tar, dump)
-            while chunk := source.read(CHUNK):
-                stopper.check_sync()
-                out.write(chunk)
-        sqlite_restore(Path(temp), dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-
-
-async def restore(archive: Path, target_url: str, password: Secret | None = None, *,
-                  client_command: str = "", stopper: Stopper | None = None) -> None:
-    """Restore `archive` into the database at `target_url`, after verifying it.
-
-    MySQL/MariaDB: the database must exist (create it empty); the tables in the dump are
-    dropped and re-created, other tables are left alone. The client is `client_command`,
-    else `mariadb` or `mysql` from PATH, with the password in a 0600 defaults file.
-    SQLite: `target_url` names the file, created if missing, replaced if present.
-    """
-    stopper = stopper or Stopper()
-    try:
-        url = make_url(target_url)
-    except ArgumentError:
-        raise BackupError("restore target: not a database URL") from None
-    target = DbTarget.from_url(url, password)
-    manifest = await run_in_thread(lambda: verify_archive(archive, stopper), stopper)
-    kind, dump = manifest["database"]["kind"], str(manifest["dump"])
-    if kind != target.kind:
-        raise BackupError(f"{archive} holds a {kind} dump; the target is {target.kind}")
-    if target.kind == "sqlite":
-        await run_in_thread(lambda: _restore_sqlite(archive, dump, target.path, stopper), stopper)
-        return
-    command = find_command(client_command, CLIENT_TOOLS)
-    with tarfile.open(archive, "r|gz") as tar:
-        source = await run_in_thread(lambda: _open_member(tar, dump), stopper)
-        await load_mysql(target, command, lambda: source.read(CHUNK), stopper)

@@ -20,27 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, or_, select, text
+from sqlalchemy import ColumnElement, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tasks._sql import rowcount, supports_skip_locked
 from tasks.attachments import draft_attachments, export_results
 from worker import Outcome, TaskContext, task
 from worker.models import runs
-
-TaskFunc = Callable[[TaskContext], Awaitable[str]]
-
-
-def _task(**kw: Any) -> Callable[[TaskFunc], TaskFunc]:
-    """`worker.task` with a type: the core's decorator is typed `Any`, which mypy --strict
-    reports as an untyped decorator."""
-    decorate: Callable[[TaskFunc], TaskFunc] = task(**kw)
-    return decorate
 
 
 @dataclass
@@ -101,16 +93,6 @@ class FileRemover:
         return os.path.join(parent, path.name)
 
 
-async def _skip_locked(session: AsyncSession) -> bool:
-    """MariaDB >= 10.6 and MySQL >= 8.0 can skip rows another worker has claimed."""
-    dialect = session.get_bind().dialect
-    if dialect.name == "sqlite":
-        return False
-    version = str((await session.execute(text("SELECT VERSION()"))).scalar_one())
-    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
-    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))
-
-
 async def _delete_batch(
     session: AsyncSession, table: Table, due: ColumnElement[bool], limit: int, skip_locked: bool
 ) -> list[tuple[int, str | None]]:
@@ -143,7 +125,7 @@ async def _delete_ids(session: AsyncSession, table: Table, ids: list[int]) -> se
         gone = set()
         for row_id in ids:
             result = await session.execute(delete(table).where(key == row_id))
-            if result.rowcount:  # type: ignore[attr-defined]
+            if rowcount(result):
                 gone.add(row_id)
         return gone
     if dialect.delete_returning:
@@ -151,7 +133,7 @@ async def _delete_ids(session: AsyncSession, table: Table, ids: list[int]) -> se
         return {int(row_id) for row_id in result.scalars()}
     result = await session.execute(delete(table).where(key.in_(ids)))
     # the single writer deleted exactly what it selected; otherwise keep the files
-    return set(ids) if result.rowcount == len(ids) else set()  # type: ignore[attr-defined]
+    return set(ids) if rowcount(result) == len(ids) else set()
 
 
 async def sweep(
@@ -166,7 +148,7 @@ async def sweep(
         await ctx.checkpoint()
         async with ctx.db.begin() as session:
             if skip_locked is None:
-                skip_locked = await _skip_locked(session)
+                skip_locked = await supports_skip_locked(session)
             deleted = await _delete_batch(session, table, due, batch_size, skip_locked)
         if not deleted:
             return total
@@ -199,7 +181,7 @@ def draft_due(now: datetime, lifetime_s: float) -> ColumnElement[bool]:
     )
 
 
-@_task(every=3600, options={"batch_size": 500, "lifetime_s": 86400.0, "files_root": ""})
+@task(every=3600, options={"batch_size": 500, "lifetime_s": 86400.0, "files_root": ""})
 async def draft_attachment_gc(ctx: TaskContext) -> str:
     """Delete draft attachments and inline images of cancelled edits (iTop InlineImageGC)."""
     files = FileRemover(str(ctx.options["files_root"]), ctx.log)
@@ -208,7 +190,7 @@ async def draft_attachment_gc(ctx: TaskContext) -> str:
     return _report("draft attachment(s)", rows, files, ctx)
 
 
-@_task(every=86400, options={"batch_size": 500, "max_age_s": 86400.0, "files_root": ""})
+@task(every=86400, options={"batch_size": 500, "max_age_s": 86400.0, "files_root": ""})
 async def bulk_export_gc(ctx: TaskContext) -> str:
     """Delete bulk-export results older than max_age_s and their temporary files."""
     files = FileRemover(str(ctx.options["files_root"]), ctx.log)
@@ -218,7 +200,7 @@ async def bulk_export_gc(ctx: TaskContext) -> str:
     return _report("bulk export result(s)", rows, files, ctx)
 
 
-@_task(every=86400, options={"batch_size": 1000})
+@task(every=86400, options={"batch_size": 1000})
 async def history_gc(ctx: TaskContext) -> str:
     """Prune the run history older than the `history_retention_days` setting (0 = keep)."""
     days = ctx.settings.history_retention_days

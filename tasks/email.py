@@ -6,7 +6,9 @@ connection kept open for the whole run (iTop sends one at a time). Outcomes are 
 in group commits fenced by the claim token. Between messages every sender passes a
 checkpoint: at the deadline or on shutdown the rows not yet sent go back to `planned` at
 once; a row whose send completed is always recorded first. Table contract, states and the
-at-least-once rule: see `tasks/outbox.py`.
+at-least-once rule: see `tasks/outbox.py`; the claim and record SQL is in
+`tasks/outbox_claims.py`, message building and the SMTP/file transports in
+`tasks/email_transport.py`.
 
 `smtp_password` is a secret: it is never logged nor stored in `last_error`. Keep the
 params file that holds it readable by the service only (mode 0600, or 0640 with the
@@ -17,23 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
-import re
 import socket
-import tempfile
 import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, Protocol
-
-import aiosmtplib
+from typing import Any
 
 from tasks import outbox as ob
+from tasks import outbox_claims as oc
+from tasks._sql import supports_skip_locked
+from tasks.email_transport import (
+    Connection,
+    FileConnection,
+    SendError,
+    SmtpConfig,
+    SmtpConnection,
+    build_message,
+)
 from worker import StopRun, TaskContext, task
 from worker.settings import state_directory
 
@@ -110,167 +115,19 @@ class EmailOptions:
         ob.check_address(opts.sender, "email.sender")
         return opts
 
-
-# -- transports -------------------------------------------------------------------------------
-
-
-class SendError(Exception):
-    """A failed delivery: `permanent` (5xx to the message) or worth retrying."""
-
-    def __init__(self, text: str, *, code: int | None = None, permanent: bool = False) -> None:
-        super().__init__(text)
-        self.text, self.code, self.permanent = text, code, permanent
-
-
-class Connection(Protocol):
-    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
-        """Deliver; return refused recipients when others were accepted; raise SendError."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class SmtpConnection:
-    """One SMTP session, opened on first use and reused for every following message;
-    dropped after a connection-level failure and reopened by the next send."""
-
-    def __init__(self, opts: EmailOptions) -> None:
-        self.opts = opts
-        self.client: aiosmtplib.SMTP | None = None
-
-    async def _connected(self) -> aiosmtplib.SMTP:
-        if self.client is not None and self.client.is_connected:
-            return self.client
-        o = self.opts
-        client = aiosmtplib.SMTP(
-            hostname=o.smtp_host, port=o.smtp_port, timeout=o.smtp_timeout_s,
-            username=o.smtp_username or None, password=o.smtp_password or None,
-            use_tls=o.smtp_tls == "tls", start_tls=o.smtp_tls == "starttls",
-            cert_bundle=o.smtp_ca_file or None,
+    def smtp(self) -> SmtpConfig:
+        """What the SMTP transport needs, and nothing about batches or retries."""
+        return SmtpConfig(
+            host=self.smtp_host, port=self.smtp_port, tls=self.smtp_tls,
+            ca_file=self.smtp_ca_file, username=self.smtp_username,
+            password=self.smtp_password, timeout_s=self.smtp_timeout_s,
         )
-        try:
-            await client.connect()
-        except aiosmtplib.SMTPResponseException as exc:
-            # A refusal at connect, EHLO or AUTH is the server's or our configuration's
-            # state, not the message's fault: transient, whatever the code.
-            client.close()
-            raise SendError(f"connect: {exc.code} {exc.message}", code=exc.code) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            client.close()
-            raise SendError(f"connect: {type(exc).__name__}: {exc}") from None
-        self.client = client
-        return client
-
-    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
-        client = await self._connected()
-        try:
-            refused, _ = await client.send_message(
-                message, sender=env.envelope_from, recipients=env.envelope_to)
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            codes = [r.code for r in exc.recipients]
-            text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
-            permanent = all(500 <= c < 600 for c in codes)
-            raise SendError(text, code=max(codes) if permanent else min(codes),
-                            permanent=permanent) from None
-        except aiosmtplib.SMTPResponseException as exc:
-            if exc.code == 421 or not 400 <= exc.code < 600:
-                self._drop()
-            raise SendError(f"{exc.code} {exc.message}", code=exc.code,
-                            permanent=500 <= exc.code < 600) from None
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            self._drop()
-            raise SendError(f"{type(exc).__name__}: {exc}") from None
-        except ValueError as exc:  # an address the client refuses to put on the wire
-            raise SendError(f"unsendable: {exc}", permanent=True) from None
-        except asyncio.CancelledError:
-            self._drop()  # mid-transaction: the session is unusable, and QUIT would wait
-            raise
-        return dict(refused)
-
-    def _drop(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        self.client = None
-
-    async def close(self) -> None:
-        client, self.client = self.client, None
-        if client is not None and client.is_connected:
-            try:
-                await client.quit(timeout=min(1.0, self.opts.smtp_timeout_s))
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
-
-
-class FileConnection:
-    """Writes `<message-id>.eml` files: for development, tests, or a pickup directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    async def send(self, message: EmailMessage, env: ob.Envelope) -> dict[str, Any]:
-        # Bcc is not a header; keep the envelope so whoever picks the file up has it.
-        message["X-Cronloop-Envelope-To"] = ", ".join(env.envelope_to)
-        try:
-            await asyncio.to_thread(write_eml, self.directory, eml_name(env.message_id),
-                                    message.as_bytes())
-        except OSError as exc:
-            raise SendError(f"file: {type(exc).__name__}: {exc}") from None
-        return {}
-
-    async def close(self) -> None:
-        return None
-
-
-def eml_name(message_id: str) -> str:
-    """A file name from the Message-ID: stable, so a resend overwrites its earlier copy."""
-    core = message_id.strip().strip("<>")
-    safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", core)[:150].lstrip(".") or "message"
-    if safe != core:  # keep two ids that sanitise alike apart
-        safe += "-" + hashlib.sha256(message_id.encode()).hexdigest()[:12]
-    return safe + ".eml"
-
-
-def write_eml(directory: Path, name: str, data: bytes) -> Path:
-    """Write atomically: a temporary file, fsync, then rename over the final name."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, directory / name)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return directory / name
 
 
 def open_connection(opts: EmailOptions) -> Connection:
     if opts.transport == "smtp":
-        return SmtpConnection(opts)
+        return SmtpConnection(opts.smtp())
     return FileConnection(opts.file_dir)
-
-
-def build_message(env: ob.Envelope) -> EmailMessage:
-    """RFC 5322 message; Date is the queue time so a resend is byte-identical."""
-    msg = EmailMessage()
-    msg["From"] = env.sender
-    if env.to:
-        msg["To"] = ", ".join(env.to)
-    if env.cc:
-        msg["Cc"] = ", ".join(env.cc)
-    if not env.to and not env.cc:
-        msg["To"] = "undisclosed-recipients:;"
-    msg["Subject"] = env.subject
-    msg["Date"] = format_datetime(env.created, usegmt=True)
-    msg["Message-ID"] = env.message_id
-    for name, value in env.headers.items():
-        msg[name] = value
-    msg.set_content(env.body_text)
-    if env.body_html is not None:
-        msg.add_alternative(env.body_html, subtype="html")
-    return msg
 
 
 def retry_delay(attempt: int, base_s: float, exponential: bool) -> float:
@@ -280,15 +137,15 @@ def retry_delay(attempt: int, base_s: float, exponential: bool) -> float:
     return float(min(base_s * 2 ** min(max(attempt - 1, 0), 32), MAX_DELAY_S))
 
 
-def failure_mark(row: Any, opts: EmailOptions, err: SendError) -> ob.Mark:
+def failure_mark(row: Any, opts: EmailOptions, err: SendError) -> oc.Mark:
     """iTop's rule: retry while remaining_retries > 0, counting down; then `error`."""
     stored = row.remaining_retries
     remaining = int(stored) if stored is not None else opts.max_retries
     if err.permanent or remaining <= 0:
-        return ob.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text,
+        return oc.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text,
                        code=err.code)
     delay = retry_delay(row.attempts + 1, opts.retry_delay_s, opts.exponential_delay)
-    return ob.Mark(row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay,
+    return oc.Mark(row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay,
                    error=err.text, code=err.code)
 
 
@@ -302,8 +159,8 @@ class Totals:
     failed: int = 0
     released: int = 0
 
-    def count(self, mark: ob.Mark) -> None:
-        if mark.state in (ob.DELETED, ob.SENT):
+    def count(self, mark: oc.Mark) -> None:
+        if mark.state in (oc.DELETED, ob.SENT):
             self.sent += 1
         elif mark.state == ob.PLANNED:
             self.retried += 1
@@ -320,7 +177,7 @@ class Batch:
         self.ctx, self.opts, self.token, self.totals = ctx, opts, token, totals
         self.pending: deque[Any] = deque(rows)
         self.inflight: dict[int, Any] = {}
-        self.unrecorded: list[ob.Mark] = []
+        self.unrecorded: list[oc.Mark] = []
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.closing = False
@@ -365,7 +222,7 @@ class Batch:
             if self.closing:
                 return
 
-    async def _deliver(self, connection: Connection, row: Any) -> ob.Mark:
+    async def _deliver(self, connection: Connection, row: Any) -> oc.Mark:
         """Never raises an Exception: a bad row or a bug marks this row, not the batch."""
         log = self.ctx.log.bind(row_id=row.id, message_id=row.message_id)
         try:
@@ -373,10 +230,10 @@ class Batch:
             message = build_message(env)
         except Exception as exc:
             log.warning("bad outbox row, marked error", reason=str(exc))
-            return ob.Mark(row.id, ob.ERROR, attempted=False, error=f"bad row: {exc}")
+            return oc.Mark(row.id, ob.ERROR, attempted=False, error=f"bad row: {exc}")
         try:
             if row.message_id is None:
-                await ob.assign_message_id(self.ctx.db, self.token, row.id, env.message_id)
+                await oc.assign_message_id(self.ctx.db, self.token, row.id, env.message_id)
             refused = await connection.send(message, env)
         except SendError as err:
             err.text = self._scrub(err.text)
@@ -390,7 +247,7 @@ class Batch:
         if refused:
             log.warning("some recipients refused", refused={k: str(v) for k, v in refused.items()})
         log.debug("email sent")
-        return ob.Mark(row.id, ob.SENT if self.opts.keep_sent_days > 0 else ob.DELETED)
+        return oc.Mark(row.id, ob.SENT if self.opts.keep_sent_days > 0 else oc.DELETED)
 
     def _scrub(self, text: str) -> str:
         secret = self.opts.smtp_password
@@ -403,7 +260,7 @@ class Batch:
             if not marks:
                 return True
             try:
-                written = await ob.record(self.ctx.db, self.token, marks)
+                written = await oc.record(self.ctx.db, self.token, marks)
             except Exception as exc:
                 self.ctx.log.error("cannot record sent emails yet", error=repr(exc),
                                    rows=[m.row_id for m in marks])
@@ -426,7 +283,7 @@ class Batch:
         back = [r.id for r in [*self.inflight.values(), *self.pending]]
         if back:
             try:
-                self.totals.released += await ob.release(self.ctx.db, self.token, back)
+                self.totals.released += await oc.release(self.ctx.db, self.token, back)
             except Exception as exc:
                 self.ctx.log.error("cannot release unsent emails; they are re-planned when "
                                    "the claim expires", error=repr(exc), rows=len(back))
@@ -439,12 +296,13 @@ class Batch:
 async def send_queued_email(ctx: TaskContext) -> str | None:
     """Send queued emails (the outbox), in parallel over reused SMTP connections."""
     opts = EmailOptions.parse(ctx.options)
-    recovered, pruned = await ob.housekeeping(ctx.db, opts.keep_sent_days)
+    recovered, pruned = await oc.housekeeping(ctx.db, opts.keep_sent_days)
     if recovered:
         ctx.log.warning("re-planned emails whose sender was lost (they may be sent twice)",
                         rows=[(r.id, r.message_id, r.owner) for r in recovered][:20],
                         count=len(recovered))
-    skip_locked = await ob.supports_skip_locked(ctx.db)
+    async with ctx.db() as session:
+        skip_locked = await supports_skip_locked(session)
     owner = f"{socket.gethostname()}:{os.getpid()}:{ctx.run_id}"
     connections = [open_connection(opts) for _ in range(opts.concurrency)]
     totals = Totals()
@@ -454,7 +312,7 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
             # The claim must outlive this run, including its grace and a send in flight.
             lease_s = max(ctx.time_left(), 0) + ctx.settings.grace_s + opts.smtp_timeout_s + 30
             token = str(uuid.uuid4())
-            rows = await ob.claim(ctx.db, owner=owner, token=token, limit=opts.batch_size,
+            rows = await oc.claim(ctx.db, owner=owner, token=token, limit=opts.batch_size,
                                   lease_s=lease_s, skip_locked=skip_locked)
             if not rows:
                 break

@@ -58,19 +58,19 @@ class SmtpConnection:
     """One SMTP session, opened on first use and reused for every following message;
     dropped after a connection-level failure and reopened by the next send."""
 
-    def __init__(self, opts: EmailOptions) -> None:
-        self.opts = opts
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
         self.client: aiosmtplib.SMTP | None = None
 
     async def _connected(self) -> aiosmtplib.SMTP:
         if self.client is not None and self.client.is_connected:
             return self.client
-        o = self.opts
+        c = self.config
         client = aiosmtplib.SMTP(
-            hostname=o.smtp_host, port=o.smtp_port, timeout=o.smtp_timeout_s,
-            username=o.smtp_username or None, password=o.smtp_password or None,
-            use_tls=o.smtp_tls == "tls", start_tls=o.smtp_tls == "starttls",
-            cert_bundle=o.smtp_ca_file or None,
+            hostname=c.host, port=c.port, timeout=c.timeout_s,
+            username=c.username or None, password=c.password or None,
+            use_tls=c.tls == "tls", start_tls=c.tls == "starttls",
+            cert_bundle=c.ca_file or None,
         )
         try:
             await client.connect()
@@ -120,7 +120,7 @@ class SmtpConnection:
         client, self.client = self.client, None
         if client is not None and client.is_connected:
             try:
-                await client.quit(timeout=min(1.0, self.opts.smtp_timeout_s))
+                await client.quit(timeout=min(1.0, self.config.timeout_s))
             except (aiosmtplib.SMTPException, OSError):
                 client.close()
 

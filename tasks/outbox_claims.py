@@ -118,9 +118,10 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
             written += rowcount(await session.execute(delete(outbox).where(C.id.in_(gone), ours)))
         kept = [m.row_id for m in marks if m.state == SENT]
         if kept:
-            written += rowcount(await session.execute(update(outbox).where(C.id.in_(kept), ours)
-                                                    .values(state=SENT, sent=now, last_attempt=now,
-                                                            attempts=C.attempts + 1, **released)))
+            written += rowcount(await session.execute(
+                update(outbox).where(C.id.in_(kept), ours)
+                .values(state=SENT, sent=now, last_attempt=now, attempts=C.attempts + 1,
+                        **released)))
         for m in marks:
             if m.state not in (PLANNED, ERROR):
                 continue

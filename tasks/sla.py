@@ -15,119 +15,33 @@ is inserted in that same transaction, so a ticket is never notified without bein
 nor marked without its notification. Tickets whose data is inconsistent are marked in
 `sla_error` (logged once, then skipped until the application clears it).
 
-Templates (`subject_template`, `body_template`, `html_template`; `\\n` in the params file
-is a line break) use str.format placeholders: {ref} {title} {threshold} ("75%")
-{stopwatch} ("TTO") {stopwatch_name} ("time to own") {deadline} {overrun} ("2 min 05 s")
-{status} (after escalation) {priority}. In the HTML template the values are escaped.
+The options, the templates and the notification's content: `tasks/sla_notify.py`.
 """
 
 from __future__ import annotations
 
-import html
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import false, select, update
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tasks.outbox import check_address, queue_email
+from tasks._sql import rowcount
+from tasks.outbox import queue_email
+from tasks.sla_notify import OPTIONS, Due, SlaConfig, notification
 from tasks.tickets import STOPWATCHES, THRESHOLDS, ticket_problem, tickets
 from worker import TaskContext, task
 
 ESCALATION = {"new": "escalated_tto", "approved": "escalated_tto", "assigned": "escalated_ttr"}
-STOPWATCH_NAMES = {"tto": "time to own", "ttr": "time to resolve"}
-PLACEHOLDERS = frozenset({"ref", "title", "threshold", "stopwatch", "stopwatch_name",
-                          "deadline", "overrun", "status", "priority"})
 # A ticket that fails unexpectedly is logged and left for the next run; this many failures
 # in a row mean something systematic (database down, outbox missing): stop the run.
 MAX_CONSECUTIVE_FAILURES = 3
 
-DEFAULT_SUBJECT = "[{ref}] {stopwatch} {threshold} reached: {title}"
-DEFAULT_BODY = (
-    'Ticket {ref} "{title}" (priority {priority}) has reached {threshold} of its '
-    "{stopwatch_name} ({stopwatch}) goal.\n"
-    "\n"
-    "Deadline: {deadline}\n"
-    "Noticed:  {overrun} after the deadline\n"
-    "Status:   {status}\n"
-)
-OPTIONS: dict[str, Any] = {
-    "batch_size": 200,
-    "notify_75": True,
-    "notify_100": True,
-    "notify_to": "both",  # team | agent | both (the team alone when no agent is set)
-    "sender": "",  # empty: the outbox's default sender
-    "subject_template": DEFAULT_SUBJECT,
-    "body_template": DEFAULT_BODY,
-    "html_template": "",  # empty: text only
-}
-
-
-class SlaConfigError(ValueError):
-    """An `sla.*` option is wrong; the run fails at once with this message."""
-
 
 class BadTicket(Exception):
     """The ticket's data cannot be processed; it is marked in `sla_error` and skipped."""
-
-
-@dataclass(frozen=True)
-class SlaConfig:
-    """The task's options, checked once per run so a typo fails loudly, not per ticket."""
-
-    batch_size: int
-    notify: Mapping[int, bool]
-    notify_to: str
-    sender: str | None
-    subject: str
-    body: str
-    html: str | None
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any]) -> SlaConfig:
-        opts = {**OPTIONS, **options}
-        batch_size = int(opts["batch_size"])
-        if batch_size < 1:
-            raise SlaConfigError(f"sla.batch_size = {batch_size}: must be at least 1")
-        notify_to = str(opts["notify_to"]).strip().lower()
-        if notify_to not in ("team", "agent", "both"):
-            raise SlaConfigError(f"sla.notify_to = {notify_to!r}: expected team, agent or both")
-        sender = str(opts["sender"]).strip() or None
-        if sender is not None:
-            try:
-                check_address(sender, "sla.sender")
-            except ValueError as exc:
-                raise SlaConfigError(str(exc)) from None
-        html_template = _template(opts, "html_template")
-        return cls(
-            batch_size=batch_size,
-            notify={75: bool(opts["notify_75"]), 100: bool(opts["notify_100"])},
-            notify_to=notify_to,
-            sender=sender,
-            subject=_template(opts, "subject_template"),
-            body=_template(opts, "body_template"),
-            html=html_template or None,
-        )
-
-
-def _template(opts: Mapping[str, Any], key: str) -> str:
-    """The template with `\\n` made a line break, checked against the known placeholders
-    (no attribute or index access: templates only ever see the values listed above)."""
-    text = str(opts[key]).replace("\\n", "\n")
-    try:
-        names = {field[1] for field in string.Formatter().parse(text) if field[1] is not None}
-        unknown = sorted(names - PLACEHOLDERS)
-        if unknown:
-            known = " ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS))
-            raise SlaConfigError(f"unknown placeholder {{{unknown[0]}}}; known: {known}")
-        text.format_map(dict.fromkeys(PLACEHOLDERS, ""))  # a bad format spec, e.g. {ref:%}
-    except (ValueError, IndexError) as exc:
-        raise SlaConfigError(f"sla.{key}: {exc}") from None
-    return text
 
 
 @dataclass
@@ -153,15 +67,6 @@ class SlaReport:
         if self.failed:
             parts.append(f"{self.failed} failed (ids {', '.join(map(str, self.failed_ids))})")
         return ", ".join(parts)
-
-
-@dataclass(frozen=True)
-class Due:
-    """One threshold of one stopwatch whose deadline has passed."""
-
-    sw: str
-    pct: int
-    deadline: datetime
 
 
 @dataclass
@@ -333,7 +238,7 @@ async def _trigger(session: AsyncSession, ticket_id: int, due: Due, overrun: flo
         .where(tickets.c[f"{due.sw}_state"] == "running")
         .values({flag: True, tickets.c[f"{due.sw}_{due.pct}_overrun"]: overrun})
     )
-    return await _changed(session, statement)
+    return rowcount(await session.execute(statement)) == 1
 
 
 async def _escalate(session: AsyncSession, ticket_id: int, current: str, target: str) -> bool:
@@ -342,7 +247,7 @@ async def _escalate(session: AsyncSession, ticket_id: int, current: str, target:
         .where(tickets.c.id == ticket_id, tickets.c.status == current)
         .values(status=target)
     )
-    return await _changed(session, statement)
+    return rowcount(await session.execute(statement)) == 1
 
 
 async def _mark_bad(db: async_sessionmaker[AsyncSession], ticket_id: int, reason: str) -> bool:
@@ -354,62 +259,13 @@ async def _mark_bad(db: async_sessionmaker[AsyncSession], ticket_id: int, reason
         .values(sla_error=reason[:255])
     )
     async with db() as session, session.begin():
-        return await _changed(session, statement)
-
-
-async def _changed(session: AsyncSession, statement: Any) -> bool:
-    result = cast("CursorResult[Any]", await session.execute(statement))
-    return result.rowcount == 1
+        return rowcount(await session.execute(statement)) == 1
 
 
 async def _notify(session: AsyncSession, config: SlaConfig, row: Mapping[Any, Any], due: Due,
                   overrun: float, status: str) -> None:
     """Queue the notification in the caller's transaction (see the module doc)."""
-    values = {
-        "ref": row["ref"],
-        "title": row["title"],
-        "threshold": f"{due.pct}%",
-        "stopwatch": due.sw.upper(),
-        "stopwatch_name": STOPWATCH_NAMES[due.sw],
-        "deadline": f"{due.deadline:%Y-%m-%d %H:%M:%S} UTC",
-        "overrun": human_duration(overrun),
-        "status": status,
-        "priority": str(row["priority"]),
-    }
-    escaped = {key: html.escape(str(value)) for key, value in values.items()}
     try:
-        await queue_email(
-            session,
-            to=recipients(config.notify_to, row["team_email"], row["agent_email"]),
-            subject=" ".join(config.subject.format_map(values).split()),  # no line breaks
-            body_text=config.body.format_map(values),
-            body_html=config.html.format_map(escaped) if config.html else None,
-            sender=config.sender,
-            headers={"X-Cronloop-Ticket": str(row["ref"]), "X-Cronloop-SLA": f"{due.sw}-{due.pct}"},
-        )
+        await queue_email(session, **notification(config, row, due, overrun, status))
     except ValueError as exc:  # the outbox refused the message: the ticket's data is bad
         raise BadTicket(f"notification refused: {exc}") from exc
-
-
-def recipients(notify_to: str, team: str, agent: str | None) -> list[str]:
-    """Who gets the notification. `agent` without an agent falls back to the team: a
-    threshold nobody hears about is worse than one the whole team hears about."""
-    chosen = [team] if notify_to == "team" or not agent else [agent]
-    if notify_to == "both" and agent and agent.lower() != team.lower():
-        chosen = [team, agent]
-    return chosen
-
-
-def human_duration(seconds: float) -> str:
-    """'45 s', '3 min 05 s', '2 h 03 min', '3 d 04 h': readable in an email."""
-    s = max(0, int(seconds))
-    days, rest = divmod(s, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours:02d} h"
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"

@@ -8,7 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from sqlalchemy import delete
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 @dataclass
@@ -197,12 +195,3 @@ def auth_smtp_server() -> Iterator[SmtpServer]:
     finally:
         controller.stop()
 
-
-@pytest.fixture
-async def db(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    """The migrated database with an empty outbox (the MariaDB one is shared by tests)."""
-    from tasks.outbox import outbox
-
-    async with engine.begin() as conn:
-        await conn.execute(delete(outbox))
-    yield engine

@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, func, insert, inspect, text
+from sqlalchemy import func, insert, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -30,8 +30,6 @@ from tasks.backup import (
     BackupBusy,
     BackupError,
     BackupPlan,
-    archive_name,
-    archive_pattern,
     backup,
     backup_now,
     options_from_settings,
@@ -39,6 +37,7 @@ from tasks.backup import (
     restore,
     run_backup,
 )
+from tasks.backup_archive import archive_name, archive_pattern
 from tasks.backup_dump import DbTarget, Stopper, sqlite_copy
 from worker import StopReason, StopRun
 from worker.models import runs, tasks
@@ -75,11 +74,9 @@ async def admin(sql: str, *params: Any) -> None:
 
 @pytest.fixture
 async def db(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
-    """The migrated database with known rows in the core tables and ours, including
+    """The migrated, empty database with known rows in the core tables and ours, including
     binary data with NUL bytes and 4-byte UTF-8 (what --hex-blob and utf8mb4 are for)."""
     async with engine.begin() as conn:
-        for t in (draft_attachments, export_results):
-            await conn.execute(delete(t))
         now = T0
         await conn.execute(insert(tasks), [
             {"name": f"task{i}", "created": now, "updated": now, "next_run": now,
