@@ -82,9 +82,11 @@ def create_engine(settings: Settings, *, url: URL | None = None, **kw: Any) -> A
         "pool_pre_ping": True,
         "pool_recycle": 1800,
         "isolation_level": "READ COMMITTED",
-        "pool_size": max(5, settings.max_concurrency + 2),
-        "max_overflow": 10,
-        "pool_timeout": 30,
+        # a hard cap (no overflow): workers x db_pool_size must stay under the server's
+        # max_connections, or "Too many connections" would fail runs instead of queueing
+        "pool_size": settings.db_pool_size,
+        "max_overflow": 0,
+        "pool_timeout": 60,
         "connect_args": {"connect_timeout": 10},
     }
     options.update(kw)

@@ -218,15 +218,26 @@ class Runner:
         return outcome
 
     async def _write(self, record: RunRecord) -> bool:
-        """Write the outcome; a lost lease means another worker owns the row now."""
-        try:
-            written = await self.env.store.complete(self.claim, record)
-        except Exception as exc:  # the database may be down: the lease will expire
-            self.log.error(
-                "could not record the run; its lease will expire and it will run again",
-                error=repr(exc),
-            )
-            return False
+        """Write the outcome, retrying a failing database while our lease may still hold
+        (the lease keeper renews it meanwhile); a lost lease means another worker owns the
+        row now. Only when that time is up is the run left to be taken over and re-run."""
+        budget_s = self.env.settings.lease_s * 2 / 3
+        started = self.env.clock.monotonic()
+        delay = 0.25
+        while True:
+            try:
+                written = await self.env.store.complete(self.claim, record)
+                break
+            except Exception as exc:
+                if self.env.clock.monotonic() - started + delay > budget_s:
+                    self.log.error(
+                        "could not record the run; its lease will expire and it will run again",
+                        error=repr(exc),
+                    )
+                    return False
+                self.log.warning("recording the run failed; retrying", error=repr(exc))
+                await self.env.clock.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if not written:
             self.log.warning("lease lost before the run was recorded; another worker owns the task")
         return written

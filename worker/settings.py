@@ -144,6 +144,7 @@ class Settings:
     quarantine_timeouts: int = 5
     watchdog_s: float = 30.0
     backup_dir: str = ""
+    db_pool_size: int = 20
     # repr=False: option values may be secrets (smtp_password); see describe_sources().
     task_options: Mapping[str, Mapping[str, ParamValue]] = field(
         default_factory=_no_options, repr=False
@@ -197,6 +198,7 @@ _PARSERS: Mapping[str, Parser] = MappingProxyType(
         "quarantine_timeouts": integer(minimum=1),
         "watchdog_s": duration(minimum=0, above=True),
         "backup_dir": parse_text,
+        "db_pool_size": integer(minimum=2, maximum=1000),
     }
 )
 

@@ -8,6 +8,7 @@ lost its lease, or whose clock is wrong, cannot overwrite the new owner's state.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import socket
@@ -81,6 +82,7 @@ class TaskStore(AdminVerbs):
         # quarantine a task after this many timeouts in a row (0: never)
         self.quarantine_timeouts = quarantine_timeouts
         self._dialect = engine.dialect
+        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._skip_locked: bool | None = None
         self._user = _os_user()
         self._host = socket.gethostname()
@@ -106,7 +108,7 @@ class TaskStore(AdminVerbs):
         decls = {d.name: d for d in declared}
         for attempt in range(2):
             try:
-                async with self.engine.begin() as conn:
+                async with self._begin() as conn:
                     return await self._sync(conn, decls)
             except IntegrityError:
                 if attempt:
@@ -204,7 +206,7 @@ class TaskStore(AdminVerbs):
             query = query.where(T.name.in_(list(names)))
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             candidates = (await conn.execute(query)).all()
             claims = [c for row in candidates if (c := await self._take(conn, row, claimable))]
             await self._record_starts(conn, claims, now)
@@ -274,7 +276,7 @@ class TaskStore(AdminVerbs):
     async def renew(self, claims: Iterable[Claim]) -> set[str]:
         """Extend the leases of runs still owned; return the run ids whose lease was lost."""
         lost: set[str] = set()
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             for c in claims:
                 result = await conn.execute(
                     update(tasks)
@@ -341,7 +343,7 @@ class TaskStore(AdminVerbs):
                 ),
                 (T.run_count, T.run_count + 1),
             ]
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(T.id == claim.task_id, T.lease_token == claim.token)
@@ -368,7 +370,7 @@ class TaskStore(AdminVerbs):
     async def release(self, claim: Claim) -> bool:
         """Give a claim back unrun (this worker cannot run that task): free the lease and
         mark its history row `skipped`."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(T.id == claim.task_id, T.lease_token == claim.token)
@@ -402,7 +404,7 @@ class TaskStore(AdminVerbs):
     async def reap_abandoned(self) -> int:
         """Close history rows of runs whose worker vanished, so history never shows a run
         as `running` forever, even for a task nobody claims again (paused, removed)."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             stale = (
                 select(T.run_id)
                 .where(T.lease_token.is_not(None), T.lease_until < self._now())
@@ -420,8 +422,12 @@ class TaskStore(AdminVerbs):
         return int(result.rowcount or 0)
 
     async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
-        """The earliest next run among active tasks, so the loop can sleep until then."""
-        query = select(func.min(T.next_run)).where(T.status == TaskStatus.ACTIVE)
+        """The earliest next run among active tasks that are not running now, so the loop
+        can sleep until then (a running task's past `next_run` must not wake it)."""
+        query = select(func.min(T.next_run)).where(
+            T.status == TaskStatus.ACTIVE,
+            or_(T.lease_token.is_(None), T.lease_until < self._now()),
+        )
         if names is not None:
             query = query.where(T.name.in_(list(names)))
         async with self.engine.connect() as conn:

@@ -6,12 +6,14 @@ are domain SQL on the same tables, and `TaskStore` offers them together.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from worker.db import db_now
 from worker.models import runs, tasks
@@ -23,12 +25,25 @@ R = runs.c
 
 
 class AdminVerbs:
-    """Mixed into `TaskStore`; needs only its engine."""
+    """Mixed into `TaskStore`; needs only its engine (and its SQLite write lock)."""
 
     engine: AsyncEngine
+    _write_lock: asyncio.Lock | None
 
     def _now(self, plus_s: float = 0.0) -> Any:
         return db_now(self.engine.dialect, plus_s)
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite, one at a time per process: connections of one
+        pool competing for SQLite's single write lock back off by sleeping, which made a
+        busy worker fall seconds behind; an asyncio lock queues them instead."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     # -- operator verbs -----------------------------------------------------------------
 
@@ -41,7 +56,7 @@ class AdminVerbs:
         return await self._set_status(name, TaskStatus.ACTIVE, reason=None)
 
     async def _set_status(self, name: str, status: TaskStatus, reason: str | None) -> str:
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             old = (await conn.execute(select(T.status).where(T.name == name))).scalar_one_or_none()
             if old is None:
                 raise UnknownTask(name)
@@ -59,7 +74,7 @@ class AdminVerbs:
 
     async def trigger(self, name: str, now: datetime) -> TriggerResult:
         """Run a task as soon as possible, without moving its regular schedule."""
-        async with self.engine.begin() as conn:
+        async with self._begin() as conn:
             status = (
                 await conn.execute(select(T.status).where(T.name == name))
             ).scalar_one_or_none()

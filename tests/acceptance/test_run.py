@@ -7,11 +7,14 @@ worker's JSON log lines, never by sleeping for a guessed time.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 if TYPE_CHECKING:
     from conftest import Cli, Event
@@ -264,3 +267,23 @@ def test_two_workers_never_run_a_slot_twice(cli: Cli) -> None:
     history = [r for r in cli.history_rows("slot_writer") if r["outcome"] == "success"]
     assert len(history) == len({r["scheduled_for"] for r in history}) == len(slots)
     assert all(r["worker"] for r in history), "each run records the worker that ran it"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_waiting_on_a_running_task_does_not_spin(cli: Cli) -> None:
+    worker = cli.start(POLL, "--shutdown_grace=0.5", tasks="stubborn")
+    worker.wait_for("stubborn started")
+    before, since = _cpu_seconds(worker.proc.pid), time.monotonic()
+    deadline = since + 1.5
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+    share = (_cpu_seconds(worker.proc.pid) - before) / (time.monotonic() - since)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(10) == 0
+    assert share < 0.3, f"the worker used {share:.0%} of a core while its only task slept"

@@ -222,3 +222,25 @@ async def test_context_exposes_the_documented_fields(h: Harness) -> None:
     assert seen["run_id"] == runner.claim.run_id and seen["db"] == 1
     assert seen["time_left"] == pytest.approx(30, abs=1) and seen["should_stop"] is False
     assert seen["deadline"] - seen["scheduled_for"] <= timedelta(seconds=31)
+
+
+async def test_recording_is_retried_while_the_database_fails(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def ok(ctx: TaskContext) -> str:
+        return "done"
+
+    runner = await h.runner(ok)
+    real = h.store.complete
+    failures = [2]
+
+    async def flaky(*args: Any, **kw: Any) -> bool:
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("Lost connection to MySQL server during query")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(h.store, "complete", flaky)
+    assert await h.drive(runner, step_s=0.25) == Outcome.SUCCESS
+    state = await h.last()
+    assert failures == [0] and state.last_message == "done" and not state.running

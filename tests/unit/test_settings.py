@@ -53,6 +53,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "quarantine_timeouts": 5,
     "watchdog_s": 30.0,
     "backup_dir": "",
+    "db_pool_size": 20,
 }
 
 
