@@ -283,8 +283,10 @@ class Fleet:
         return [w.wait(timeout) for w in self.workers]
 
     def close(self) -> None:
+        """Kill what is left; keep every worker's log next to the test's files."""
         for w in self.workers:
             w.kill()
+            (self.cwd / f"{w.label}-{w.pid}.log").write_text("\n".join(w.lines) + "\n")
 
 
 @pytest.fixture
