@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -46,7 +46,10 @@ class RunEnvironment:
     settings: Settings
     clock: Clock
     db: Any  # async_sessionmaker for ctx.db
-    executor: Executor | None = None  # for blocking=True tasks
+    # the bounded pool blocking=True tasks run in
+    executor: Executor = field(
+        default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="cronloop-task")
+    )
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_left_behind: Callable[[str], None] | None = None  # a task ignored cancellation
 
@@ -56,6 +59,8 @@ class Ending:
     outcome: Outcome
     message: str | None = None
     error: str | None = None
+    # the task could not be stopped (it ignored cancellation, or its thread runs on)
+    left_behind: bool = False
 
 
 class Runner:
@@ -69,6 +74,9 @@ class Runner:
         self._abort = asyncio.Event()
         self.started_mono = env.clock.monotonic()
         self.log = bind_run_logger(spec.name, claim.run_id)
+        self._thread: Future[Any] | None = None  # a blocking task's thread
+        # set when the task could not be stopped: what to watch until it really ends
+        self.straggler: asyncio.Future[Any] | None = None
 
     @property
     def name(self) -> str:
@@ -93,8 +101,17 @@ class Runner:
             triggered=self.claim.triggered,
             took_over=self.claim.took_over,
         )
-        ending = await self._drive(ctx)
+        inner = asyncio.ensure_future(self._invoke(ctx))
+        ending = await self._drive(inner)
+        if ending.left_behind:
+            self.straggler = self._still_running(inner)
         return await asyncio.shield(self._record(started, ending))
+
+    def _still_running(self, inner: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """What ends when the task has really stopped: its thread, or its coroutine."""
+        if self._thread is not None:
+            return asyncio.wrap_future(self._thread)
+        return inner
 
     def _context(self, started: Any) -> TaskContext:
         timeout_s = self.spec.timeout_s
@@ -113,8 +130,7 @@ class Runner:
             _stop=self.signal,
         )
 
-    async def _drive(self, ctx: TaskContext) -> Ending:
-        inner = asyncio.ensure_future(self._invoke(ctx))
+    async def _drive(self, inner: asyncio.Future[Any]) -> Ending:
         soft_s = self.spec.timeout_s
         hard_s = soft_s + self.env.settings.grace_s
         while not inner.done():
@@ -143,13 +159,13 @@ class Runner:
         done, _ = await asyncio.wait({inner}, timeout=CANCEL_WAIT_S)
         reason = self.signal.reason or StopReason.DEADLINE
         outcome = _REASON_OUTCOME[reason]
-        if not done:
+        thread_runs = self._thread is not None and not self._thread.done()
+        if not done or thread_runs:
             if self.env.on_left_behind:
                 self.env.on_left_behind(self.spec.name)
             inner.add_done_callback(_quietly)
-            return Ending(
-                outcome, error=f"{reason.value}: the task ignored cancellation and was left behind"
-            )
+            what = "its thread could not be stopped" if thread_runs else "it ignored cancellation"
+            return Ending(outcome, error=f"{reason.value}: {what}; left behind", left_behind=True)
         if inner.cancelled() or isinstance(inner.exception(), StopRun | asyncio.CancelledError):
             return Ending(
                 outcome,
@@ -162,8 +178,10 @@ class Runner:
     async def _invoke(self, ctx: TaskContext) -> Any:
         structlog.contextvars.bind_contextvars(task=self.spec.name, run_id=self.claim.run_id)
         if self.spec.blocking:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.env.executor, self.spec.func, ctx)
+            # submit, not run_in_executor: the concurrent future tells whether the thread
+            # still runs after its asyncio side was cancelled
+            self._thread = self.env.executor.submit(self.spec.func, ctx)
+            return await asyncio.wrap_future(self._thread)
         return await self.spec.func(ctx)
 
     def _ending_of(self, inner: asyncio.Future[Any]) -> Ending:
@@ -203,7 +221,7 @@ class Runner:
             error=ending.error,
             missed=plan.missed if plan else 0,
         )
-        written = await self._write(record)
+        written = await self._write(record, keep_lease=ending.left_behind)
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(
             "run finished",
@@ -217,7 +235,7 @@ class Runner:
         )
         return outcome
 
-    async def _write(self, record: RunRecord) -> bool:
+    async def _write(self, record: RunRecord, *, keep_lease: bool = False) -> bool:
         """Write the outcome, retrying a failing database while our lease may still hold
         (the lease keeper renews it meanwhile); a lost lease means another worker owns the
         row now. Only when that time is up is the run left to be taken over and re-run."""
@@ -226,7 +244,7 @@ class Runner:
         delay = 0.25
         while True:
             try:
-                written = await self.env.store.complete(self.claim, record)
+                written = await self.env.store.complete(self.claim, record, keep_lease=keep_lease)
                 break
             except Exception as exc:
                 if self.env.clock.monotonic() - started + delay > budget_s:

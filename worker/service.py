@@ -7,7 +7,10 @@ then hands over to the supervisor with systemd notifications and a SIGHUP reload
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from typing import NoReturn
 
 from worker import logs
 from worker.app import check_user, open_database, sync
@@ -64,11 +67,21 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             reloader=reloader,
         )
         supervisor.install_signal_handlers()
-        return await supervisor.run()
+        code = await supervisor.run()
+        if supervisor.stragglers:
+            _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
+        return code
     finally:
         executor.shutdown(wait=False, cancel_futures=True)
         notifier.close()
         await db.close()
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without joining threads: the only way to stop a stuck thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:

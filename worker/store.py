@@ -287,9 +287,11 @@ class TaskStore(AdminVerbs):
                     lost.add(c.run_id)
         return lost
 
-    async def complete(self, claim: Claim, record: RunRecord) -> bool:
+    async def complete(self, claim: Claim, record: RunRecord, *, keep_lease: bool = False) -> bool:
         """Write a run's outcome, statistics and next run, and free its lease.
 
+        `keep_lease` records the run but keeps the lease: the task could not be stopped
+        (a thread cannot be killed) and nobody may start it again until `free_lease`.
         Returns False, writing nothing, if the lease was lost: the new owner's state wins.
         Statistics are assigned before `run_count` because MySQL evaluates an UPDATE's
         assignments left to right, with the new values.
@@ -308,11 +310,10 @@ class TaskStore(AdminVerbs):
             (T.next_run, record.next_run),
             (T.planned_run, record.planned_run),
             (T.first_run, func.coalesce(T.first_run, record.started)),
-            (T.owner, None),
-            (T.lease_token, None),
-            (T.lease_until, None),
             (T.updated, self._now()),
         ]
+        if not keep_lease:
+            assignments += [(T.owner, None), (T.lease_token, None), (T.lease_until, None)]
         if record.outcome == Outcome.TIMED_OUT and self.quarantine_timeouts:
             assignments = self._quarantine_on_timeouts() + assignments
         if counted:
@@ -400,6 +401,16 @@ class TaskStore(AdminVerbs):
             (T.status_reason, case((trips, reason), else_=T.status_reason)),
             (T.status, case((trips, TaskStatus.QUARANTINED.value), else_=T.status)),
         ]
+
+    async def free_lease(self, claim: Claim) -> bool:
+        """Free a lease kept by `complete(keep_lease=True)` once the task really ended."""
+        async with self._begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(T.id == claim.task_id, T.lease_token == claim.token)
+                .values(owner=None, lease_token=None, lease_until=None)
+            )
+        return result.rowcount == 1
 
     async def reap_abandoned(self) -> int:
         """Close history rows of runs whose worker vanished, so history never shows a run

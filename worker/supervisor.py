@@ -71,6 +71,7 @@ class Supervisor:
         self.wake_event = asyncio.Event()
         self.exit_code = exitcodes.OK
         self.runners: dict[str, Runner] = {}
+        self.stragglers: dict[str, Runner] = {}  # runs that could not be stopped
         self._tasks: set[asyncio.Future[Outcome]] = set()
         self._background: set[asyncio.Future[bool | None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
@@ -156,6 +157,7 @@ class Supervisor:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
+            await self._release_stragglers()
         log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)
         return self.exit_code
 
@@ -209,11 +211,38 @@ class Supervisor:
     def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
-        self.leases.forget(runner)
         self.executed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner crashed", task=runner.name, error=repr(task.exception()))
+        straggler = runner.straggler
+        if straggler is not None and not straggler.done():
+            self._keep_straggler(runner, straggler)
+        else:
+            self.leases.forget(runner)
         self.wake_event.set()
+
+    def _keep_straggler(self, runner: Runner, straggler: asyncio.Future[Any]) -> None:
+        """A task that could not be stopped keeps its lease (renewed) until it really
+        ends, so no worker starts it again meanwhile; the process restarts at its lifetime
+        boundary, which is the only way to end a stuck thread."""
+        self.stragglers[runner.claim.run_id] = runner
+        runner.log.error(
+            "task left behind: it could not be stopped; its lease is held until it ends "
+            "or this worker restarts",
+            stragglers=len(self.stragglers),
+        )
+        straggler.add_done_callback(functools.partial(self._straggler_ended, runner=runner))
+        if not self.settings.max_lifetime and not self.stop_event.is_set():
+            self.request_stop(exitcodes.TEMPFAIL)  # no lifetime boundary: restart now
+
+    def _straggler_ended(self, _fut: asyncio.Future[Any], runner: Runner) -> None:
+        if self.stragglers.pop(runner.claim.run_id, None) is None:
+            return
+        self.leases.forget(runner)
+        runner.log.warning("left-behind task ended at last; freeing its lease")
+        release = asyncio.ensure_future(self._guarded(self.store.free_lease(runner.claim)))
+        self._background.add(release)
+        release.add_done_callback(self._background.discard)
 
     async def _sleep(self, cap_s: float | None) -> None:
         """Sleep until the next due run, a free slot, a stop, or `poll_interval`."""
@@ -316,7 +345,7 @@ class Supervisor:
     async def _lease_loop(self) -> None:
         while True:
             await self.clock.sleep(self.leases.interval_s)
-            await self.leases.renew(list(self.runners.values()))
+            await self.leases.renew([*self.runners.values(), *self.stragglers.values()])
 
     async def _housekeeping_loop(self) -> None:
         """Close history rows of runs whose worker vanished, off the hot path. (Pruning old
@@ -356,6 +385,17 @@ class Supervisor:
                 await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
         finally:
             aborter.cancel()
+
+    async def _release_stragglers(self) -> None:
+        """Free the leases of runs still stuck at exit: the process is about to end (the
+        caller exits without waiting for their threads), and the runs end with it."""
+        for runner in list(self.stragglers.values()):
+            await self._guarded(self.store.free_lease(runner.claim))
+        if self.stragglers:
+            log.error(
+                "exiting with tasks that could not be stopped",
+                tasks=sorted({r.name for r in self.stragglers.values()}),
+            )
 
     def _report_status(self) -> None:
         """One line for `systemctl status`: what runs, what is next, when we last polled."""

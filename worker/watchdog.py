@@ -171,12 +171,20 @@ class LoopWatchdog:
         culprits = self.culprits(running, frames.get(self._loop_thread or -1))
         self._dump()
         # logging must not stand between a wedged process and its exit
-        _log_error("event loop blocked; exiting so the service restarts",
-                   stalled_s=round(stalled_s, 1), watchdog_s=self.watchdog_s,
-                   running_tasks=running, blamed=culprits, stacks=format_stacks(frames))
+        _log_error(
+            "event loop blocked; exiting so the service restarts",
+            stalled_s=round(stalled_s, 1),
+            watchdog_s=self.watchdog_s,
+            running_tasks=running,
+            blamed=culprits,
+            stacks=format_stacks(frames),
+        )
         if culprits and self.on_stall is not None:
-            run_bounded(lambda: self.on_stall(culprits, stalled_s) if self.on_stall else None,
-                        self.strike_timeout_s, "recording the strike")
+            run_bounded(
+                lambda: self.on_stall(culprits, stalled_s) if self.on_stall else None,
+                self.strike_timeout_s,
+                "recording the strike",
+            )
 
     def culprits(self, running: list[str], loop_frame: FrameType | None) -> list[str]:
         """The running tasks whose code is on the loop thread's stack; if none can be
@@ -269,6 +277,7 @@ def _short(exc: BaseException) -> str:
 
 # -- strikes and quarantine, over a synchronous connection ------------------------------
 
+
 def sync_url(url: URL) -> URL:
     """The synchronous twin of the service's asyncio URL (same host, credentials, query)."""
     driver = SYNC_DRIVERS.get(url.drivername, url.drivername)
@@ -304,20 +313,28 @@ def strike_tasks_sync(
         with engine.begin() as conn:
             if engine.dialect.name != "sqlite":
                 conn.exec_driver_sql(
-                    f"SET SESSION innodb_lock_wait_timeout = {max(1, int(timeout_s))}")
+                    f"SET SESSION innodb_lock_wait_timeout = {max(1, int(timeout_s))}"
+                )
             now = db_now(engine.dialect)
-            conn.execute(update(tasks).where(T.name.in_(list(names)))
-                         .values(strikes=T.strikes + 1, updated=now))
+            conn.execute(
+                update(tasks)
+                .where(T.name.in_(list(names)))
+                .values(strikes=T.strikes + 1, updated=now)
+            )
             due = conn.execute(
-                select(T.name, T.strikes).where(T.name.in_(list(names)),
-                                                T.status == TaskStatus.ACTIVE,
-                                                T.strikes >= quarantine_strikes)
+                select(T.name, T.strikes).where(
+                    T.name.in_(list(names)),
+                    T.status == TaskStatus.ACTIVE,
+                    T.strikes >= quarantine_strikes,
+                )
             ).all()
             for name, strikes in due:
                 why = f"{reason}, {strikes} strikes; `cronloop resume {name}` to run it again"
-                conn.execute(update(tasks)
-                             .where(T.name == name, T.status == TaskStatus.ACTIVE)
-                             .values(status=TaskStatus.QUARANTINED, status_reason=why, updated=now))
+                conn.execute(
+                    update(tasks)
+                    .where(T.name == name, T.status == TaskStatus.ACTIVE)
+                    .values(status=TaskStatus.QUARANTINED, status_reason=why, updated=now)
+                )
                 quarantined.append(name)
     finally:
         engine.dispose()
@@ -330,7 +347,10 @@ def strike_recorder(url: URL, quarantine_strikes: int, timeout_s: float = 3.0) -
     def record(names: list[str], stalled_s: float) -> None:
         reason = f"blocked the event loop for {stalled_s:.0f} s"
         quarantined = strike_tasks_sync(url, names, reason, quarantine_strikes, timeout_s)
-        _log_error("strike recorded against the task(s) that blocked the event loop",
-                   tasks=names, quarantined=quarantined or None)
+        _log_error(
+            "strike recorded against the task(s) that blocked the event loop",
+            tasks=names,
+            quarantined=quarantined or None,
+        )
 
     return record

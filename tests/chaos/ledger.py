@@ -109,7 +109,7 @@ def _check_executions(ledger: Ledger, execs: list[Any], crashed: set[str]) -> No
     for name, rows in by_task.items():
         latest_end: datetime | None = None
         latest_run = ""
-        for r in rows:  # sorted by start
+        for r in sorted(rows, key=lambda r: r.started):
             if latest_end is not None and r.started < latest_end:
                 ledger.overlaps.append((name, latest_run, r.run_id))
             end = r.finished or r.last_seen

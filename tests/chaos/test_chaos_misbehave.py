@@ -42,7 +42,8 @@ def test_swallow_overrun_raise_beside_a_steady_task(
 ) -> None:
     chaos = {"CHAOS_MISBEHAVE": "swallower,overrunner,raiser", "CHAOS_STEADY": "1",
              "CHAOS_TIMEOUT": "1", "CHAOS_SWALLOW_S": "5"}
-    w = fleet.start("--quarantine_timeouts=2", chaos=chaos)
+    # a lifetime, so a left-behind task is waited for (lease held) rather than restarted
+    w = fleet.start("--quarantine_timeouts=2", "--max_lifetime=600", chaos=chaos)
     w.wait_for("worker started", timeout=60)
     wait_until(lambda: {"swallower", "overrunner"} <= set(
         r.name for r in chaos_db.rows("SELECT name FROM cronloop_task WHERE status = 'quarantined'")),

@@ -32,10 +32,13 @@ def test_four_workers_race_for_thousands_of_runs(fleet: Fleet, chaos_db: ChaosDB
     codes = fleet.stop_all()
     assert codes == [0] * WORKERS, [w.tail() for w in fleet.workers]
 
+    errors = Counter(e["event"] for w in fleet.workers for e in w.events
+                     if e.get("level") in ("error", "critical"))
     ledger = audit(chaos_db)
     by_pid = Counter(r.pid for r in chaos_db.rows("SELECT pid FROM cronloop_chaos_exec"))
     report.update(workers=WORKERS, tasks=TASKS, seconds=RUN_FOR_S, **ledger.counts(),
-                  per_worker=sorted(by_pid.values()))
+                  per_worker=sorted(by_pid.values()), errors_logged=sum(errors.values()))
     ledger.assert_clean()
+    assert not errors, f"a clean race must not log errors: {errors}"
     assert ledger.finished >= TASKS * RUN_FOR_S / PERIOD_S * 0.5, ledger.counts()
     assert len(by_pid) == WORKERS and min(by_pid.values()) > ledger.finished / WORKERS / 4, by_pid

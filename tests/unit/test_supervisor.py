@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -188,3 +190,34 @@ async def test_a_database_outage_does_not_stop_the_loop(
     await tick_until(clock, lambda: runs[0] >= 2, step_s=1)
     sup.request_stop()
     assert await asyncio.wait_for(run, 5) == exitcodes.OK
+
+
+async def test_a_stuck_thread_keeps_its_lease_until_it_ends(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    release = threading.Event()
+    calls = [0]
+
+    def stuck(ctx: TaskContext) -> str:
+        calls[0] += 1
+        if calls[0] == 1:
+            release.wait(30)  # ignores ctx.should_stop: a thread cannot be cancelled
+        return "ok"
+
+    sup = await make(sqlite, clock, {"stuck": (stuck, 1)}, max_lifetime=3600, grace_s=1)
+    sup.registry.specs["stuck"] = dataclasses.replace(
+        sup.registry.specs["stuck"], blocking=True, timeout_s=2
+    )
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, lambda: bool(sup.stragglers), step_s=0.5, limit=2000)
+    [state] = await sup.store.status()
+    assert state.last_outcome == "timed_out" and "thread" in (state.last_error or "")
+    assert state.running  # the lease is held: nobody may start it again meanwhile
+    for _ in range(20):  # time passes, the task is due every second, but it must not start
+        clock.advance(1)
+        await asyncio.sleep(0.01)
+    assert calls[0] == 1
+    release.set()
+    await tick_until(clock, lambda: calls[0] >= 2, step_s=0.5, limit=2000)
+    assert not sup.stragglers
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 10) == exitcodes.OK
