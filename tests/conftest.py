@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +73,22 @@ def mariadb_database() -> Iterator[str]:
         asyncio.run(migrate())
         yield url
     finally:
+        asyncio.run(_admin(f"DROP DATABASE IF EXISTS `{name}`"))
+
+
+@pytest.fixture
+def scratch_database() -> Iterator[Callable[[], str]]:
+    """Makes empty MariaDB databases on demand (URLs); drops them after the test."""
+    _need_mariadb()
+    names: list[str] = []
+
+    def make() -> str:
+        names.append(f"cronloop_s_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+        asyncio.run(_admin(f"CREATE DATABASE `{names[-1]}` CHARACTER SET utf8mb4"))
+        return _server_url(names[-1])
+
+    yield make
+    for name in names:
         asyncio.run(_admin(f"DROP DATABASE IF EXISTS `{name}`"))
 
 

@@ -7,9 +7,10 @@ then finds the schema current and does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,14 +76,13 @@ def _applied_revisions(sync_conn: Any) -> frozenset[str]:
 
 async def upgrade(engine: AsyncEngine, revision: str = "heads") -> SchemaState:
     """Bring the schema to `revision` under the migration lock; a no-op when current."""
-    with _file_lock(engine):
-        async with engine.connect() as conn:
-            await _named_lock(conn)
-            try:
-                await conn.run_sync(_upgrade, revision)
-                await conn.commit()
-            finally:
-                await _named_unlock(conn)
+    async with _file_lock(engine), engine.connect() as conn:
+        await _named_lock(conn)
+        try:
+            await conn.run_sync(_upgrade, revision)
+            await conn.commit()
+        finally:
+            await _named_unlock(conn)
     return await schema_state(engine)
 
 
@@ -110,21 +110,20 @@ async def _named_unlock(conn: AsyncConnection) -> None:
     await conn.commit()
 
 
-@contextmanager
-def _file_lock(engine: AsyncEngine) -> Iterator[None]:
-    """SQLite has no named locks; an flock on `<db>.migrate.lock` serialises processes."""
+@asynccontextmanager
+async def _file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """SQLite has no named locks; an flock on `<db>.migrate.lock` serialises processes.
+
+    The wait happens in a thread so the event loop keeps running meanwhile.
+    """
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         yield
         return
     path = Path(database).with_name(Path(database).name + ".migrate.lock")
     with path.open("a") as handle:
-        _flock_blocking(handle.fileno())
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
-def _flock_blocking(fd: int) -> None:
-    fcntl.flock(fd, fcntl.LOCK_EX)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy.ext.asyncio import AsyncEngine
+from conftest import BACKENDS  # type: ignore[import-not-found]
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import tasks  # noqa: F401  (registers the standard tasks' tables)
 from tasks.schema import metadata as tasks_metadata
@@ -38,3 +42,25 @@ async def test_schema_state_and_idempotent_upgrade(engine: AsyncEngine) -> None:
     state = await schema_state(engine)
     assert state.is_current and state.applied == head_revisions()
     assert (await upgrade(engine)).is_current  # a second upgrade is a no-op
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A URL of a database with no tables at all."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+    make: Any = request.getfixturevalue("scratch_database")
+    url: str = make()
+    return url
+
+
+async def test_concurrent_auto_migrations_take_turns(empty_db_url: str) -> None:
+    """Several workers starting at once with auto_migrate: the named lock (MariaDB) or
+    the lock file (SQLite) lets one migrate; the others then find the schema current."""
+    engines = [create_async_engine(empty_db_url) for _ in range(3)]
+    try:
+        states = await asyncio.gather(*(upgrade(e) for e in engines))
+        assert all(s.is_current for s in states)
+    finally:
+        for e in engines:
+            await e.dispose()
