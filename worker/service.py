@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import CodeType
 from typing import NoReturn
+
+from sqlalchemy.engine import URL
 
 from worker import logs
 from worker.app import check_user, open_database, sync
@@ -22,6 +26,7 @@ from worker.runner import RunEnvironment
 from worker.settings import Settings, load_settings
 from worker.supervisor import Hooks, Supervisor
 from worker.systemd import Notifier
+from worker.watchdog import LoopWatchdog, strike_recorder
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -59,15 +64,25 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             report(result, result.registry.names())
             return result.settings, result.registry
 
+        watchdog = _loop_watchdog(settings, registry, db.engine.url, lambda: running())
         supervisor = Supervisor(
             registry,
             env,
             once=args.once,
             hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
             reloader=reloader,
+            side_loops=[("watchdog heartbeat", watchdog.beat)],
         )
+
+        def running() -> tuple[str, ...]:
+            return supervisor.running_names
+
         supervisor.install_signal_handlers()
-        code = await supervisor.run()
+        watchdog.start()
+        try:
+            code = await supervisor.run()
+        finally:
+            watchdog.stop()
         if supervisor.stragglers:
             _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
         return code
@@ -75,6 +90,24 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         executor.shutdown(wait=False, cancel_futures=True)
         notifier.close()
         await db.close()
+
+
+def _loop_watchdog(
+    settings: Settings, registry: Registry, url: URL, running: Callable[[], Sequence[str]]
+) -> LoopWatchdog:
+    """A thread that exits 70 when the loop stalls for `watchdog_s`, striking the task
+    that blocked it (quarantined after `quarantine_strikes`)."""
+
+    def code_of(name: str) -> CodeType | None:
+        spec = registry.specs.get(name)
+        return getattr(spec.func, "__code__", None) if spec else None
+
+    return LoopWatchdog(
+        settings.watchdog_s,
+        running_tasks=running,
+        on_stall=strike_recorder(url, settings.quarantine_strikes),
+        code_of=code_of,
+    )
 
 
 def _exit_now(code: int) -> NoReturn:

@@ -61,6 +61,8 @@ class Supervisor:
     once: bool = False
     hooks: Hooks = field(default_factory=Hooks)
     reloader: Reloader | None = None
+    # more side loops to supervise, e.g. the loop watchdog's heartbeat
+    side_loops: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.clock: Clock = self.env.clock
@@ -72,6 +74,8 @@ class Supervisor:
         self.exit_code = exitcodes.OK
         self.runners: dict[str, Runner] = {}
         self.stragglers: dict[str, Runner] = {}  # runs that could not be stopped
+        # names of running tasks as a plain tuple: the watchdog thread reads it
+        self.running_names: tuple[str, ...] = ()
         self._tasks: set[asyncio.Future[Outcome]] = set()
         self._background: set[asyncio.Future[bool | None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
@@ -135,6 +139,7 @@ class Supervisor:
             for name, loop in (
                 ("lease keeper", self._lease_loop),
                 ("housekeeping", self._housekeeping_loop),
+                *self.side_loops,
             )
         ]
         try:
@@ -203,6 +208,7 @@ class Supervisor:
             return
         runner = Runner(spec, claim, self.env)
         self.runners[claim.run_id] = runner
+        self.running_names = tuple(r.name for r in self.runners.values())
         self.leases.track(runner, claimed_mono)
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
@@ -211,6 +217,7 @@ class Supervisor:
     def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
+        self.running_names = tuple(r.name for r in self.runners.values())
         self.executed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner crashed", task=runner.name, error=repr(task.exception()))
