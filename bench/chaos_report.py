@@ -18,9 +18,21 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-KEY_FIGURES = ("takeover_s", "duplicates", "lost", "overlaps", "rerun_after_crash",
-               "executions", "missed", "zombie_steps_after_sigcont", "resumed_after_s",
-               "standby_cpu", "steady_max_slip_s", "detected_after_s", "errors_logged")
+KEY_FIGURES = (
+    "takeover_s",
+    "duplicates",
+    "lost",
+    "overlaps",
+    "rerun_after_crash",
+    "executions",
+    "missed",
+    "zombie_steps_after_sigcont",
+    "resumed_after_s",
+    "standby_cpu",
+    "steady_max_slip_s",
+    "detected_after_s",
+    "errors_logged",
+)
 
 
 def load(path: Path) -> dict[str, list[dict[str, Any]]]:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, insert, update
 
@@ -71,11 +73,16 @@ async def begin(ctx: TaskContext) -> int:
     now = _now()
     async with ctx.db.begin() as session:
         result = await session.execute(
-            insert(executions).values(run_id=ctx.run_id, task=ctx.task_name,
-                                      scheduled_for=ctx.scheduled_for, pid=os.getpid(),
-                                      started=now, last_seen=now)
+            insert(executions).values(
+                run_id=ctx.run_id,
+                task=ctx.task_name,
+                scheduled_for=ctx.scheduled_for,
+                pid=os.getpid(),
+                started=now,
+                last_seen=now,
+            )
         )
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        return int(cast(Any, result).inserted_primary_key[0])
 
 
 async def beat(ctx: TaskContext, row: int, *, done: bool = False) -> None:
@@ -93,9 +100,15 @@ async def record_once(ctx: TaskContext) -> None:
     now = _now()
     async with ctx.db.begin() as session:
         await session.execute(
-            insert(executions).values(run_id=ctx.run_id, task=ctx.task_name,
-                                      scheduled_for=ctx.scheduled_for, pid=os.getpid(),
-                                      started=now, last_seen=now, finished=now)
+            insert(executions).values(
+                run_id=ctx.run_id,
+                task=ctx.task_name,
+                scheduled_for=ctx.scheduled_for,
+                pid=os.getpid(),
+                started=now,
+                last_seen=now,
+                finished=now,
+            )
         )
 
 
@@ -175,8 +188,12 @@ async def overrunner(ctx: TaskContext) -> None:
     await beat(ctx, row, done=True)
 
 
-_MISBEHAVING = {"blocker": (blocker, 3), "swallower": (swallower, 2),
-                "raiser": (raiser, 6), "overrunner": (overrunner, 2)}
+_MISBEHAVING = {
+    "blocker": (blocker, 3),
+    "swallower": (swallower, 2),
+    "raiser": (raiser, 6),
+    "overrunner": (overrunner, 2),
+}
 
 
 def _define_misbehaving(names: str) -> None:
@@ -185,6 +202,19 @@ def _define_misbehaving(names: str) -> None:
         func, every = _MISBEHAVING[name]
         task(name=name, every=every, timeout=timeout)(func)
 
+
+def _dump_tasks(signum: int, frame: Any) -> None:
+    """SIGUSR1: print every asyncio task's stack, so a test can tell where a worker that
+    does not exit is waiting (thread stacks alone show only an idle event loop)."""
+    loop = asyncio.events._get_running_loop()
+    tasks = asyncio.all_tasks(loop) if loop is not None else set()
+    print(f"--- {len(tasks)} asyncio tasks (SIGUSR1) ---", file=sys.stderr, flush=True)
+    for t in tasks:
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_tasks)
 
 if os.environ.get("CHAOS_RACE"):
     _define_race(os.environ["CHAOS_RACE"])

@@ -19,6 +19,7 @@ Two sources, checked against each other:
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,16 +45,25 @@ class Ledger:
     stuck: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return {"executions": self.executions, "finished": self.finished, "slots": self.slots,
-                "missed": self.missed, "duplicates": len(self.duplicates),
-                "rerun_after_crash": len(self.rerun_after_crash),
-                "overlaps": len(self.overlaps), "lost": sum(n for _, _, n in self.lost)}
+        return {
+            "executions": self.executions,
+            "finished": self.finished,
+            "slots": self.slots,
+            "missed": self.missed,
+            "duplicates": len(self.duplicates),
+            "rerun_after_crash": len(self.rerun_after_crash),
+            "overlaps": len(self.overlaps),
+            "lost": sum(n for _, _, n in self.lost),
+        }
 
     def assert_clean(self, *, allow_unrecorded: bool = False) -> None:
-        problems = {
-            "duplicate executions": self.duplicates, "overlapping executions": self.overlaps,
-            "lost slots": self.lost, "slots off the schedule's grid": self.off_grid,
-            "slots recorded final twice": self.double_final, "stuck rows": self.stuck,
+        problems: dict[str, list[Any]] = {
+            "duplicate executions": self.duplicates,
+            "overlapping executions": self.overlaps,
+            "lost slots": self.lost,
+            "slots off the schedule's grid": self.off_grid,
+            "slots recorded final twice": self.double_final,
+            "stuck rows": self.stuck,
         }
         if not allow_unrecorded:
             problems["history success without a finished execution"] = self.unrecorded_success
@@ -70,25 +80,42 @@ def audit(db: Any, tasks: list[str] | None = None, crashed_pids: set[int] | None
     """Read both tables (after the workers stopped) and count what went wrong."""
     ledger = Ledger()
     names = set(tasks) if tasks else None
-    execs = [r for r in db.rows("SELECT run_id, task, scheduled_for, pid, started, last_seen, "
-                                "finished FROM cronloop_chaos_exec ORDER BY task, started, id")
-             if names is None or r.task in names]
-    history = [r for r in db.rows("SELECT run_id, task_name, scheduled_for, outcome, missed, "
-                                  "triggered FROM cronloop_run ORDER BY id")
-               if names is None or r.task_name in names]
+    execs = [
+        r
+        for r in db.rows(
+            "SELECT run_id, task, scheduled_for, pid, started, last_seen, "
+            "finished FROM cronloop_chaos_exec ORDER BY task, started, id"
+        )
+        if names is None or r.task in names
+    ]
+    history = [
+        r
+        for r in db.rows(
+            "SELECT run_id, task_name, scheduled_for, outcome, missed, "
+            "triggered FROM cronloop_run ORDER BY id"
+        )
+        if names is None or r.task_name in names
+    ]
     outcome_of = {r.run_id: r.outcome for r in history}
-    crashed = {r.run_id for r in execs
-               if r.pid in (crashed_pids or set()) and outcome_of.get(r.run_id) == "abandoned"}
+    crashed = {
+        r.run_id
+        for r in execs
+        if r.pid in (crashed_pids or set()) and outcome_of.get(r.run_id) == "abandoned"
+    }
     _check_executions(ledger, execs, crashed)
-    task_rows = {r.name: r for r in db.rows("SELECT name, schedule, planned_run, lease_token "
-                                             "FROM cronloop_task")
-                 if names is None or r.name in names}
+    task_rows = {
+        r.name: r
+        for r in db.rows("SELECT name, schedule, planned_run, lease_token FROM cronloop_task")
+        if names is None or r.name in names
+    }
     _check_slots(ledger, history, task_rows)
     finished_runs = {r.run_id for r in execs if r.finished is not None}
-    ledger.unrecorded_success = [r.run_id for r in history
-                                 if r.outcome == "success" and r.run_id not in finished_runs]
+    ledger.unrecorded_success = [
+        r.run_id for r in history if r.outcome == "success" and r.run_id not in finished_runs
+    ]
     ledger.stuck = [f"lease held: {n}" for n, r in task_rows.items() if r.lease_token] + [
-        f"history running: {r.task_name} {r.run_id}" for r in history if r.outcome == "running"]
+        f"history running: {r.task_name} {r.run_id}" for r in history if r.outcome == "running"
+    ]
     return ledger
 
 
@@ -133,7 +160,7 @@ def _check_slots(ledger: Ledger, history: list[Any], task_rows: dict[str, Any]) 
         ledger.double_final += [(name, s, len(slots[s])) for s in ordered if len(slots[s]) > 1]
         first = ordered[0]
         boundary = [*ordered, row.planned_run] if row.planned_run else ordered
-        for here, nxt in zip(boundary, boundary[1:], strict=False):
+        for here, nxt in itertools.pairwise(boundary):
             if (nxt - first) % step:
                 ledger.off_grid.append((name, nxt))
                 continue

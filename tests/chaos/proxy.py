@@ -55,8 +55,9 @@ class TcpProxy:
     def __post_init__(self) -> None:
         self.port = _free_port()
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="chaos-proxy", daemon=True
+        )
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
         self._holes = False
@@ -99,8 +100,9 @@ class TcpProxy:
 
     async def _listen(self) -> None:
         if self._server is None:
-            self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port,
-                                                      reuse_address=True)
+            self._server = await asyncio.start_server(
+                self._accept, "127.0.0.1", self.port, reuse_address=True
+            )
 
     async def _cut(self) -> None:
         if self._server is not None:
@@ -130,14 +132,16 @@ class TcpProxy:
                 await self._swallow(reader, pair)
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection(self.target_host,
-                                                                     self.target_port)
+                up_reader, up_writer = await asyncio.open_connection(
+                    self.target_host, self.target_port
+                )
             except OSError:
                 pair.abort()
                 return
             pair.server = up_writer
-            await asyncio.gather(self._pump(reader, up_writer, pair),
-                                 self._pump(up_reader, writer, pair))
+            await asyncio.gather(
+                self._pump(reader, up_writer, pair), self._pump(up_reader, writer, pair)
+            )
         finally:
             self._pairs.discard(pair)
             pair.abort()
@@ -146,8 +150,9 @@ class TcpProxy:
         while data := await reader.read(65536):
             self.stats.dropped_bytes += len(data)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    pair: _Pair) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pair: _Pair
+    ) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
                 if pair.dead:

@@ -9,54 +9,26 @@ wrote nothing to the database.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import ChaosDB, Fleet, Worker, wait_until
-from ledger import audit
+from .harness import (
+    LEASE_S,
+    POLL_S,
+    ChaosDB,
+    Fleet,
+    cpu_seconds,
+    execution_of,
+    read_trace,
+    start_owner_and_standby,
+    utc,
+    wait_until,
+)
+from .ledger import audit
 
-LEASE_S = 5.0
-POLL_S = 0.5
 CLAIM_SLACK_S = 1.0  # a claim round trip and process scheduling on a busy 2-core machine
-
-
-def read_trace(path: Path) -> dict[str, list[tuple[int, float]]]:
-    """run id -> [(pid, unix time)] of every step the task did."""
-    steps: dict[str, list[tuple[int, float]]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="ascii").splitlines():
-            run_id, pid, when, _ = line.split()
-            steps.setdefault(run_id, []).append((int(pid), float(when)))
-    return steps
-
-
-def utc(naive: datetime) -> float:
-    """A naive UTC datetime read from the database, as a Unix time."""
-    return naive.replace(tzinfo=UTC).timestamp()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def execution_of(db: ChaosDB, pid: int) -> Any:
-    rows = db.rows("SELECT * FROM cronloop_chaos_exec WHERE task = 'long' AND pid = :pid",
-                   pid=pid)
-    return rows[0] if rows else None
-
-
-def start_owner_and_standby(fleet: Fleet, chaos: dict[str, str]) -> tuple[Worker, Worker]:
-    """A starts first and takes `long`; B starts once A runs it, so B is the standby."""
-    a = fleet.start(chaos=chaos, label="A")
-    a.wait_for("chaos long started", timeout=60)
-    b = fleet.start(chaos=chaos, label="B")
-    b.wait_for("worker started", timeout=60)
-    return a, b
 
 
 def test_kill_9_mid_run_is_taken_over_within_lease_plus_poll(
@@ -74,15 +46,22 @@ def test_kill_9_mid_run_is_taken_over_within_lease_plus_poll(
     b.wait_for("chaos long started", timeout=LEASE_S + POLL_S + 15)
     taken = execution_of(chaos_db, b.pid)
     takeover_s = utc(taken.started) - killed_at
-    wait_until(lambda: (row := execution_of(chaos_db, b.pid)) and row.finished, 30,
-               "B to finish the run it took over")
+    wait_until(
+        lambda: (row := execution_of(chaos_db, b.pid)) and row.finished,
+        30,
+        "B to finish the run it took over",
+    )
     assert fleet.stop_all()[1] == 0
 
     lost_run = execution_of(chaos_db, a.pid)
     history = {r.run_id: r for r in chaos_db.rows("SELECT * FROM cronloop_run")}
     ledger = audit(chaos_db)
-    report.update(takeover_s=round(takeover_s, 2), bound_s=LEASE_S + POLL_S,
-                  standby_cpu=round(standby_cpu, 3), **ledger.counts())
+    report.update(
+        takeover_s=round(takeover_s, 2),
+        bound_s=LEASE_S + POLL_S,
+        standby_cpu=round(standby_cpu, 3),
+        **ledger.counts(),
+    )
     assert history[lost_run.run_id].outcome == "abandoned"
     assert history[taken.run_id].outcome == "success"
     assert 0 < takeover_s <= LEASE_S + POLL_S + CLAIM_SLACK_S, takeover_s
@@ -96,7 +75,8 @@ def test_sigstop_past_the_lease_then_sigcont_does_not_run_on(
 ) -> None:
     trace = tmp_path / "trace"
     chaos = {"CHAOS_LONG": "8", "CHAOS_TRACE": str(trace)}
-    a, b = start_owner_and_standby(fleet, chaos)
+    # a watchdog window shorter than the freeze: a suspended process is not a blocked loop
+    a, b = start_owner_and_standby(fleet, chaos, "--watchdog_s=2")
     time.sleep(1)
     stopped_at = time.time()
     a.send(signal.SIGSTOP)
@@ -106,8 +86,11 @@ def test_sigstop_past_the_lease_then_sigcont_does_not_run_on(
     resumed_at = time.time()
     a.send(signal.SIGCONT)
     zombie_end = a.wait_for("run finished", timeout=20, task="long")
-    wait_until(lambda: (row := execution_of(chaos_db, b.pid)) and row.finished, 30,
-               "B to finish the run it took over")
+    wait_until(
+        lambda: (row := execution_of(chaos_db, b.pid)) and row.finished,
+        30,
+        "B to finish the run it took over",
+    )
     assert a.proc.poll() is None, "the thawed worker must keep running"
     assert fleet.stop_all() == [0, 0]
 
@@ -117,9 +100,12 @@ def test_sigstop_past_the_lease_then_sigcont_does_not_run_on(
     history = {r.run_id: r for r in chaos_db.rows("SELECT * FROM cronloop_run")}
     row = chaos_db.rows("SELECT * FROM cronloop_task WHERE name = 'long'")[0]
     ledger = audit(chaos_db)
-    report.update(stopped_s=round(resumed_at - stopped_at, 1),
-                  zombie_steps_after_sigcont=len(late_steps), zombie_outcome=zombie_end["outcome"],
-                  **ledger.counts())
+    report.update(
+        stopped_s=round(resumed_at - stopped_at, 1),
+        zombie_steps_after_sigcont=len(late_steps),
+        zombie_outcome=zombie_end["outcome"],
+        **ledger.counts(),
+    )
     assert late_steps == [], "the thawed worker went on running the task"
     assert zombie_end["outcome"] == "abandoned" and not zombie_end.get("recorded")
     # fencing: the zombie's ending did not overwrite what the takeover wrote

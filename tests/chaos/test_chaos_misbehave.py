@@ -18,17 +18,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import HERE, ChaosDB, Fleet, base_env, wait_until
-from ledger import audit
+from .harness import HERE, POLL_S, ChaosDB, Fleet, base_env, wait_until
+from .ledger import audit
 
-POLL_S = 0.5
 WATCHDOG_S = 2.0
 
 
 def steady_slips(db: ChaosDB) -> list[float]:
-    return [float(r.slip) for r in db.rows(
-        "SELECT TIMESTAMPDIFF(MICROSECOND, scheduled_for, started) / 1e6 AS slip "
-        "FROM cronloop_chaos_exec WHERE task = 'steady' ORDER BY started")]
+    return [
+        float(r.slip)
+        for r in db.rows(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, scheduled_for, started) / 1e6 AS slip "
+            "FROM cronloop_chaos_exec WHERE task = 'steady' ORDER BY started"
+        )
+    ]
 
 
 def status_of(fleet: Fleet) -> dict[str, Any]:
@@ -40,14 +43,28 @@ def status_of(fleet: Fleet) -> dict[str, Any]:
 def test_swallow_overrun_raise_beside_a_steady_task(
     fleet: Fleet, chaos_db: ChaosDB, report: dict[str, Any]
 ) -> None:
-    chaos = {"CHAOS_MISBEHAVE": "swallower,overrunner,raiser", "CHAOS_STEADY": "1",
-             "CHAOS_TIMEOUT": "1", "CHAOS_SWALLOW_S": "5"}
+    chaos = {
+        "CHAOS_MISBEHAVE": "swallower,overrunner,raiser",
+        "CHAOS_STEADY": "1",
+        "CHAOS_TIMEOUT": "1",
+        "CHAOS_SWALLOW_S": "5",
+    }
     # a lifetime, so a left-behind task is waited for (lease held) rather than restarted
     w = fleet.start("--quarantine_timeouts=2", "--max_lifetime=600", chaos=chaos)
     w.wait_for("worker started", timeout=60)
-    wait_until(lambda: {"swallower", "overrunner"} <= set(
-        r.name for r in chaos_db.rows("SELECT name FROM cronloop_task WHERE status = 'quarantined'")),
-        40, "swallower and overrunner to be quarantined")
+    wait_until(
+        lambda: (
+            {"swallower", "overrunner"}
+            <= set(
+                r.name
+                for r in chaos_db.rows(
+                    "SELECT name FROM cronloop_task WHERE status = 'quarantined'"
+                )
+            )
+        ),
+        40,
+        "swallower and overrunner to be quarantined",
+    )
     time.sleep(2)
     assert w.proc.poll() is None, w.tail()
     status = status_of(fleet)
@@ -55,19 +72,29 @@ def test_swallow_overrun_raise_beside_a_steady_task(
 
     ledger = audit(chaos_db)
     slips = steady_slips(chaos_db)
-    outcomes = {(r.task_name, r.outcome): r.n for r in chaos_db.rows(
-        "SELECT task_name, outcome, COUNT(*) AS n FROM cronloop_run GROUP BY task_name, outcome")}
-    retries = chaos_db.scalar("SELECT COUNT(*) FROM cronloop_run WHERE task_name = 'raiser' "
-                              "AND triggered = 1")
-    report.update(steady_runs=len(slips), steady_max_slip_s=round(max(slips), 3),
-                  outcomes={f"{t}:{o}": n for (t, o), n in sorted(outcomes.items())},
-                  **ledger.counts())
+    outcomes = {
+        (r.task_name, r.outcome): r.n
+        for r in chaos_db.rows(
+            "SELECT task_name, outcome, COUNT(*) AS n FROM cronloop_run GROUP BY task_name, outcome"
+        )
+    }
+    retries = chaos_db.scalar(
+        "SELECT COUNT(*) FROM cronloop_run WHERE task_name = 'raiser' AND triggered = 1"
+    )
+    report.update(
+        steady_runs=len(slips),
+        steady_max_slip_s=round(max(slips), 3),
+        outcomes={f"{t}:{o}": n for (t, o), n in sorted(outcomes.items())},
+        **ledger.counts(),
+    )
     for name in ("swallower", "overrunner"):
         assert status[name]["status"] == "quarantined", status[name]
         assert "timed out 2 times in a row" in status[name]["status_reason"], status[name]
         assert outcomes[(name, "timed_out")] == 2
-    assert "ignored cancellation" in (chaos_db.scalar(
-        "SELECT error FROM cronloop_run WHERE task_name = 'swallower' LIMIT 1") or "")
+    assert "ignored cancellation" in (
+        chaos_db.scalar("SELECT error FROM cronloop_run WHERE task_name = 'swallower' LIMIT 1")
+        or ""
+    )
     assert outcomes[("raiser", "failed")] >= 3 and retries >= 2
     assert status["raiser"]["consecutive_failures"] >= 1
     assert status["steady"]["status"] == "active" and status["steady"]["consecutive_failures"] == 0
@@ -80,7 +107,8 @@ def _add_task_rows(db: ChaosDB, *names: str) -> None:
         for name in names:
             conn.exec_driver_sql(
                 "INSERT INTO cronloop_task (name, status, schedule, created, updated) "
-                f"VALUES ('{name}', 'active', 'every 1s', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))")
+                f"VALUES ('{name}', 'active', 'every 1s', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+            )
 
 
 def test_watchdog_probe_exits_70_dumps_stacks_and_strikes(
@@ -91,9 +119,14 @@ def test_watchdog_probe_exits_70_dumps_stacks_and_strikes(
     url = chaos_db.url.set(drivername="mysql+aiomysql").render_as_string(hide_password=False)
     detections = []
     for attempt in (1, 2):
-        proc = subprocess.Popen([sys.executable, str(HERE / "stall_probe.py"), url, str(WATCHDOG_S)],
-                                env=base_env(), cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "stall_probe.py"), url, str(WATCHDOG_S)],
+            env=base_env(),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "healthy"  # two windows of beats: no exit
         healthy_at = time.monotonic()
@@ -101,13 +134,17 @@ def test_watchdog_probe_exits_70_dumps_stacks_and_strikes(
         detections.append(time.monotonic() - healthy_at)
         assert proc.returncode == 70, err
         assert "most recent call first" in err and "in sleeper" in err  # faulthandler
-        (event,) = [json.loads(line) for line in err.splitlines()
-                    if line.startswith("{") and "event loop blocked" in line]
+        (event,) = [
+            json.loads(line)
+            for line in err.splitlines()
+            if line.startswith("{") and "event loop blocked" in line
+        ]
         assert event["running_tasks"] == ["bystander", "sleeper"]
         assert event["blamed"] == ["sleeper"]
         assert "time.sleep(60)" in event["stacks"]
-        strikes = chaos_db.rows("SELECT name, strikes, status, status_reason FROM cronloop_task "
-                                "ORDER BY name")
+        strikes = chaos_db.rows(
+            "SELECT name, strikes, status, status_reason FROM cronloop_task ORDER BY name"
+        )
         assert [(r.name, r.strikes) for r in strikes] == [("bystander", 0), ("sleeper", attempt)]
     sleeper = strikes[1]
     report.update(detected_after_s=[round(d, 2) for d in detections], watchdog_s=WATCHDOG_S)
@@ -144,8 +181,12 @@ def test_service_blocked_by_a_task_exits_70_and_quarantines_it(
     strikes = dict(chaos_db.rows("SELECT name, strikes FROM cronloop_task"))
     ledger = audit(chaos_db, tasks=["steady"], crashed_pids=crashed)
     slips = steady_slips(chaos_db)
-    report.update(exits=exits, blocker_status=status["blocker"]["status"],
-                  steady_runs=len(slips), **ledger.counts())
+    report.update(
+        exits=exits,
+        blocker_status=status["blocker"]["status"],
+        steady_runs=len(slips),
+        **ledger.counts(),
+    )
     assert status["blocker"]["status"] == "quarantined", status["blocker"]
     assert "blocked the event loop" in status["blocker"]["status_reason"]
     assert strikes.get("steady", 0) == 0  # the bystander is not blamed

@@ -11,8 +11,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from conftest import ChaosDB, Fleet, wait_until
-from ledger import audit
+from .harness import ChaosDB, Fleet, wait_until
+from .ledger import audit
 
 TASKS = 200
 PERIOD_S = 1
@@ -20,8 +20,9 @@ RUN_FOR_S = 20
 WORKERS = 4
 
 
-def test_four_workers_race_for_thousands_of_runs(fleet: Fleet, chaos_db: ChaosDB,
-                                                 report: dict[str, Any]) -> None:
+def test_four_workers_race_for_thousands_of_runs(
+    fleet: Fleet, chaos_db: ChaosDB, report: dict[str, Any]
+) -> None:
     chaos = {"CHAOS_RACE": f"{TASKS}:{PERIOD_S}"}
     for _ in range(WORKERS):
         fleet.start("--max_concurrency=10", chaos=chaos)
@@ -32,12 +33,22 @@ def test_four_workers_race_for_thousands_of_runs(fleet: Fleet, chaos_db: ChaosDB
     codes = fleet.stop_all()
     assert codes == [0] * WORKERS, [w.tail() for w in fleet.workers]
 
-    errors = Counter(e["event"] for w in fleet.workers for e in w.events
-                     if e.get("level") in ("error", "critical"))
+    errors = Counter(
+        e["event"]
+        for w in fleet.workers
+        for e in w.events
+        if e.get("level") in ("error", "critical")
+    )
     ledger = audit(chaos_db)
     by_pid = Counter(r.pid for r in chaos_db.rows("SELECT pid FROM cronloop_chaos_exec"))
-    report.update(workers=WORKERS, tasks=TASKS, seconds=RUN_FOR_S, **ledger.counts(),
-                  per_worker=sorted(by_pid.values()), errors_logged=sum(errors.values()))
+    report.update(
+        workers=WORKERS,
+        tasks=TASKS,
+        seconds=RUN_FOR_S,
+        **ledger.counts(),
+        per_worker=sorted(by_pid.values()),
+        errors_logged=sum(errors.values()),
+    )
     ledger.assert_clean()
     assert not errors, f"a clean race must not log errors: {errors}"
     assert ledger.finished >= TASKS * RUN_FOR_S / PERIOD_S * 0.5, ledger.counts()

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace as Row
 from typing import Any
 
-from ledger import audit
+from .ledger import audit
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 S = timedelta(seconds=1)
@@ -15,8 +15,11 @@ S = timedelta(seconds=1)
 
 class FakeDB:
     def __init__(self, execs: list[Any], history: list[Any], tasks: list[Any]) -> None:
-        self.tables = {"cronloop_chaos_exec": execs, "cronloop_run": history,
-                       "cronloop_task": tasks}
+        self.tables = {
+            "cronloop_chaos_exec": execs,
+            "cronloop_run": history,
+            "cronloop_task": tasks,
+        }
 
     def rows(self, sql: str, **_: Any) -> list[Any]:
         table = next(name for name in self.tables if f"FROM {name}" in sql)
@@ -24,16 +27,28 @@ class FakeDB:
 
 
 def ex(run: str, slot: int, start: float, end: float | None, pid: int = 1, seen: float = 0) -> Row:
-    return Row(run_id=run, task="t", scheduled_for=T0 + slot * S, pid=pid,
-               started=T0 + timedelta(seconds=start),
-               last_seen=T0 + timedelta(seconds=end if end is not None else seen),
-               finished=T0 + timedelta(seconds=end) if end is not None else None)
+    return Row(
+        run_id=run,
+        task="t",
+        scheduled_for=T0 + slot * S,
+        pid=pid,
+        started=T0 + timedelta(seconds=start),
+        last_seen=T0 + timedelta(seconds=end if end is not None else seen),
+        finished=T0 + timedelta(seconds=end) if end is not None else None,
+    )
 
 
-def hist(run: str, slot: int, outcome: str = "success", missed: int = 0,
-         triggered: bool = False) -> Row:
-    return Row(run_id=run, task_name="t", scheduled_for=T0 + slot * S, outcome=outcome,
-               missed=missed, triggered=triggered)
+def hist(
+    run: str, slot: int, outcome: str = "success", missed: int = 0, triggered: bool = False
+) -> Row:
+    return Row(
+        run_id=run,
+        task_name="t",
+        scheduled_for=T0 + slot * S,
+        outcome=outcome,
+        missed=missed,
+        triggered=triggered,
+    )
 
 
 def task(planned: int) -> list[Row]:
@@ -50,9 +65,16 @@ def test_a_clean_history_is_clean() -> None:
     execs, history = clean_run()
     ledger = audit(FakeDB(execs, history, task(4)))
     ledger.assert_clean()
-    assert ledger.counts() == {"executions": 3, "finished": 3, "slots": 3, "missed": 1,
-                               "duplicates": 0, "rerun_after_crash": 0, "overlaps": 0,
-                               "lost": 0}
+    assert ledger.counts() == {
+        "executions": 3,
+        "finished": 3,
+        "slots": 3,
+        "missed": 1,
+        "duplicates": 0,
+        "rerun_after_crash": 0,
+        "overlaps": 0,
+        "lost": 0,
+    }
 
 
 def test_a_slot_finished_twice_is_a_duplicate() -> None:

@@ -172,3 +172,10 @@ def test_duplicate_names_across_modules_are_refused(
 def test_the_standard_tasks_come_from_the_entry_point() -> None:
     names = {d.module.split(".")[0] for d in discover([], use_entry_points=True)}
     assert names <= {"tasks"}
+
+
+def test_isolate_is_refused_until_it_is_built() -> None:
+    with pytest.raises(TaskDefinitionError, match="isolate=True"):
+
+        @task(every=10, isolate=True)
+        async def separate(ctx: object) -> None: ...

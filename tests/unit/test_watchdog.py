@@ -11,7 +11,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -45,17 +45,27 @@ class Clock:
 class Harness:
     """A watchdog whose time, exit and stall callback are all recorded."""
 
-    def __init__(self, watchdog_s: float = 10.0, running: list[str] | None = None,
-                 on_stall: Any = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        watchdog_s: float = 10.0,
+        running: list[str] | None = None,
+        on_stall: Any = None,
+        **kw: Any,
+    ) -> None:
         self.clock = Clock()
         self.exits: list[int] = []
         self.stalls: list[tuple[list[str], float]] = []
         self.running = running if running is not None else ["alpha", "beta"]
-        self.dump = tempfile.TemporaryFile("w+")  # faulthandler needs a real descriptor
+        # faulthandler needs a real descriptor; the file lives as long as the harness
+        self.dump = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.dog = LoopWatchdog(
-            watchdog_s, running_tasks=lambda: self.running,
+            watchdog_s,
+            running_tasks=lambda: self.running,
             on_stall=on_stall or (lambda names, s: self.stalls.append((names, s))),
-            clock=self.clock, exit_fn=self.exits.append, dump_file=self.dump, **kw,
+            clock=self.clock,
+            exit_fn=self.exits.append,
+            dump_file=self.dump,
+            **kw,
         )
 
     def advance(self, seconds: float, step: float = 0.5) -> None:
@@ -71,7 +81,7 @@ class Harness:
 
 
 @pytest.fixture
-def logged() -> Iterator[list[dict[str, Any]]]:
+def logged() -> Iterator[list[MutableMapping[str, Any]]]:
     with structlog.testing.capture_logs() as events:
         yield events
 
@@ -100,7 +110,9 @@ def test_fires_once_only() -> None:
     assert h.exits == [70] and len(h.stalls) == 1
 
 
-def test_stacks_are_dumped_and_logged_with_the_running_tasks(logged: list[dict[str, Any]]) -> None:
+def test_stacks_are_dumped_and_logged_with_the_running_tasks(
+    logged: list[MutableMapping[str, Any]],
+) -> None:
     h = Harness(watchdog_s=1.0, running=["slow_one", "other"])
     h.advance(1.0)
     assert "most recent call first" in h.dumped()  # faulthandler's all-thread dump
@@ -115,7 +127,8 @@ def test_stacks_are_dumped_and_logged_with_the_running_tasks(logged: list[dict[s
 def test_callback_gets_the_running_task_names() -> None:
     h = Harness(watchdog_s=1.0, running=["b", "a", "b"])
     h.advance(1.0)
-    assert h.stalls == [(["a", "b"], pytest.approx(1.0))]
+    [(names, stalled_s)] = h.stalls
+    assert names == ["a", "b"] and stalled_s == pytest.approx(1.0)
 
 
 def test_no_running_task_means_no_strike_but_still_exit() -> None:
@@ -142,18 +155,21 @@ def test_the_culprit_is_the_task_whose_code_is_on_the_loop_stack() -> None:
     assert h.dog.culprits(["guilty", "innocent"], frame) == ["guilty", "innocent"]
 
 
-def test_a_failing_strike_write_still_exits(logged: list[dict[str, Any]]) -> None:
+def test_a_failing_strike_write_still_exits(logged: list[MutableMapping[str, Any]]) -> None:
     def broken(names: list[str], stalled_s: float) -> None:
         raise ConnectionError("database gone")
 
     h = Harness(watchdog_s=1.0, on_stall=broken)
     h.advance(1.0)
     assert h.exits == [70]
-    assert any("failed; exiting anyway" in e["event"] and "database gone" in e["error"]
-               for e in logged)
+    assert any(
+        "failed; exiting anyway" in e["event"] and "database gone" in e["error"] for e in logged
+    )
 
 
-def test_a_hanging_strike_write_does_not_hold_the_exit(logged: list[dict[str, Any]]) -> None:
+def test_a_hanging_strike_write_does_not_hold_the_exit(
+    logged: list[MutableMapping[str, Any]],
+) -> None:
     release = threading.Event()
     h = Harness(watchdog_s=1.0, on_stall=lambda names, s: release.wait(5), strike_timeout_s=0.05)
     started = time.monotonic()
@@ -206,7 +222,8 @@ async def test_beat_coroutine_keeps_the_heartbeat_fresh() -> None:
 
 
 def test_real_thread_fires_on_a_blocked_loop() -> None:
-    """The thread, the real clock: a loop blocked by time.sleep is caught in time."""
+    """The thread, the real clock: a loop that beats is left alone; a loop blocked by a
+    synchronous wait is caught (the wait ends as soon as the watchdog has fired)."""
     exited = threading.Event()
     codes: list[int] = []
 
@@ -214,23 +231,32 @@ def test_real_thread_fires_on_a_blocked_loop() -> None:
         codes.append(code)
         exited.set()
 
-    async def main() -> None:
-        dog = LoopWatchdog(0.3, running_tasks=lambda: ["sleeper"], exit_fn=fake_exit,
-                           dump_file=tempfile.TemporaryFile("w+"))
+    async def main() -> float:
+        dog = LoopWatchdog(
+            0.04,
+            running_tasks=lambda: ["sleeper"],
+            exit_fn=fake_exit,
+            dump_file=tempfile.TemporaryFile("w+"),  # noqa: SIM115 - one test
+        )
         dog.start()
         beating = asyncio.ensure_future(dog.beat())
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # more than two windows of a healthy loop
         assert not exited.is_set()
-        time.sleep(0.6)  # the blocking call: the thread fires meanwhile  # noqa: ASYNC251
+        blocked_at = time.monotonic()
+        exited.wait(5)  # the blocking call: nothing else runs on the loop meanwhile
+        blocked_s = time.monotonic() - blocked_at
         beating.cancel()
         dog.stop()
+        return blocked_s
 
     with structlog.testing.capture_logs():
-        asyncio.run(main())
+        blocked_s = asyncio.run(main())
     assert codes == [70]
+    assert 0.02 <= blocked_s < 2.0  # a window after the last beat (one interval before)
 
 
 # -- strikes and quarantine on a real database -------------------------------------------
+
 
 def test_sync_url_swaps_only_the_driver() -> None:
     url = make_url("mysql+aiomysql://u:secret@db:3307/itop?charset=utf8mb4")
@@ -248,13 +274,22 @@ async def _row(engine: AsyncEngine, name: str) -> Any:
 
 async def test_strikes_then_quarantine(engine: AsyncEngine, settings: Settings) -> None:
     store = TaskStore(engine)
-    await store.sync_tasks([TaskDeclaration(n, "every 1s", 10, None) for n in ("hog", "ok", "held")])
+    await store.sync_tasks(
+        [TaskDeclaration(n, "every 1s", 10, None) for n in ("hog", "ok", "held")]
+    )
     await store.pause("held")
     url = engine.url
     run = asyncio.get_running_loop().run_in_executor  # sync I/O off this test's loop
-    assert await run(None, strike_tasks_sync, url, ["hog", "held"], "blocked the event loop for 31 s", 2) == []
+    assert (
+        await run(
+            None, strike_tasks_sync, url, ["hog", "held"], "blocked the event loop for 31 s", 2
+        )
+        == []
+    )
     assert (await _row(engine, "hog")).status == TaskStatus.ACTIVE
-    quarantined = await run(None, strike_tasks_sync, url, ["hog", "held"], "blocked the event loop for 31 s", 2)
+    quarantined = await run(
+        None, strike_tasks_sync, url, ["hog", "held"], "blocked the event loop for 31 s", 2
+    )
     assert quarantined == ["hog"]
     hog, ok, held = [await _row(engine, n) for n in ("hog", "ok", "held")]
     assert (hog.status, hog.strikes) == (TaskStatus.QUARANTINED, 2)
@@ -277,14 +312,16 @@ async def test_strike_recorder_logs_and_quarantines(engine: AsyncEngine) -> None
     record = strike_recorder(engine.url, quarantine_strikes=5)
     with structlog.testing.capture_logs() as events:
         await asyncio.get_running_loop().run_in_executor(None, record, ["hog"], 31.4)
-    assert (await _row(engine, "hog")).status_reason.startswith("blocked the event loop for 31 s, 5 strikes")
+    assert (await _row(engine, "hog")).status_reason.startswith(
+        "blocked the event loop for 31 s, 5 strikes"
+    )
     assert events[-1]["quarantined"] == ["hog"]
 
 
 def test_unreachable_database_fails_fast_without_leaking_the_password() -> None:
     url = make_url("mysql+aiomysql://nobody:s3cr3t@127.0.0.1:1/none")  # port 1: refused
     started = time.monotonic()
-    with pytest.raises(Exception, match="(?i)connect") as caught:
+    with pytest.raises(Exception, match=r"(?i)connect") as caught:
         strike_tasks_sync(url, ["x"], "blocked", 2, timeout_s=1.0)
     assert time.monotonic() - started < 3.0
     assert "s3cr3t" not in str(caught.value)
