@@ -9,6 +9,7 @@ raises `StopRun`, which derives from `BaseException` so that a task's broad
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ class StopSignal:
 
     _event: threading.Event = field(default_factory=threading.Event)
     reason: StopReason | None = None
+    # monotonic time after which this worker can no longer prove it owns the run's lease
+    # (set by the lease keeper); a checkpoint past it stops the run as LEASE_LOST, even
+    # if the loop or the database kept the lease keeper from noticing (SIGSTOP, hung
+    # renewal), so a run never goes on once another worker may have taken it over
+    lease_valid_until: float = math.inf
 
     def set(self, reason: StopReason) -> None:
         """Record the first reason only: a deadline that passes during a shutdown stays a
@@ -114,7 +120,11 @@ class TaskContext:
             raise StopRun(self._stop.reason)
 
     def _check_deadline(self) -> None:
-        if not self._stop.is_set() and self.time_left() <= 0:
+        if self._stop.is_set():
+            return
+        if self._clock.monotonic() >= self._stop.lease_valid_until:
+            self._stop.set(StopReason.LEASE_LOST)
+        elif self.time_left() <= 0:
             self._stop.set(StopReason.DEADLINE)
 
 

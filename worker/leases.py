@@ -9,11 +9,13 @@ that cannot prove it still owns a run stops it before another worker may take it
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from worker.clock import Clock
 from worker.context import StopReason
-from worker.runner import Runner
+from worker.runner import Runner, db_timeout_s
 from worker.store import TaskStore
 
 log = structlog.get_logger("cronloop.leases")
@@ -25,13 +27,20 @@ class LeaseKeeper:
         self.clock = clock
         self.lease_s = lease_s
         self.renewed_mono: dict[str, float] = {}  # run id -> when its lease was last confirmed
+        self._failing_since: float | None = None  # renewals fail: say so once, not every round
 
     @property
     def interval_s(self) -> float:
         return self.lease_s / 3
 
     def track(self, runner: Runner, claimed_mono: float) -> None:
-        self.renewed_mono[runner.claim.run_id] = claimed_mono
+        self._confirmed(runner, claimed_mono)
+
+    def _confirmed(self, runner: Runner, sent_mono: float) -> None:
+        """The lease was good when `sent_mono` was read: the run may go on until a third
+        of the lease is left, which its checkpoints enforce by themselves."""
+        self.renewed_mono[runner.claim.run_id] = sent_mono
+        runner.signal.lease_valid_until = sent_mono + self.lease_s * 2 / 3
 
     def forget(self, runner: Runner) -> None:
         self.renewed_mono.pop(runner.claim.run_id, None)
@@ -42,21 +51,36 @@ class LeaseKeeper:
             return
         sent_mono = self.clock.monotonic()
         try:
-            lost = await self.store.renew([r.claim for r in runners])
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            async with asyncio.timeout(db_timeout_s(self.lease_s)):
+                lost = await self.store.renew([r.claim for r in runners])
         except Exception as exc:
-            log.warning("lease renewal failed", error=repr(exc), runs=len(runners))
+            if self._failing_since is None:
+                self._failing_since = sent_mono
+                log.warning("lease renewal failed", error=repr(exc), runs=len(runners))
             self._abort_expiring(runners)
             return
+        if self._failing_since is not None:
+            log.info(
+                "lease renewal works again", failed_s=round(sent_mono - self._failing_since, 1)
+            )
+            self._failing_since = None
         for runner in runners:
+            if runner.claim.run_id not in self.renewed_mono:
+                continue  # it ended during the round
+            if runner.claim.run_id in lost and runner.recording:
+                continue  # its own write just cleared the token (and that write is fenced)
             if runner.claim.run_id in lost:
                 runner.log.error("lease lost: another worker may own this task now; stopping it")
                 runner.abort(StopReason.LEASE_LOST)
             else:
-                self.renewed_mono[runner.claim.run_id] = sent_mono
+                self._confirmed(runner, sent_mono)
 
     def _abort_expiring(self, runners: list[Runner]) -> None:
         now = self.clock.monotonic()
         for runner in runners:
+            if runner.recording:
+                continue  # its task has ended; its (fenced) write is retried until it lands
             age = now - self.renewed_mono.get(runner.claim.run_id, now)
             if age >= self.lease_s * 2 / 3:
                 runner.log.error(

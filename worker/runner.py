@@ -36,6 +36,14 @@ _REASON_OUTCOME = {
     StopReason.LEASE_LOST: Outcome.ABANDONED,
 }
 CANCEL_WAIT_S = 2.0  # how long a cancelled task may take to unwind before it is left behind
+RECORD_RETRY_MAX_S = 1.0  # so a recovered database hears from the owner before any takeover
+
+
+def db_timeout_s(lease_s: float) -> float:
+    """The longest the service waits for one of its own database calls. A partitioned
+    network (no reset, no answer) would otherwise hang a call forever: the driver has no
+    read timeout. A third of the lease, so a renewal can fail and be retried in time."""
+    return max(2.0, lease_s / 3)
 
 
 @dataclass
@@ -75,6 +83,8 @@ class Runner:
         self.started_mono = env.clock.monotonic()
         self.log = bind_run_logger(spec.name, claim.run_id)
         self._thread: Future[Any] | None = None  # a blocking task's thread
+        # its end is being written: the lease token may be cleared by that write any moment
+        self.recording = False
         # set when the task could not be stopped: what to watch until it really ends
         self.straggler: asyncio.Future[Any] | None = None
 
@@ -221,7 +231,9 @@ class Runner:
             error=ending.error,
             missed=plan.missed if plan else 0,
         )
+        self.recording = True
         written = await self._write(record, keep_lease=ending.left_behind)
+        self.recording = not ending.left_behind  # a kept lease is renewed (and checked) again
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(
             "run finished",
@@ -236,26 +248,39 @@ class Runner:
         return outcome
 
     async def _write(self, record: RunRecord, *, keep_lease: bool = False) -> bool:
-        """Write the outcome, retrying a failing database while our lease may still hold
-        (the lease keeper renews it meanwhile); a lost lease means another worker owns the
-        row now. Only when that time is up is the run left to be taken over and re-run."""
-        budget_s = self.env.settings.lease_s * 2 / 3
-        started = self.env.clock.monotonic()
+        """Write the outcome; False if the lease was lost (another worker owns the row).
+
+        The write is fenced by the lease token, so it is safe at any time: it lands if
+        nobody took the run over, even after a database outage longer than the lease, and
+        is refused otherwise. So a failing write is retried, every second at most, until it
+        lands or is refused; giving up would let the finished run be taken over and run
+        again. Only a shutdown past its grace (abort) ends the retries.
+        """
         delay = 0.25
+        attempts = 0
         while True:
+            attempts += 1
             try:
-                written = await self.env.store.complete(self.claim, record, keep_lease=keep_lease)
+                async with asyncio.timeout(db_timeout_s(self.env.settings.lease_s)):
+                    written = await self.env.store.complete(
+                        self.claim, record, keep_lease=keep_lease
+                    )
                 break
             except Exception as exc:
-                if self.env.clock.monotonic() - started + delay > budget_s:
+                if self._abort.is_set():
                     self.log.error(
                         "could not record the run; its lease will expire and it will run again",
                         error=repr(exc),
                     )
                     return False
-                self.log.warning("recording the run failed; retrying", error=repr(exc))
+                if attempts == 1:
+                    self.log.warning(
+                        "recording the run failed; retrying until it lands", error=repr(exc)
+                    )
                 await self.env.clock.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, RECORD_RETRY_MAX_S)
+        if attempts > 1:
+            self.log.info("run recorded after retries", attempts=attempts, written=written)
         if not written:
             self.log.warning("lease lost before the run was recorded; another worker owns the task")
         return written

@@ -170,9 +170,18 @@ class TaskStore(AdminVerbs):
     # -- claiming and running -------------------------------------------------------
 
     async def claim_due(
-        self, now: datetime, limit: int, names: Sequence[str] | None = None
+        self,
+        now: datetime,
+        limit: int,
+        names: Sequence[str] | None = None,
+        *,
+        takeover: bool = True,
     ) -> list[Claim]:
         """Take up to `limit` due runs whose lease is free or expired.
+
+        `takeover=False` leaves expired leases alone: just after a database outage their
+        owners may be writing how those runs ended, and taking them over would run them
+        twice.
 
         One short transaction: select the candidates (SKIP LOCKED where the server has it,
         so workers do not queue behind each other), then take each with an UPDATE that
@@ -186,7 +195,9 @@ class TaskStore(AdminVerbs):
         claimable = and_(
             T.status == TaskStatus.ACTIVE,
             T.next_run <= now,
-            or_(T.lease_until.is_(None), T.lease_until < self._now()),
+            or_(T.lease_until.is_(None), T.lease_until < self._now())
+            if takeover
+            else T.lease_until.is_(None),
         )
         query = (
             select(

@@ -26,14 +26,14 @@ from worker.context import StopReason
 from worker.leases import LeaseKeeper
 from worker.outcome import Outcome
 from worker.registry import Registry
-from worker.runner import RunEnvironment, Runner
+from worker.runner import RunEnvironment, Runner, db_timeout_s
 from worker.settings import Settings
 from worker.store import Claim
 
 log = structlog.get_logger("cronloop.supervisor")
 T = TypeVar("T")
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
 REMINDER_EVERY_S = 60.0
 
 
@@ -80,6 +80,7 @@ class Supervisor:
         self._background: set[asyncio.Future[bool | None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
         self._db_down_since: float | None = None
+        self._db_back_mono: float | None = None  # when the database came back last
         self._last_reminder = 0.0
         self._failures = 0
         self._once_cutoff: datetime | None = None
@@ -188,7 +189,9 @@ class Supervisor:
         claimed_mono = self.clock.monotonic()
         # --once runs what was due when it started, not what falls due while it runs
         now = self._once_cutoff or self.clock.now()
-        claims = await self._guarded(self.store.claim_due(now, capacity))
+        claims = await self._guarded(
+            self.store.claim_due(now, capacity, takeover=self._may_take_over())
+        )
         if claims is None:
             return False
         if claims:
@@ -197,6 +200,19 @@ class Supervisor:
             self._start(claim, claimed_mono)
         self._report_status()
         return not claims
+
+    def _snapshot_running(self) -> None:
+        """The names the watchdog thread reads: running tasks and stuck ones (a straggler
+        coroutine can block the loop as well as a running one)."""
+        running = [*self.runners.values(), *self.stragglers.values()]
+        self.running_names = tuple(r.name for r in running)
+
+    def _may_take_over(self) -> bool:
+        """Just after an outage, leave expired leases to their owners for a third of a
+        lease: a run that ended while the database was away is being recorded by its
+        worker now (retried every second), and taking it over would run it twice."""
+        back = self._db_back_mono
+        return back is None or self.clock.monotonic() - back >= self.settings.lease_s / 3
 
     def _start(self, claim: Claim, claimed_mono: float) -> None:
         spec = self.registry.specs.get(claim.name)
@@ -208,7 +224,7 @@ class Supervisor:
             return
         runner = Runner(spec, claim, self.env)
         self.runners[claim.run_id] = runner
-        self.running_names = tuple(r.name for r in self.runners.values())
+        self._snapshot_running()
         self.leases.track(runner, claimed_mono)
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
@@ -217,7 +233,7 @@ class Supervisor:
     def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
-        self.running_names = tuple(r.name for r in self.runners.values())
+        self._snapshot_running()
         self.executed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner crashed", task=runner.name, error=repr(task.exception()))
@@ -233,6 +249,7 @@ class Supervisor:
         ends, so no worker starts it again meanwhile; the process restarts at its lifetime
         boundary, which is the only way to end a stuck thread."""
         self.stragglers[runner.claim.run_id] = runner
+        self._snapshot_running()
         runner.log.error(
             "task left behind: it could not be stopped; its lease is held until it ends "
             "or this worker restarts",
@@ -245,6 +262,7 @@ class Supervisor:
     def _straggler_ended(self, _fut: asyncio.Future[Any], runner: Runner) -> None:
         if self.stragglers.pop(runner.claim.run_id, None) is None:
             return
+        self._snapshot_running()
         self.leases.forget(runner)
         runner.log.warning("left-behind task ended at last; freeing its lease")
         release = asyncio.ensure_future(self._guarded(self.store.free_lease(runner.claim)))
@@ -301,9 +319,13 @@ class Supervisor:
     # -- database outages ----------------------------------------------------------------
 
     async def _guarded(self, call: Awaitable[T]) -> T | None:
-        """Run a store call; on a database error log it (once, then reminders) and back off."""
+        """Run a store call; on a database error log it (once, then reminders) and back off.
+
+        The call is bounded by `db_timeout_s`, so a network partition cannot hang the loop.
+        """
         try:
-            result = await call
+            async with asyncio.timeout(db_timeout_s(self.settings.lease_s)):
+                result = await call
         except Exception as exc:
             self._db_failed(exc)
             return None
@@ -313,6 +335,7 @@ class Supervisor:
                 down_s=round(self.clock.monotonic() - self._db_down_since, 1),
             )
             self._db_down_since = None
+            self._db_back_mono = self.clock.monotonic()
             self._failures = 0
         return result
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -149,8 +150,10 @@ def test_watchdog_probe_exits_70_dumps_stacks_and_strikes(
     sleeper = strikes[1]
     report.update(detected_after_s=[round(d, 2) for d in detections], watchdog_s=WATCHDOG_S)
     assert sleeper.status == "quarantined"
-    assert sleeper.status_reason.startswith("blocked the event loop for 2 s, 2 strikes")
-    assert all(WATCHDOG_S <= d <= WATCHDOG_S + 2.0 for d in detections), detections
+    assert re.match(r"blocked the event loop for [23] s, 2 strikes", sleeper.status_reason)
+    # the stall counts from the last beat, which may be up to one beat (a quarter of the
+    # window) before `healthy` was printed
+    assert all(WATCHDOG_S * 0.75 <= d <= WATCHDOG_S + 2.0 for d in detections), detections
 
 
 def test_service_blocked_by_a_task_exits_70_and_quarantines_it(

@@ -242,3 +242,28 @@ async def test_repeated_timeouts_quarantine_until_resumed(engine: AsyncEngine) -
     [claim] = await store.claim_due(NOW, 1, names=["hangs"])
     await store.complete(claim, record(Outcome.TIMED_OUT, NOW))
     assert (await store.status(["hangs"]))[0].status == "active"  # counters were reset
+
+
+async def test_next_due_ignores_runs_in_progress(store: TaskStore) -> None:
+    """A running task's next_run is its past slot; counting it would make the loop spin."""
+    await store.sync_tasks([decl("busy"), decl("later", first_run=NOW + timedelta(minutes=5))])
+    assert await store.next_due() == NOW
+    [claim] = await store.claim_due(NOW, 1, names=["busy"])
+    assert await store.next_due() == NOW + timedelta(minutes=5)
+    await store.complete(claim, record(Outcome.SUCCESS, NOW + timedelta(minutes=1)))
+    assert await store.next_due() == NOW + timedelta(minutes=1)
+
+
+async def test_claim_without_takeover_leaves_expired_leases_alone(
+    store: TaskStore, engine: AsyncEngine
+) -> None:
+    """Just after an outage the supervisor claims with takeover=False: an expired lease's
+    owner may be recording that run right now."""
+    await store.sync_tasks([decl("a"), decl("b")])
+    await store.claim_due(NOW, 1, names=["a"])
+    expired = datetime.now(UTC) - timedelta(minutes=5)
+    async with engine.begin() as conn:
+        await conn.execute(update(tasks).where(tasks.c.name == "a").values(lease_until=expired))
+    assert [c.name for c in await store.claim_due(NOW, 10, takeover=False)] == ["b"]
+    [taken] = await store.claim_due(NOW, 10)
+    assert taken.name == "a" and taken.took_over is not None

@@ -186,6 +186,27 @@ async def test_abort_for_a_lost_lease_is_abandoned(h: Harness) -> None:
     assert await asyncio.wait_for(task, 5) == Outcome.ABANDONED
 
 
+async def test_checkpoint_stops_a_run_whose_lease_can_no_longer_be_proven(h: Harness) -> None:
+    """Frozen (SIGSTOP) or cut off past 2/3 of the lease: the next checkpoint ends the run
+    by itself, before the lease keeper even gets a turn."""
+    steps = []
+
+    async def worker(ctx: TaskContext) -> None:
+        while True:
+            await ctx.checkpoint()
+            steps.append(h.clock.monotonic())
+            await asyncio.sleep(0)
+
+    runner = await h.runner(worker, timeout_s=100)
+    runner.signal.lease_valid_until = h.clock.monotonic() + 20
+    task = asyncio.ensure_future(runner.run())
+    await asyncio.sleep(0.01)
+    h.clock.advance(20)
+    assert await asyncio.wait_for(task, 5) == Outcome.ABANDONED
+    assert steps and max(steps) < runner.signal.lease_valid_until
+    assert "lease_lost" in (await h.last()).last_error
+
+
 async def test_blocking_task_sees_should_stop_and_checkpoint_in_its_thread(h: Harness) -> None:
     threads: list[str] = []
 

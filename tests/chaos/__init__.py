@@ -1,0 +1,1 @@
+"""Chaos tests: real workers, a real database, failures on purpose (see conftest)."""
