@@ -40,7 +40,8 @@ BASE_PARAMS = (
 def sandbox() -> Iterator[Sandbox]:
     if not Path(SYSTEM_PYTHON).exists():
         pytest.skip(f"{SYSTEM_PYTHON} is needed to build the venv the unit runs")
-    with boot_sandbox() as sb:
+    # the repository is bound in: it may live under /tmp, which is private in the sandbox
+    with boot_sandbox([REPO]) as sb:
         # a venv's scripts name their interpreter by absolute path: build it where it runs
         sb.run(SYSTEM_PYTHON, "-m", "venv", "/opt/cronloop", timeout=120)
         sb.run("/opt/cronloop/bin/pip", "install", "-q", str(REPO), timeout=600)
