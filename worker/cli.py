@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Sequence
 from typing import NoReturn
@@ -127,6 +128,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         print(f"cronloop: no task named {exc.args[0]!r} (see `cronloop status`)", file=sys.stderr)
         return exitcodes.ERROR
     except KeyboardInterrupt:
+        return exitcodes.OK
+    except BrokenPipeError:
+        # `cronloop status | head`: the reader left; not an error (Python docs' recipe)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return exitcodes.OK
     except Exception:
         log.exception("internal error")
