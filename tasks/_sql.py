@@ -12,6 +12,8 @@ from sqlalchemy import BigInteger, Column, Integer, text
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from worker.db import skip_locked_in
+
 
 def id_column() -> Column[Any]:
     """A BIGINT auto-increment primary key; INTEGER on SQLite, where only an
@@ -33,5 +35,4 @@ async def supports_skip_locked(session: AsyncSession) -> bool:
     if session.get_bind().dialect.name == "sqlite":
         return False
     version = str((await session.execute(text("SELECT VERSION()"))).scalar_one())
-    numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
-    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))
+    return skip_locked_in(version)

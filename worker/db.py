@@ -145,7 +145,11 @@ async def server_supports_skip_locked(engine: AsyncEngine) -> bool:
         return False
     async with engine.connect() as conn:
         version = str((await conn.exec_driver_sql("SELECT VERSION()")).scalar_one())
+    return skip_locked_in(version)
+
+
+def skip_locked_in(version: str) -> bool:
+    """Whether a server of this `SELECT VERSION()` has SKIP LOCKED (MariaDB >= 10.6,
+    MySQL >= 8.0)."""
     numbers = tuple(int(p) for p in version.split("-")[0].split(".")[:2] if p.isdigit())
-    if "mariadb" in version.lower():
-        return numbers >= (10, 6)
-    return numbers >= (8, 0)
+    return numbers >= ((10, 6) if "mariadb" in version.lower() else (8, 0))

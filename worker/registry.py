@@ -12,7 +12,7 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import Any, TypeVar, overload
@@ -389,8 +389,3 @@ def _positive_seconds(text: str) -> float:
     if value <= 0:
         raise ValueError("must be > 0 seconds")
     return value
-
-
-def with_error(spec: TaskSpec, error: str) -> TaskSpec:
-    """The same spec, disabled by configuration for `error`."""
-    return replace(spec, error=error)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import traceback
-from collections.abc import Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -59,7 +58,6 @@ class RunEnvironment:
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="cronloop-task")
     )
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    on_left_behind: Callable[[str], None] | None = None  # a task ignored cancellation
 
 
 @dataclass
@@ -171,8 +169,6 @@ class Runner:
         outcome = _REASON_OUTCOME[reason]
         thread_runs = self._thread is not None and not self._thread.done()
         if not done or thread_runs:
-            if self.env.on_left_behind:
-                self.env.on_left_behind(self.spec.name)
             inner.add_done_callback(_quietly)
             what = "its thread could not be stopped" if thread_runs else "it ignored cancellation"
             return Ending(outcome, error=f"{reason.value}: {what}; left behind", left_behind=True)
