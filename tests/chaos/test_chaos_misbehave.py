@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import HERE, POLL_S, ChaosDB, Fleet, base_env, wait_until
+from .harness import HERE, LEASE_S, POLL_S, ChaosDB, Fleet, base_env, wait_until
 from .ledger import audit
 
 WATCHDOG_S = 2.0
@@ -175,7 +175,14 @@ def test_service_blocked_by_a_task_exits_70_and_quarantines_it(
         assert any("most recent call first" in line for line in w.lines)
     survivor = fleet.start(*args, chaos=chaos, label="run3")
     survivor.wait_for("worker started", timeout=60)
-    time.sleep(4)
+    # steady may have been claimed beside the blocker by the crashed run: its lease must
+    # expire first (LEASE_S), then it runs every second again
+    wait_until(
+        lambda: chaos_db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'steady'")
+        >= 3,
+        LEASE_S + 15,
+        "steady to run three times after the restarts",
+    )
     status = status_of(fleet)
     assert fleet.stop_all()[-1] == 0, survivor.tail()
 
