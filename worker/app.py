@@ -41,6 +41,7 @@ class Database:
     sessions: async_sessionmaker[AsyncSession]
 
     async def close(self) -> None:
+        await self.store.close()
         await self.engine.dispose()
 
 

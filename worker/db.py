@@ -80,6 +80,10 @@ def create_engine(settings: Settings, *, url: URL | None = None, **kw: Any) -> A
         return engine
     options: dict[str, Any] = {
         "pool_pre_ping": True,
+        # every use of a connection ends its own transaction (engine.begin(), or
+        # Connection.close() rolling back): the pool's extra ROLLBACK would only add a
+        # round trip to every transaction
+        "pool_reset_on_return": None,
         "pool_recycle": 1800,
         "isolation_level": "READ COMMITTED",
         # a hard cap (no overflow): workers x db_pool_size must stay under the server's
@@ -109,6 +113,8 @@ def _sqlite_tuning(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            return  # a read that must not take (or keep) the write lock: the store's probe
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 

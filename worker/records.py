@@ -51,6 +51,15 @@ class Claim:
     triggered: bool  # brought forward by `trigger` or a retry, off the schedule's slot
     took_over: str | None  # run id of an abandoned run this claim replaces
     consecutive_failures: int
+    # the row's statistics when claimed: the lease makes the row ours until the run is
+    # recorded, so the new values are computed here and written as plain values (one
+    # statement can then record many runs, and a retried write is idempotent)
+    consecutive_timeouts: int = 0
+    run_count: int = 0
+    min_duration_s: float | None = None
+    max_duration_s: float | None = None
+    avg_duration_s: float | None = None
+    first_run: datetime | None = None
 
 
 @dataclass(frozen=True)

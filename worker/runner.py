@@ -23,6 +23,7 @@ from worker.clock import Clock
 from worker.context import StopReason, StopRun, StopSignal, TaskContext, bind_run_logger
 from worker.outcome import Outcome
 from worker.planning import RetryPolicy, plan_next
+from worker.recorder import Recorder
 from worker.registry import TaskSpec
 from worker.settings import Settings
 from worker.store import Claim, RunRecord, TaskStore
@@ -58,6 +59,11 @@ class RunEnvironment:
         default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="cronloop-task")
     )
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # writes how runs ended, many per transaction
+    recorder: Recorder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = Recorder(self.store, lambda: db_timeout_s(self.settings.lease_s))
 
 
 @dataclass
@@ -77,7 +83,9 @@ class Runner:
         self.claim = claim
         self.env = env
         self.signal = StopSignal()
-        self._abort = asyncio.Event()
+        # done once the run must be cancelled now; a plain future, not an Event, so that
+        # waiting on it costs no extra task per run
+        self._abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started_mono = env.clock.monotonic()
         self.log = bind_run_logger(spec.name, claim.run_id)
         self._thread: Future[Any] | None = None  # a blocking task's thread
@@ -85,6 +93,7 @@ class Runner:
         self.recording = False
         # set when the task could not be stopped: what to watch until it really ends
         self.straggler: asyncio.Future[Any] | None = None
+        self._stepped = False  # the task had its first step before any timer was set
 
     @property
     def name(self) -> str:
@@ -97,7 +106,8 @@ class Runner:
     def abort(self, reason: StopReason) -> None:
         """Cancel the task now (shutdown past its grace, or a lost lease)."""
         self.signal.set(reason)
-        self._abort.set()
+        if not self._abort.done():
+            self._abort.set_result(None)
 
     async def run(self) -> Outcome:
         """Run the task to its end and record it; never raises for the task's faults."""
@@ -144,8 +154,8 @@ class Runner:
         while not inner.done():
             elapsed = self.env.clock.monotonic() - self.started_mono
             wait_for = (soft_s if elapsed < soft_s else hard_s) - elapsed
-            if self._abort.is_set() or wait_for <= 0:
-                if not self._abort.is_set():
+            if self._abort.done() or wait_for <= 0:
+                if not self._abort.done():
                     self.signal.set(StopReason.DEADLINE)
                 return await self._cancel(inner)
             await self._wait_any(inner, wait_for)
@@ -154,13 +164,21 @@ class Runner:
         return self._ending_of(inner)
 
     async def _wait_any(self, inner: asyncio.Future[Any], seconds: float) -> None:
+        """Until the task ends, `seconds` pass, or an abort. Most runs of short tasks end
+        within their first step: those are seen after one turn of the loop, before any
+        timer is set."""
+        if not self._stepped:
+            self._stepped = True
+            await asyncio.sleep(0)
+            if inner.done():
+                return
         sleeper = asyncio.ensure_future(self.env.clock.sleep(seconds))
-        aborter = asyncio.ensure_future(self._abort.wait())
         try:
-            await asyncio.wait({inner, sleeper, aborter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {inner, sleeper, self._abort}, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
-            for helper in (sleeper, aborter):
-                helper.cancel()
+            sleeper.cancel()
 
     async def _cancel(self, inner: asyncio.Future[Any]) -> Ending:
         inner.cancel()
@@ -257,13 +275,13 @@ class Runner:
         while True:
             attempts += 1
             try:
-                async with asyncio.timeout(db_timeout_s(self.env.settings.lease_s)):
-                    written = await self.env.store.complete(
-                        self.claim, record, keep_lease=keep_lease
-                    )
+                # bounded by db_timeout_s inside the recorder
+                written = await self.env.recorder.complete(
+                    self.claim, record, keep_lease=keep_lease
+                )
                 break
             except Exception as exc:
-                if self._abort.is_set():
+                if self._abort.done():
                     self.log.error(
                         "could not record the run; its lease will expire and it will run again",
                         error=repr(exc),

@@ -9,6 +9,7 @@ lost its lease, or whose clock is wrong, cannot overwrite the new owner's state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import os
 import socket
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import String, and_, case, cast, func, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -35,6 +36,13 @@ from worker.records import (
     UnknownTask,
 )
 from worker.store_admin import AdminVerbs
+from worker.store_batch import (
+    MAX_BATCH,
+    CaseUpdate,
+    MultiInsert,
+    history_values,
+    task_values,
+)
 
 __all__ = [
     "Claim",
@@ -52,10 +60,57 @@ __all__ = [
 T = tasks.c
 R = runs.c
 
+# what recording a run's end overwrites in its history row
+HISTORY_UPSERT = (
+    "run_id",
+    ("started", "ended", "duration_s", "outcome", "message", "error", "missed"),
+)
+
+# a run that ended: its claim, how it ended, and whether its lease must be kept
+Ended = tuple[Claim, RunRecord, bool]
+
+# what a claim reads of a row: enough to plan the next run and compute the statistics
+CLAIM_COLUMNS = (
+    T.id,
+    T.name,
+    T.next_run,
+    T.planned_run,
+    T.lease_token,
+    T.run_id,
+    T.consecutive_failures,
+    T.consecutive_timeouts,
+    T.run_count,
+    T.min_duration_s,
+    T.max_duration_s,
+    T.avg_duration_s,
+    T.first_run,
+)
+
 
 def make_worker_id() -> str:
     """host:pid:random, unique across restarts even when a PID is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _claim_of(row: Any, token: str) -> Claim:
+    planned = row.planned_run
+    return Claim(
+        task_id=row.id,
+        name=row.name,
+        token=token,
+        run_id=f"{token}-{row.id}",
+        scheduled_for=row.next_run,
+        planned_run=planned,
+        triggered=planned is not None and row.next_run < planned,
+        took_over=row.run_id if row.lease_token else None,
+        consecutive_failures=row.consecutive_failures,
+        consecutive_timeouts=row.consecutive_timeouts,
+        run_count=row.run_count,
+        min_duration_s=row.min_duration_s,
+        max_duration_s=row.max_duration_s,
+        avg_duration_s=row.avg_duration_s,
+        first_run=row.first_run,
+    )
 
 
 def _os_user() -> str:
@@ -86,6 +141,11 @@ class TaskStore(AdminVerbs):
         self._skip_locked: bool | None = None
         self._user = _os_user()
         self._host = socket.gethostname()
+        self._who = {"last_user": self._user, "last_host": self._host}
+        self._task_update = CaseUpdate(tasks, "id", engine.dialect)
+        self._run_insert = MultiInsert(runs, engine.dialect)
+        self._stamp: list[str] | None = None
+        self._probe: AsyncConnection | None = None  # see next_due
 
     def _now(self, plus_s: float = 0.0) -> Any:
         return db_now(self._dialect, plus_s)
@@ -199,58 +259,47 @@ class TaskStore(AdminVerbs):
             if takeover
             else T.lease_until.is_(None),
         )
-        query = (
-            select(
-                T.id,
-                T.name,
-                T.next_run,
-                T.planned_run,
-                T.lease_token,
-                T.run_id,
-                T.consecutive_failures,
-            )
-            .where(claimable)
-            .order_by(T.next_run)
-            .limit(limit)
-        )
+        query = select(*CLAIM_COLUMNS).where(claimable).order_by(T.next_run).limit(limit)
         if names is not None:
             query = query.where(T.name.in_(list(names)))
         if self._skip_locked:
             query = query.with_for_update(skip_locked=True)
         async with self._begin() as conn:
             candidates = (await conn.execute(query)).all()
-            claims = [c for row in candidates if (c := await self._take(conn, row, claimable))]
+            if not candidates:
+                return []
+            claims = await self._take(conn, candidates, claimable)
             await self._record_starts(conn, claims, now)
         return claims
 
-    async def _take(self, conn: AsyncConnection, row: Any, claimable: Any) -> Claim | None:
-        token = uuid.uuid4().hex
-        run_id = str(uuid.uuid4())
+    async def _take(
+        self, conn: AsyncConnection, candidates: Sequence[Any], claimable: Any
+    ) -> list[Claim]:
+        """Lease every candidate with one UPDATE that re-checks the conditions.
+
+        The batch shares one random token; (row id, token) is what fences each run, and
+        the run id is `<token>-<row id>`. Where the candidates were locked (SKIP LOCKED,
+        or SQLite's single writer) all of them are taken; otherwise a concurrent worker
+        may have won some, and a SELECT says which rows carry our token.
+        """
+        token = uuid.uuid4().hex[:24]
+        ids = [row.id for row in candidates]
         result = await conn.execute(
             update(tasks)
-            .where(T.id == row.id, claimable)
+            .where(T.id.in_(ids), claimable)
             .values(
                 owner=self.worker_id,
                 lease_token=token,
                 lease_until=self._now(self.lease_s),
-                run_id=run_id,
-                run_scheduled_for=row.next_run,
+                run_id=literal(f"{token}-", String) + cast(T.id, String),
+                run_scheduled_for=T.next_run,
             )
         )
-        if result.rowcount != 1:
-            return None
-        planned = row.planned_run
-        return Claim(
-            task_id=row.id,
-            name=row.name,
-            token=token,
-            run_id=run_id,
-            scheduled_for=row.next_run,
-            planned_run=planned,
-            triggered=planned is not None and row.next_run < planned,
-            took_over=row.run_id if row.lease_token else None,
-            consecutive_failures=row.consecutive_failures,
-        )
+        if result.rowcount != len(ids):
+            ours = select(T.id).where(T.id.in_(ids), T.lease_token == token)
+            taken = set((await conn.execute(ours)).scalars())
+            candidates = [row for row in candidates if row.id in taken]
+        return [_claim_of(row, token) for row in candidates]
 
     async def _record_starts(
         self, conn: AsyncConnection, claims: list[Claim], now: datetime
@@ -268,35 +317,42 @@ class TaskStore(AdminVerbs):
                     error="the worker running it was lost (crash or lease expired)",
                 )
             )
-        await conn.execute(
-            insert(runs),
+        sql, params = self._run_insert.build(
             [
                 {
                     "run_id": c.run_id,
                     "task_name": c.name,
                     "scheduled_for": c.scheduled_for,
                     "started": now,
-                    "outcome": Outcome.RUNNING,
+                    "outcome": Outcome.RUNNING.value,
                     "worker": self.worker_id,
                     "triggered": c.triggered,
                 }
                 for c in claims
-            ],
+            ]
         )
+        await conn.exec_driver_sql(sql, tuple(params))
 
     async def renew(self, claims: Iterable[Claim]) -> set[str]:
-        """Extend the leases of runs still owned; return the run ids whose lease was lost."""
-        lost: set[str] = set()
+        """Extend the leases of runs still owned; return the run ids whose lease was lost.
+
+        One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token
+        IN ...` matches only our rows), and a SELECT only if some row did not match."""
+        claims = list(claims)
+        if not claims:
+            return set()
+        ids = [c.task_id for c in claims]
+        tokens = sorted({c.token for c in claims})
+        mine = and_(T.id.in_(ids), T.lease_token.in_(tokens))
         async with self._begin() as conn:
-            for c in claims:
-                result = await conn.execute(
-                    update(tasks)
-                    .where(T.id == c.task_id, T.lease_token == c.token)
-                    .values(lease_until=self._now(self.lease_s))
-                )
-                if result.rowcount != 1:
-                    lost.add(c.run_id)
-        return lost
+            result = await conn.execute(
+                update(tasks).where(mine).values(lease_until=self._now(self.lease_s))
+            )
+            if result.rowcount == len(claims):
+                return set()
+            rows = await conn.execute(select(T.id, T.lease_token).where(mine))
+            held = {(r.id, r.lease_token) for r in rows}
+        return {c.run_id for c in claims if (c.task_id, c.token) not in held}
 
     async def complete(self, claim: Claim, record: RunRecord, *, keep_lease: bool = False) -> bool:
         """Write a run's outcome, statistics and next run, and free its lease.
@@ -304,57 +360,83 @@ class TaskStore(AdminVerbs):
         `keep_lease` records the run but keeps the lease: the task could not be stopped
         (a thread cannot be killed) and nobody may start it again until `free_lease`.
         Returns False, writing nothing, if the lease was lost: the new owner's state wins.
-        Statistics are assigned before `run_count` because MySQL evaluates an UPDATE's
-        assignments left to right, with the new values.
         """
-        counted = record.outcome != Outcome.INTERRUPTED
-        failure = record.outcome.is_failure
-        d = record.duration_s
-        assignments: list[tuple[Any, Any]] = [
-            (T.latest_run_start, record.started),
-            (T.latest_run_end, record.ended),
-            (T.last_outcome, record.outcome.value),
-            (T.last_message, record.message),
-            (T.last_error, record.error),
-            (T.last_user, self._user),
-            (T.last_host, self._host),
-            (T.next_run, record.next_run),
-            (T.planned_run, record.planned_run),
-            (T.first_run, func.coalesce(T.first_run, record.started)),
-            (T.updated, self._now()),
-        ]
-        if not keep_lease:
-            assignments += [(T.owner, None), (T.lease_token, None), (T.lease_until, None)]
-        if record.outcome == Outcome.TIMED_OUT and self.quarantine_timeouts:
-            assignments = self._quarantine_on_timeouts() + assignments
-        if counted:
-            assignments += [
-                (T.latest_duration_s, d),
-                (
-                    T.min_duration_s,
-                    case(
-                        (or_(T.min_duration_s.is_(None), T.min_duration_s > d), d),
-                        else_=T.min_duration_s,
-                    ),
-                ),
-                (
-                    T.max_duration_s,
-                    case(
-                        (or_(T.max_duration_s.is_(None), T.max_duration_s < d), d),
-                        else_=T.max_duration_s,
-                    ),
-                ),
-                (
-                    T.avg_duration_s,
-                    (func.coalesce(T.avg_duration_s, 0.0) * T.run_count + d) / (T.run_count + 1),
-                ),
-                (T.consecutive_failures, T.consecutive_failures + 1 if failure else 0),
-                (
-                    T.consecutive_timeouts,
-                    T.consecutive_timeouts + 1 if record.outcome == Outcome.TIMED_OUT else 0,
-                ),
-                (T.run_count, T.run_count + 1),
-            ]
+        return (await self.complete_many([(claim, record, keep_lease)]))[0]
+
+    async def complete_many(self, ended: Sequence[Ended]) -> list[bool]:
+        """Record many ended runs in one transaction; one bool per run (False: its lease
+        was lost and nothing was written for it).
+
+        Runs that end normally are written with one statement per table (see
+        `worker.store_batch`). If that statement finds fewer rows than runs, some lease
+        was lost: the batch is rolled back and each run written on its own, fenced.
+        Runs that keep their lease or trip the quarantine are always written alone.
+        """
+        plain = [e for e in ended if not e[2] and not self._quarantines(e[0], e[1])]
+        written: dict[str, bool] = {}
+        for start in range(0, len(plain), MAX_BATCH):
+            chunk = plain[start : start + MAX_BATCH]
+            if await self._write_batch(chunk):
+                written.update((claim.run_id, True) for claim, _, _ in chunk)
+        for claim, record, keep_lease in ended:
+            if claim.run_id not in written:
+                written[claim.run_id] = await self._write_one(claim, record, keep_lease)
+        return [written[claim.run_id] for claim, _, _ in ended]
+
+    def _quarantines(self, claim: Claim, record: RunRecord) -> bool:
+        """This timeout is the task's `quarantine_timeouts`-th in a row."""
+        limit = self.quarantine_timeouts
+        return bool(
+            limit
+            and record.outcome == Outcome.TIMED_OUT
+            and claim.consecutive_timeouts + 1 >= limit
+        )
+
+    async def _write_batch(self, chunk: Sequence[Ended]) -> bool:
+        """All of `chunk` in one transaction, or nothing (False) if any lease was lost."""
+        sql_tasks, params_tasks = self._task_update.build(
+            {c.task_id: {**task_values(c, r, keep_lease=False), **self._who} for c, r, _ in chunk},
+            extra_sql=self._stamp_sql(),
+            fence=("lease_token", {c.task_id: c.token for c, _, _ in chunk}),
+        )
+        sql_runs, params_runs = self._run_insert.build(
+            [self._history_row(c, r) for c, r, _ in chunk], upsert=HISTORY_UPSERT
+        )
+        async with self._begin() as conn:
+            result = await conn.exec_driver_sql(sql_tasks, tuple(params_tasks))
+            if result.rowcount != len(chunk):
+                await conn.rollback()
+                return False
+            await conn.exec_driver_sql(sql_runs, tuple(params_runs))
+        return True
+
+    def _history_row(self, claim: Claim, record: RunRecord) -> dict[str, Any]:
+        """The whole history row (the upsert may have to insert it), its end included."""
+        return {
+            "run_id": claim.run_id,
+            "task_name": claim.name,
+            "scheduled_for": claim.scheduled_for,
+            "worker": self.worker_id,
+            "triggered": claim.triggered,
+            **history_values(record),
+        }
+
+    def _stamp_sql(self) -> list[str]:
+        """`updated = <the database clock>`, as SQL text for the batch statement."""
+        if self._stamp is None:
+            now = self._now().compile(
+                dialect=self._dialect, compile_kwargs={"literal_binds": True}
+            )
+            self._stamp = [f"{self._dialect.identifier_preparer.quote('updated')} = {now}"]
+        return self._stamp
+
+    async def _write_one(self, claim: Claim, record: RunRecord, keep_lease: bool) -> bool:
+        values: dict[str, Any] = task_values(claim, record, keep_lease=keep_lease)
+        values.update(self._who, updated=self._now())
+        assignments: list[tuple[Any, Any]] = []
+        if self._quarantines(claim, record):
+            assignments = self._quarantine()
+        assignments += [(T[name], value) for name, value in values.items()]
         async with self._begin() as conn:
             result = await conn.execute(
                 update(tasks)
@@ -365,17 +447,7 @@ class TaskStore(AdminVerbs):
                 await conn.rollback()
                 return False
             await conn.execute(
-                update(runs)
-                .where(R.run_id == claim.run_id)
-                .values(
-                    started=record.started,
-                    ended=record.ended,
-                    duration_s=d,
-                    outcome=record.outcome.value,
-                    message=record.message,
-                    error=record.error,
-                    missed=record.missed,
-                )
+                update(runs).where(R.run_id == claim.run_id).values(**history_values(record))
             )
         return True
 
@@ -395,22 +467,19 @@ class TaskStore(AdminVerbs):
             )
         return result.rowcount == 1
 
-    def _quarantine_on_timeouts(self) -> list[tuple[Any, Any]]:
-        """Status assignments that quarantine the task on its M-th timeout in a row.
-
-        Placed before the counters are incremented: MySQL evaluates assignments left to
-        right with the new values, SQLite with the old ones; this order reads the old
-        counter on both.
-        """
+    def _quarantine(self) -> list[tuple[Any, Any]]:
+        """Status assignments that quarantine the task, unless an operator changed its
+        status meanwhile. The reason comes first: MySQL evaluates an UPDATE's
+        assignments left to right, with the new values."""
         limit = self.quarantine_timeouts
-        trips = and_(T.status == TaskStatus.ACTIVE, T.consecutive_timeouts + 1 >= limit)
+        active = T.status == TaskStatus.ACTIVE
         reason = (
             f"timed out {limit} times in a row; fix the task or raise its timeout, then "
             "`cronloop resume` it"
         )
         return [
-            (T.status_reason, case((trips, reason), else_=T.status_reason)),
-            (T.status, case((trips, TaskStatus.QUARANTINED.value), else_=T.status)),
+            (T.status_reason, case((active, reason), else_=T.status_reason)),
+            (T.status, case((active, TaskStatus.QUARANTINED.value), else_=T.status)),
         ]
 
     async def free_lease(self, claim: Claim) -> bool:
@@ -445,13 +514,44 @@ class TaskStore(AdminVerbs):
 
     async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
         """The earliest next run among active tasks that are not running now, so the loop
-        can sleep until then (a running task's past `next_run` must not wake it)."""
+        can sleep until then (a running task's past `next_run` must not wake it).
+
+        This is the idle worker's only query, once per `poll_interval`: it goes through a
+        connection kept open in autocommit mode, so that it costs one statement and no
+        COMMIT/ROLLBACK or pool check-out around it. A kept connection that broke (the
+        server restarted) is replaced once before the error is reported.
+        """
         query = select(func.min(T.next_run)).where(
             T.status == TaskStatus.ACTIVE,
             or_(T.lease_token.is_(None), T.lease_until < self._now()),
         )
         if names is not None:
             query = query.where(T.name.in_(list(names)))
-        async with self.engine.connect() as conn:
-            value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
-        return value
+        for attempt in (1, 2):
+            conn = await self._probe_connection()
+            try:
+                value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
+                return value
+            except Exception:
+                await self._drop_probe()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _probe_connection(self) -> AsyncConnection:
+        if self._probe is None:
+            conn = await self.engine.connect()
+            self._probe = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        return self._probe
+
+    async def _drop_probe(self) -> None:
+        conn, self._probe = self._probe, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def close(self) -> None:
+        """Return the kept connection; the engine is disposed by its owner."""
+        await self._drop_probe()

@@ -33,6 +33,9 @@ from worker.store import Claim
 log = structlog.get_logger("cronloop.supervisor")
 T = TypeVar("T")
 
+CLAIM_BATCH = 200  # rows per claim: a bigger one would delay the first run of a burst
+TIMER_SLACK_S = 0.001
+REAP_EVERY_LEASES = 10
 MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
 REMINDER_EVERY_S = 60.0
 
@@ -76,6 +79,9 @@ class Supervisor:
         self.stragglers: dict[str, Runner] = {}  # runs that could not be stopped
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
+        self._names_stale = False
+        self._more_due = False  # the last claim was a full batch
+        self._last_status = -1e9  # monotonic time of the last status line
         self._tasks: set[asyncio.Future[Outcome]] = set()
         self._background: set[asyncio.Future[bool | None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
@@ -84,7 +90,8 @@ class Supervisor:
         self._last_reminder = 0.0
         self._failures = 0
         self._once_cutoff: datetime | None = None
-        self._next_due: datetime | None = None
+        self._next_due: datetime | None = None  # what the last probe said
+        self._due_known = False  # ... and whether nothing was claimed since
         self.executed = 0
 
     @property
@@ -164,6 +171,7 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
             await self._release_stragglers()
+            await self.store.close()  # the loop's probe connection
         log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)
         return self.exit_code
 
@@ -183,27 +191,46 @@ class Supervisor:
         self.hooks.on_tick()
         # cleared before claiming, so a run that ends from here on wakes the next sleep
         self.wake_event.clear()
-        capacity = self.settings.max_concurrency - len(self.runners)
+        capacity = min(self.settings.max_concurrency - len(self.runners), CLAIM_BATCH)
         if capacity <= 0:
             return False
         claimed_mono = self.clock.monotonic()
         # --once runs what was due when it started, not what falls due while it runs
         now = self._once_cutoff or self.clock.now()
+        more, self._more_due = self._more_due, False
+        if not more and self._nothing_due(now):
+            return True
+        self._due_known = False  # a claim changes what is due: probe again before sleeping
         claims = await self._guarded(
             self.store.claim_due(now, capacity, takeover=self._may_take_over())
         )
         if claims is None:
             return False
         if claims:
-            log.debug("planned now", tasks=[c.name for c in claims])
+            log.debug("planned now", tasks=len(claims))
+        # a full batch: more may be due, claim again at once instead of asking when
+        self._more_due = len(claims) == capacity
         for claim in claims:
             self._start(claim, claimed_mono)
+        if self._names_stale:
+            self._snapshot_running()
         self._report_status()
         return not claims
 
+    def _nothing_due(self, now: datetime) -> bool:
+        """The probe just before the last sleep said nothing is due yet: then an idle
+        worker sends one query per poll (the probe), not a claim transaction as well."""
+        if not self._due_known:
+            return False
+        return self._next_due is None or self._next_due > now
+
     def _snapshot_running(self) -> None:
         """The names the watchdog thread reads: running tasks and stuck ones (a straggler
-        coroutine can block the loop as well as a running one)."""
+        coroutine can block the loop as well as a running one). Rebuilt once per turn of
+        the loop (`_tick`, `_sleep`), not per run: with a thousand runs in flight, a
+        rebuild per start and end cost more than the runs. Runs started in a tick are
+        in it before any of them executes."""
+        self._names_stale = False
         running = [*self.runners.values(), *self.stragglers.values()]
         self.running_names = tuple(r.name for r in running)
 
@@ -224,7 +251,7 @@ class Supervisor:
             return
         runner = Runner(spec, claim, self.env)
         self.runners[claim.run_id] = runner
-        self._snapshot_running()
+        self._names_stale = True
         self.leases.track(runner, claimed_mono)
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
@@ -233,7 +260,7 @@ class Supervisor:
     def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
-        self._snapshot_running()
+        self._names_stale = True
         self.executed += 1
         if not task.cancelled() and task.exception() is not None:
             log.error("runner crashed", task=runner.name, error=repr(task.exception()))
@@ -271,14 +298,24 @@ class Supervisor:
 
     async def _sleep(self, cap_s: float | None) -> None:
         """Sleep until the next due run, a free slot, a stop, or `poll_interval`."""
+        if self._names_stale:
+            self._snapshot_running()
         if self.stop_event.is_set():
             return
         delay = self.settings.poll_interval if self._db_down_since is None else self._backoff_s()
-        if self._db_down_since is None and len(self.runners) < self.settings.max_concurrency:
+        free = len(self.runners) < self.settings.max_concurrency
+        if self._more_due and free:
+            await asyncio.sleep(0)
+            return
+        if self._db_down_since is None and free:
             due = await self._guarded(self.store.next_due())
             self._next_due = due
+            self._due_known = self._db_down_since is None
             if due is not None:
-                delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
+                until_s = (due - self.clock.now()).total_seconds()
+                # timers may fire up to a millisecond early; waking early would cost one
+                # more probe before the claim
+                delay = min(delay, until_s + TIMER_SLACK_S if until_s > 0 else 0.0)
         for cap in (cap_s, self.hooks.max_sleep_s):
             if cap is not None:
                 delay = min(delay, cap)
@@ -378,11 +415,14 @@ class Supervisor:
             await self.leases.renew([*self.runners.values(), *self.stragglers.values()])
 
     async def _housekeeping_loop(self) -> None:
-        """Close history rows of runs whose worker vanished, off the hot path. (Pruning old
-        history is the `history_gc` standard task's job.)"""
+        """Close history rows of runs whose worker vanished, off the hot path: at start,
+        then every `REAP_EVERY_LEASES` leases. Only tasks nobody claims again (paused,
+        removed) need it: a claim that takes a run over closes the old row itself. Rare,
+        so that an idle worker stays at one query per poll. (Pruning old history is the
+        `history_gc` standard task's job.)"""
         while True:
             await self._guarded(self.store.reap_abandoned())
-            await self.clock.sleep(self.settings.lease_s)
+            await self.clock.sleep(self.settings.lease_s * REAP_EVERY_LEASES)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -428,7 +468,12 @@ class Supervisor:
             )
 
     def _report_status(self) -> None:
-        """One line for `systemctl status`: what runs, what is next, when we last polled."""
+        """One line for `systemctl status`: what runs, what is next, when we last polled.
+        At most once a second: a burst ticks hundreds of times a second."""
+        now = self.clock.monotonic()
+        if now - self._last_status < 1.0 and self._db_down_since is None:
+            return
+        self._last_status = now
         names = sorted({r.name for r in self.runners.values()})
         parts = [f"{len(names)} running" + (f" ({', '.join(names[:4])})" if names else "")]
         if self._next_due is not None:

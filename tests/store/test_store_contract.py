@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,8 +42,10 @@ def record(
 
 
 @pytest.fixture
-def store(engine: AsyncEngine) -> TaskStore:
-    return TaskStore(engine, worker_id="w1", lease_s=30)
+async def store(engine: AsyncEngine) -> AsyncIterator[TaskStore]:
+    store = TaskStore(engine, worker_id="w1", lease_s=30)
+    yield store
+    await store.close()
 
 
 async def test_sync_adds_removes_and_reactivates(store: TaskStore) -> None:

@@ -250,7 +250,7 @@ async def test_recording_is_retried_while_the_database_fails(
         return "done"
 
     runner = await h.runner(ok)
-    real = h.store.complete
+    real = h.store.complete_many
     failures = [2]
 
     async def flaky(*args: Any, **kw: Any) -> bool:
@@ -259,7 +259,7 @@ async def test_recording_is_retried_while_the_database_fails(
             raise ConnectionError("Lost connection to MySQL server during query")
         return await real(*args, **kw)
 
-    monkeypatch.setattr(h.store, "complete", flaky)
+    monkeypatch.setattr(h.store, "complete_many", flaky)
     assert await h.drive(runner, step_s=0.25) == Outcome.SUCCESS
     state = await h.last()
     assert failures == [0] and state.last_message == "done" and not state.running

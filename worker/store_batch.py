@@ -1,0 +1,171 @@
+"""Recording many ended runs in one statement per table.
+
+A worker that runs thousands of short tasks a second cannot afford a transaction per run:
+the round trips and SQLAlchemy's per-statement work would cost more than the tasks. The
+runs that end in the same moment are written together: one UPDATE of the task rows and
+one of the history rows, each `SET col = CASE key WHEN ? THEN ? ... END`, the same SQL on
+SQLite and MySQL/MariaDB. The statement is built as a string with driver parameters (a
+SQLAlchemy construct with thousands of parameters would cost more to compile than to run),
+and the values go through the columns' own bind processors, so they are stored exactly as
+the ORM-free single-row path stores them.
+
+The task row's new values are computed here from what the claim read (see `Claim`): the
+lease makes the row this worker's until the run is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Column, Dialect, Table
+
+from worker.outcome import Outcome
+from worker.records import Claim, RunRecord
+
+# one statement carries at most this many rows: SQLite allows 32,766 parameters, MySQL 65,535
+MAX_BATCH = 200
+
+
+def task_values(claim: Claim, record: RunRecord, *, keep_lease: bool) -> dict[str, Any]:
+    """The task row after `record`, as plain values (statistics from the claim's)."""
+    values: dict[str, Any] = {
+        "latest_run_start": record.started,
+        "latest_run_end": record.ended,
+        "last_outcome": record.outcome.value,
+        "last_message": record.message,
+        "last_error": record.error,
+        "next_run": record.next_run,
+        "planned_run": record.planned_run,
+        "first_run": claim.first_run or record.started,
+    }
+    if not keep_lease:
+        values.update(owner=None, lease_token=None, lease_until=None)
+    if record.outcome != Outcome.INTERRUPTED:  # a shutdown's cut is not a run
+        d = record.duration_s
+        n = claim.run_count
+        timed_out = record.outcome == Outcome.TIMED_OUT
+        values.update(
+            latest_duration_s=d,
+            min_duration_s=d if claim.min_duration_s is None else min(claim.min_duration_s, d),
+            max_duration_s=d if claim.max_duration_s is None else max(claim.max_duration_s, d),
+            avg_duration_s=((claim.avg_duration_s or 0.0) * n + d) / (n + 1),
+            consecutive_failures=claim.consecutive_failures + 1 if record.outcome.is_failure
+            else 0,
+            consecutive_timeouts=claim.consecutive_timeouts + 1 if timed_out else 0,
+            run_count=n + 1,
+        )
+    return values
+
+
+def history_values(record: RunRecord) -> dict[str, Any]:
+    """The history row's end."""
+    return {
+        "started": record.started,
+        "ended": record.ended,
+        "duration_s": record.duration_s,
+        "outcome": record.outcome.value,
+        "message": record.message,
+        "error": record.error,
+        "missed": record.missed,
+    }
+
+
+class _RawSql:
+    """SQL text with driver parameters, values processed as the columns' types do."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        self.table = table
+        self.dialect = dialect
+        self.quote = dialect.identifier_preparer.quote
+        self.mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        self._processors: dict[str, Any] = {}
+
+    def _process(self, name: str, value: Any) -> Any:
+        if name not in self._processors:
+            column: Column[Any] = self.table.c[name]
+            self._processors[name] = column.type._cached_bind_processor(self.dialect)
+        processor = self._processors[name]
+        return value if processor is None or value is None else processor(value)
+
+
+class MultiInsert(_RawSql):
+    """`INSERT INTO table (cols) VALUES (...), (...)`: one statement for many rows.
+
+    With `upsert` (the unique key, and the columns to overwrite), a row whose key exists
+    is updated instead: the way to give many existing rows different values that is
+    cheapest for the server (one index lookup per row, where `CASE` compares each row
+    with every key)."""
+
+    def build(
+        self, rows: Sequence[Mapping[str, Any]], upsert: tuple[str, Sequence[str]] | None = None
+    ) -> tuple[str, list[Any]]:
+        names = list(rows[0])
+        row_sql = "(" + ", ".join([self.mark] * len(names)) + ")"
+        params = [self._process(name, row[name]) for row in rows for name in names]
+        columns = ", ".join(self.quote(name) for name in names)
+        values = ", ".join([row_sql] * len(rows))
+        sql = f"INSERT INTO {self.quote(self.table.name)} ({columns}) VALUES {values}"
+        if upsert is not None:
+            sql += self._on_conflict(*upsert)
+        return sql, params
+
+    def _on_conflict(self, key: str, columns: Sequence[str]) -> str:
+        q = self.quote
+        if self.dialect.name == "sqlite":
+            sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns)
+            return f" ON CONFLICT ({q(key)}) DO UPDATE SET {sets}"
+        sets = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in columns)
+        return f" ON DUPLICATE KEY UPDATE {sets}"
+
+
+class CaseUpdate(_RawSql):
+    """`UPDATE table SET col = CASE key WHEN ... END ... WHERE key IN (...) [AND fence]`
+    for rows of different values, as (sql, parameters) for `exec_driver_sql`."""
+
+    def __init__(self, table: Table, key: str, dialect: Dialect) -> None:
+        super().__init__(table, dialect)
+        self.key = key
+
+    def build(
+        self,
+        rows: Mapping[Any, Mapping[str, Any]],
+        *,
+        extra_sql: Sequence[str] = (),
+        fence: tuple[str, Mapping[Any, Any]] | None = None,
+    ) -> tuple[str, list[Any]]:
+        """`rows` maps each key to its new values (every row the same columns);
+        `extra_sql` adds raw assignments (e.g. `updated = <now>`); `fence` is
+        (column, key -> value): a row is written only if the column still holds it."""
+        keys = list(rows)
+        names = list(next(iter(rows.values())))
+        key_sql = self.quote(self.key)
+        sets: list[str] = []
+        params: list[Any] = []
+        for name in names:
+            column_values = [self._process(name, rows[k][name]) for k in keys]
+            sets.append(self._assignment(name, keys, column_values, params))
+        sets.extend(extra_sql)
+        where = f"{key_sql} IN ({', '.join([self.mark] * len(keys))})"
+        params.extend(self._process(self.key, k) for k in keys)
+        if fence is not None:
+            column, expected = fence
+            fence_values = [self._process(column, expected[k]) for k in keys]
+            where += f" AND {self.quote(column)} = " + self._case(keys, fence_values, params)
+        sql = f"UPDATE {self.quote(self.table.name)} SET {', '.join(sets)} WHERE {where}"
+        return sql, params
+
+    def _assignment(self, name: str, keys: list[Any], values: list[Any],
+                    params: list[Any]) -> str:
+        if all(v == values[0] for v in values):  # the common case: one value for all rows
+            params.append(values[0])
+            return f"{self.quote(name)} = {self.mark}"
+        return f"{self.quote(name)} = " + self._case(keys, values, params)
+
+    def _case(self, keys: list[Any], values: list[Any], params: list[Any]) -> str:
+        parts = [f"CASE {self.quote(self.key)}"]
+        for k, v in zip(keys, values, strict=True):
+            parts.append(f"WHEN {self.mark} THEN {self.mark}")
+            params.extend((self._process(self.key, k), v))
+        parts.append("END")
+        return " ".join(parts)
