@@ -15,17 +15,22 @@ import structlog
 
 from worker.clock import Clock
 from worker.context import StopReason
+from worker.health import DbHealth
 from worker.runner import Runner, db_timeout_s
 from worker.store import TaskStore
 
 log = structlog.get_logger("cronloop.leases")
 
 
+
 class LeaseKeeper:
-    def __init__(self, store: TaskStore, clock: Clock, lease_s: float) -> None:
+    def __init__(
+        self, store: TaskStore, clock: Clock, lease_s: float, health: DbHealth | None = None
+    ) -> None:
         self.store = store
         self.clock = clock
         self.lease_s = lease_s
+        self.health = health or DbHealth()
         self.renewed_mono: dict[str, float] = {}  # run id -> when its lease was last confirmed
         self._failing_since: float | None = None  # renewals fail: say so once, not every round
 
@@ -55,11 +60,13 @@ class LeaseKeeper:
             async with asyncio.timeout(db_timeout_s(self.lease_s)):
                 lost = await self.store.renew([r.claim for r in runners])
         except Exception as exc:
+            self.health.failed(exc)
             if self._failing_since is None:
                 self._failing_since = sent_mono
                 log.warning("lease renewal failed", error=repr(exc), runs=len(runners))
             self._abort_expiring(runners)
             return
+        self.health.ok()
         if self._failing_since is not None:
             log.info(
                 "lease renewal works again", failed_s=round(sent_mono - self._failing_since, 1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from worker.health import DbHealth
 from worker.records import Claim, RunRecord
 from worker.store import TaskStore
 
@@ -21,9 +22,12 @@ Pending = tuple[Claim, RunRecord, bool, "asyncio.Future[bool]"]
 
 
 class Recorder:
-    def __init__(self, store: TaskStore, timeout_s: Callable[[], float]) -> None:
+    def __init__(
+        self, store: TaskStore, timeout_s: Callable[[], float], health: DbHealth | None = None
+    ) -> None:
         self.store = store
         self.timeout_s = timeout_s  # bound on one flush: a partition must not hang it
+        self.health = health or DbHealth()
         self._queue: list[Pending] = []
         self._flusher: asyncio.Future[None] | None = None
 
@@ -47,10 +51,12 @@ class Recorder:
                     fut.cancel()
                 raise
             except Exception as exc:
+                self.health.failed(exc)
                 for *_, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            self.health.ok()
             for (*_, fut), written in zip(batch, results, strict=True):
                 if not fut.done():
                     fut.set_result(written)

@@ -23,6 +23,7 @@ import structlog
 from worker import exitcodes
 from worker.clock import Clock
 from worker.context import StopReason
+from worker.health import DbHealth
 from worker.leases import LeaseKeeper
 from worker.outcome import Outcome
 from worker.registry import Registry
@@ -84,7 +85,11 @@ class Supervisor:
         self._last_status = -1e9  # monotonic time of the last status line
         self._tasks: set[asyncio.Future[Outcome]] = set()
         self._background: set[asyncio.Future[bool | None]] = set()
-        self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s)
+        # lease renewals and recordings report outages too: with every slot taken by a run
+        # waiting to be recorded, the loop itself makes no call to notice one
+        health = _ReportingHealth(self)
+        self.env.recorder.health = health
+        self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s, health)
         self._db_down_since: float | None = None
         self._db_back_mono: float | None = None  # when the database came back last
         self._last_reminder = 0.0
@@ -366,6 +371,10 @@ class Supervisor:
         except Exception as exc:
             self._db_failed(exc)
             return None
+        self._db_ok()
+        return result
+
+    def _db_ok(self) -> None:
         if self._db_down_since is not None:
             log.warning(
                 "database reachable again",
@@ -374,11 +383,13 @@ class Supervisor:
             self._db_down_since = None
             self._db_back_mono = self.clock.monotonic()
             self._failures = 0
-        return result
+            self.wake_event.set()  # the loop may be in a long backoff
 
-    def _db_failed(self, exc: Exception) -> None:
+    def _db_failed(self, exc: BaseException, *, own: bool = True) -> None:
+        """A database call failed: the loop's own (`own`, which drives its backoff), or a
+        lease renewal's or a recording's, reported through `DbHealth`."""
         now = self.clock.monotonic()
-        self._failures += 1
+        self._failures += own
         if self._db_down_since is None:
             self._db_down_since = now
             self._last_reminder = now
@@ -482,6 +493,17 @@ class Supervisor:
         if self._db_down_since is not None:
             parts.append("DATABASE UNREACHABLE")
         self.hooks.on_status("; ".join(parts))
+
+
+class _ReportingHealth(DbHealth):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def failed(self, exc: BaseException) -> None:
+        self.supervisor._db_failed(exc, own=False)
+
+    def ok(self) -> None:
+        self.supervisor._db_ok()
 
 
 def _short(exc: BaseException) -> str:
