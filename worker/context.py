@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -45,11 +44,11 @@ class StopRun(BaseException):
 class StopSignal:
     """A stop request that both coroutines and worker threads can read.
 
-    A threading.Event rather than an asyncio.Event because `blocking=True` tasks check it
-    from a thread, where touching asyncio objects is unsafe.
+    Plain attributes rather than an asyncio.Event because `blocking=True` tasks check it
+    from a thread, where touching asyncio objects is unsafe; nobody waits on it, so a
+    threading.Event (a lock and a condition per run) would only cost.
     """
 
-    _event: threading.Event = field(default_factory=threading.Event)
     reason: StopReason | None = None
     # monotonic time after which this worker can no longer prove it owns the run's lease
     # (set by the lease keeper); a checkpoint past it stops the run as LEASE_LOST, even
@@ -62,10 +61,9 @@ class StopSignal:
         shutdown, so the run is not counted as a failure."""
         if self.reason is None:
             self.reason = reason
-        self._event.set()
 
     def is_set(self) -> bool:
-        return self._event.is_set()
+        return self.reason is not None
 
 
 @dataclass

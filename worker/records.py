@@ -63,6 +63,15 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class ClaimBatch:
+    """What one claim took, and when the next available run is due (None: no other
+    active task is free to run)."""
+
+    claims: list[Claim]
+    next_due: datetime | None
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """How a run ended and what comes next, written by `complete`."""
 

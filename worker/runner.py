@@ -14,7 +14,7 @@ import contextlib
 import traceback
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -94,6 +94,7 @@ class Runner:
         # set when the task could not be stopped: what to watch until it really ends
         self.straggler: asyncio.Future[Any] | None = None
         self._stepped = False  # the task had its first step before any timer was set
+        self.next_run: datetime | None = None  # once recorded: when the task runs next
 
     @property
     def name(self) -> str:
@@ -247,6 +248,8 @@ class Runner:
         )
         self.recording = True
         written = await self._write(record, keep_lease=ending.left_behind)
+        if written:
+            self.next_run = record.next_run
         self.recording = not ending.left_behind  # a kept lease is renewed (and checked) again
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(

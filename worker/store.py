@@ -18,15 +18,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, func, insert, literal, or_, select, update
+from sqlalchemy import String, and_, bindparam, case, cast, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from worker.db import db_now, server_supports_skip_locked
-from worker.models import runs, tasks
+from worker.models import UTCDateTime, runs, tasks
 from worker.outcome import Outcome, TaskStatus
 from worker.records import (
     Claim,
+    ClaimBatch,
     RunEntry,
     RunRecord,
     SyncReport,
@@ -46,6 +47,7 @@ from worker.store_batch import (
 
 __all__ = [
     "Claim",
+    "ClaimBatch",
     "RunEntry",
     "RunRecord",
     "SyncReport",
@@ -59,12 +61,6 @@ __all__ = [
 
 T = tasks.c
 R = runs.c
-
-# what recording a run's end overwrites in its history row
-HISTORY_UPSERT = (
-    "run_id",
-    ("started", "ended", "duration_s", "outcome", "message", "error", "missed"),
-)
 
 # a run that ended: its claim, how it ended, and whether its lease must be kept
 Ended = tuple[Claim, RunRecord, bool]
@@ -144,8 +140,10 @@ class TaskStore(AdminVerbs):
         self._who = {"last_user": self._user, "last_host": self._host}
         self._task_update = CaseUpdate(tasks, "id", engine.dialect)
         self._run_insert = MultiInsert(runs, engine.dialect)
+        self._run_update = CaseUpdate(runs, "run_id", engine.dialect)
         self._stamp: list[str] | None = None
         self._probe: AsyncConnection | None = None  # see next_due
+        self._claim_sql: dict[Any, tuple[Any, Any]] = {}  # see _claim_statements
 
     def _now(self, plus_s: float = 0.0) -> Any:
         return db_now(self._dialect, plus_s)
@@ -237,43 +235,88 @@ class TaskStore(AdminVerbs):
         *,
         takeover: bool = True,
     ) -> list[Claim]:
-        """Take up to `limit` due runs whose lease is free or expired.
+        """Take up to `limit` due runs whose lease is free or expired (see `claim_next`)."""
+        batch = await self.claim_next(now, limit, names, takeover=takeover)
+        return batch.claims
+
+    async def claim_next(
+        self,
+        now: datetime,
+        limit: int,
+        names: Sequence[str] | None = None,
+        *,
+        takeover: bool = True,
+    ) -> ClaimBatch:
+        """Take up to `limit` due runs whose lease is free or expired, and say when the
+        next one is due, so the loop can sleep until then without asking again.
 
         `takeover=False` leaves expired leases alone: just after a database outage their
         owners may be writing how those runs ended, and taking them over would run them
         twice.
 
-        One short transaction: select the candidates (SKIP LOCKED where the server has it,
-        so workers do not queue behind each other), then take each with an UPDATE that
-        re-checks the conditions, so the claim is correct even without row locks. No lock
-        is held once it returns. `names` restricts the claim to tasks this worker knows.
+        One short transaction: select the `limit + 1` earliest available rows (SKIP
+        LOCKED where the server has it, so workers do not queue behind each other); those
+        due are taken with one UPDATE that re-checks the conditions, so the claim is
+        correct even without row locks; the first row not taken tells when the next run is
+        due. No lock is held once it returns. `names` restricts the claim to tasks this
+        worker knows.
         """
         if limit <= 0:
-            return []
+            return ClaimBatch([], None)
         if self._skip_locked is None:
             self._skip_locked = await server_supports_skip_locked(self.engine)
-        claimable = and_(
-            T.status == TaskStatus.ACTIVE,
-            T.next_run <= now,
-            or_(T.lease_until.is_(None), T.lease_until < self._now())
-            if takeover
-            else T.lease_until.is_(None),
-        )
-        query = select(*CLAIM_COLUMNS).where(claimable).order_by(T.next_run).limit(limit)
-        if names is not None:
-            query = query.where(T.name.in_(list(names)))
-        if self._skip_locked:
-            query = query.with_for_update(skip_locked=True)
+        select_due, take = self._claim_statements(limit, takeover, names)
         async with self._begin() as conn:
-            candidates = (await conn.execute(query)).all()
-            if not candidates:
-                return []
-            claims = await self._take(conn, candidates, claimable)
+            rows = (await conn.execute(select_due)).all()
+            due = [row for row in rows[:limit] if row.next_run <= now]
+            rest = rows[len(due) :]
+            next_due = rest[0].next_run if rest else None
+            if not due:
+                return ClaimBatch([], next_due)
+            claims = await self._take(conn, due, take, now)
             await self._record_starts(conn, claims, now)
-        return claims
+        return ClaimBatch(claims, next_due)
+
+    def _claim_statements(
+        self, limit: int, takeover: bool, names: Sequence[str] | None
+    ) -> tuple[Any, Any]:
+        """The claim's SELECT and UPDATE, built once per shape and reused: building and
+        hashing a statement costs SQLAlchemy more than sending it, at every wake-up."""
+        key = (limit, takeover, tuple(names) if names is not None else None)
+        cached = self._claim_sql.get(key)
+        if cached is not None:
+            return cached
+        lease_free = or_(T.lease_until.is_(None), T.lease_until < self._now())
+        available = and_(
+            T.status == TaskStatus.ACTIVE, lease_free if takeover else T.lease_until.is_(None)
+        )
+        if names is not None:
+            available = and_(available, T.name.in_(list(names)))
+        select_due = select(*CLAIM_COLUMNS).where(available).order_by(T.next_run)
+        select_due = select_due.limit(limit + 1)
+        if self._skip_locked:
+            select_due = select_due.with_for_update(skip_locked=True)
+        take = (
+            update(tasks)
+            .where(
+                T.id.in_(bindparam("ids", expanding=True)),
+                available,
+                T.next_run <= bindparam("now", type_=UTCDateTime()),
+            )
+            .values(
+                owner=self.worker_id,
+                lease_token=bindparam("token", type_=String()),
+                lease_until=self._now(self.lease_s),
+                run_id=bindparam("prefix", type_=String()) + cast(T.id, String),
+                run_scheduled_for=T.next_run,
+            )
+        )
+        if len(self._claim_sql) < 1000:
+            self._claim_sql[key] = (select_due, take)
+        return select_due, take
 
     async def _take(
-        self, conn: AsyncConnection, candidates: Sequence[Any], claimable: Any
+        self, conn: AsyncConnection, candidates: Sequence[Any], take: Any, now: datetime
     ) -> list[Claim]:
         """Lease every candidate with one UPDATE that re-checks the conditions.
 
@@ -285,15 +328,7 @@ class TaskStore(AdminVerbs):
         token = uuid.uuid4().hex[:24]
         ids = [row.id for row in candidates]
         result = await conn.execute(
-            update(tasks)
-            .where(T.id.in_(ids), claimable)
-            .values(
-                owner=self.worker_id,
-                lease_token=token,
-                lease_until=self._now(self.lease_s),
-                run_id=literal(f"{token}-", String) + cast(T.id, String),
-                run_scheduled_for=T.next_run,
-            )
+            take, {"ids": ids, "now": now, "token": token, "prefix": f"{token}-"}
         )
         if result.rowcount != len(ids):
             ours = select(T.id).where(T.id.in_(ids), T.lease_token == token)
@@ -399,8 +434,8 @@ class TaskStore(AdminVerbs):
             extra_sql=self._stamp_sql(),
             fence=("lease_token", {c.task_id: c.token for c, _, _ in chunk}),
         )
-        sql_runs, params_runs = self._run_insert.build(
-            [self._history_row(c, r) for c, r, _ in chunk], upsert=HISTORY_UPSERT
+        sql_runs, params_runs = self._run_update.build(
+            {c.run_id: history_values(r) for c, r, _ in chunk}
         )
         async with self._begin() as conn:
             result = await conn.exec_driver_sql(sql_tasks, tuple(params_tasks))
@@ -409,17 +444,6 @@ class TaskStore(AdminVerbs):
                 return False
             await conn.exec_driver_sql(sql_runs, tuple(params_runs))
         return True
-
-    def _history_row(self, claim: Claim, record: RunRecord) -> dict[str, Any]:
-        """The whole history row (the upsert may have to insert it), its end included."""
-        return {
-            "run_id": claim.run_id,
-            "task_name": claim.name,
-            "scheduled_for": claim.scheduled_for,
-            "worker": self.worker_id,
-            "triggered": claim.triggered,
-            **history_values(record),
-        }
 
     def _stamp_sql(self) -> list[str]:
         """`updated = <the database clock>`, as SQL text for the batch statement."""

@@ -15,6 +15,7 @@ lease makes the row this worker's until the run is recorded.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,6 +72,21 @@ def history_values(record: RunRecord) -> dict[str, Any]:
     }
 
 
+_SAFE_TEXT = re.compile(r"[0-9A-Za-z_-]{1,64}")
+
+
+def _inline(value: Any) -> str:
+    """A key or token as a SQL literal: escaping thousands of parameters was the largest
+    cost of recording a batch. Only integers and short [0-9A-Za-z_-] texts (row ids, run
+    ids, lease tokens: all made by cronloop) are accepted; anything else is refused
+    rather than escaped here."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str) and _SAFE_TEXT.fullmatch(value):
+        return f"'{value}'"
+    raise ValueError(f"not a key cronloop makes: {value!r}")
+
+
 class _RawSql:
     """SQL text with driver parameters, values processed as the columns' types do."""
 
@@ -90,33 +106,16 @@ class _RawSql:
 
 
 class MultiInsert(_RawSql):
-    """`INSERT INTO table (cols) VALUES (...), (...)`: one statement for many rows.
+    """`INSERT INTO table (cols) VALUES (...), (...)`: one statement for many rows."""
 
-    With `upsert` (the unique key, and the columns to overwrite), a row whose key exists
-    is updated instead: the way to give many existing rows different values that is
-    cheapest for the server (one index lookup per row, where `CASE` compares each row
-    with every key)."""
-
-    def build(
-        self, rows: Sequence[Mapping[str, Any]], upsert: tuple[str, Sequence[str]] | None = None
-    ) -> tuple[str, list[Any]]:
+    def build(self, rows: Sequence[Mapping[str, Any]]) -> tuple[str, list[Any]]:
         names = list(rows[0])
         row_sql = "(" + ", ".join([self.mark] * len(names)) + ")"
         params = [self._process(name, row[name]) for row in rows for name in names]
         columns = ", ".join(self.quote(name) for name in names)
         values = ", ".join([row_sql] * len(rows))
         sql = f"INSERT INTO {self.quote(self.table.name)} ({columns}) VALUES {values}"
-        if upsert is not None:
-            sql += self._on_conflict(*upsert)
         return sql, params
-
-    def _on_conflict(self, key: str, columns: Sequence[str]) -> str:
-        q = self.quote
-        if self.dialect.name == "sqlite":
-            sets = ", ".join(f"{q(c)} = excluded.{q(c)}" for c in columns)
-            return f" ON CONFLICT ({q(key)}) DO UPDATE SET {sets}"
-        sets = ", ".join(f"{q(c)} = VALUES({q(c)})" for c in columns)
-        return f" ON DUPLICATE KEY UPDATE {sets}"
 
 
 class CaseUpdate(_RawSql):
@@ -146,12 +145,11 @@ class CaseUpdate(_RawSql):
             column_values = [self._process(name, rows[k][name]) for k in keys]
             sets.append(self._assignment(name, keys, column_values, params))
         sets.extend(extra_sql)
-        where = f"{key_sql} IN ({', '.join([self.mark] * len(keys))})"
-        params.extend(self._process(self.key, k) for k in keys)
+        where = f"{key_sql} IN ({', '.join(_inline(k) for k in keys)})"
         if fence is not None:
             column, expected = fence
-            fence_values = [self._process(column, expected[k]) for k in keys]
-            where += f" AND {self.quote(column)} = " + self._case(keys, fence_values, params)
+            fence_sql = " ".join(f"WHEN {_inline(k)} THEN {_inline(expected[k])}" for k in keys)
+            where += f" AND {self.quote(column)} = CASE {key_sql} {fence_sql} END"
         sql = f"UPDATE {self.quote(self.table.name)} SET {', '.join(sets)} WHERE {where}"
         return sql, params
 
@@ -165,7 +163,7 @@ class CaseUpdate(_RawSql):
     def _case(self, keys: list[Any], values: list[Any], params: list[Any]) -> str:
         parts = [f"CASE {self.quote(self.key)}"]
         for k, v in zip(keys, values, strict=True):
-            parts.append(f"WHEN {self.mark} THEN {self.mark}")
-            params.extend((self._process(self.key, k), v))
+            parts.append(f"WHEN {_inline(k)} THEN {self.mark}")
+            params.append(v)
         parts.append("END")
         return " ".join(parts)

@@ -23,6 +23,7 @@ import structlog
 from worker import exitcodes
 from worker.clock import Clock
 from worker.context import StopReason
+from worker.due import DueTracker
 from worker.health import DbHealth
 from worker.leases import LeaseKeeper
 from worker.outcome import Outcome
@@ -35,7 +36,6 @@ log = structlog.get_logger("cronloop.supervisor")
 T = TypeVar("T")
 
 CLAIM_BATCH = 200  # rows per claim: a bigger one would delay the first run of a burst
-TIMER_SLACK_S = 0.001
 REAP_EVERY_LEASES = 10
 MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
 REMINDER_EVERY_S = 60.0
@@ -81,8 +81,8 @@ class Supervisor:
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
         self._names_stale = False
-        self._more_due = False  # the last claim was a full batch
         self._last_status = -1e9  # monotonic time of the last status line
+        self.due = DueTracker(self.settings.poll_interval)
         self._tasks: set[asyncio.Future[Outcome]] = set()
         self._background: set[asyncio.Future[bool | None]] = set()
         # lease renewals and recordings report outages too: with every slot taken by a run
@@ -95,8 +95,6 @@ class Supervisor:
         self._last_reminder = 0.0
         self._failures = 0
         self._once_cutoff: datetime | None = None
-        self._next_due: datetime | None = None  # what the last probe said
-        self._due_known = False  # ... and whether nothing was claimed since
         self.executed = 0
 
     @property
@@ -199,35 +197,38 @@ class Supervisor:
         capacity = min(self.settings.max_concurrency - len(self.runners), CLAIM_BATCH)
         if capacity <= 0:
             return False
-        claimed_mono = self.clock.monotonic()
+        mono = self.clock.monotonic()
+        if not self.due.fresh(mono) and not self.due.more:
+            next_due = await self._guarded(self.store.next_due())
+            if self._db_down_since is not None:
+                return False
+            self.due.learn(next_due, mono)
         # --once runs what was due when it started, not what falls due while it runs
-        now = self._once_cutoff or self.clock.now()
-        more, self._more_due = self._more_due, False
-        if not more and self._nothing_due(now):
+        at = self._once_cutoff or self.due.claim_at(self.clock.now())
+        if self.due.nothing_due(at, mono):
             return True
-        self._due_known = False  # a claim changes what is due: probe again before sleeping
-        claims = await self._guarded(
-            self.store.claim_due(now, capacity, takeover=self._may_take_over())
+        batch = await self._guarded(
+            self.store.claim_next(at, capacity, takeover=self._may_take_over())
         )
-        if claims is None:
+        if batch is None:
+            self.due.forget()
             return False
-        if claims:
-            log.debug("planned now", tasks=len(claims))
-        # a full batch: more may be due, claim again at once instead of asking when
-        self._more_due = len(claims) == capacity
-        for claim in claims:
-            self._start(claim, claimed_mono)
+        self.due.claimed_in(self.clock.monotonic() - mono)
+        self.due.learn(batch.next_due, mono)
+        self.due.more = batch.next_due is not None and batch.next_due <= at
+        if batch.claims:
+            log.debug("planned now", tasks=len(batch.claims))
+            await self._until(at)  # claimed ahead: the runs start at their time, not before
+        for claim in batch.claims:
+            self._start(claim, mono)
         if self._names_stale:
             self._snapshot_running()
         self._report_status()
-        return not claims
+        return not batch.claims
 
-    def _nothing_due(self, now: datetime) -> bool:
-        """The probe just before the last sleep said nothing is due yet: then an idle
-        worker sends one query per poll (the probe), not a claim transaction as well."""
-        if not self._due_known:
-            return False
-        return self._next_due is None or self._next_due > now
+    async def _until(self, at: datetime) -> None:
+        while (remaining_s := (at - self.clock.now()).total_seconds()) > 0:
+            await self.clock.sleep(remaining_s)
 
     def _snapshot_running(self) -> None:
         """The names the watchdog thread reads: running tasks and stuck ones (a straggler
@@ -267,6 +268,9 @@ class Supervisor:
         self.runners.pop(runner.claim.run_id, None)
         self._names_stale = True
         self.executed += 1
+        was_full = len(self.runners) + 1 >= self.settings.max_concurrency
+        if self.due.ended(runner.next_run) or was_full:
+            self.wake_event.set()  # plan the sleep again / use the freed slot
         if not task.cancelled() and task.exception() is not None:
             log.error("runner crashed", task=runner.name, error=repr(task.exception()))
         straggler = runner.straggler
@@ -274,7 +278,6 @@ class Supervisor:
             self._keep_straggler(runner, straggler)
         else:
             self.leases.forget(runner)
-        self.wake_event.set()
 
     def _keep_straggler(self, runner: Runner, straggler: asyncio.Future[Any]) -> None:
         """A task that could not be stopped keeps its lease (renewed) until it really
@@ -307,20 +310,12 @@ class Supervisor:
             self._snapshot_running()
         if self.stop_event.is_set():
             return
-        delay = self.settings.poll_interval if self._db_down_since is None else self._backoff_s()
-        free = len(self.runners) < self.settings.max_concurrency
-        if self._more_due and free:
-            await asyncio.sleep(0)
-            return
-        if self._db_down_since is None and free:
-            due = await self._guarded(self.store.next_due())
-            self._next_due = due
-            self._due_known = self._db_down_since is None
-            if due is not None:
-                until_s = (due - self.clock.now()).total_seconds()
-                # timers may fire up to a millisecond early; waking early would cost one
-                # more probe before the claim
-                delay = min(delay, until_s + TIMER_SLACK_S if until_s > 0 else 0.0)
+        if self._db_down_since is not None:
+            delay = self._backoff_s()
+        elif len(self.runners) >= self.settings.max_concurrency:
+            delay = self.settings.poll_interval  # until a run ends (wake_event)
+        else:
+            delay = self.due.sleep_s(self.clock.now(), self.clock.monotonic())
         for cap in (cap_s, self.hooks.max_sleep_s):
             if cap is not None:
                 delay = min(delay, cap)
@@ -356,6 +351,7 @@ class Supervisor:
         if result is not None:
             self.env.settings, self.registry = result
             self.leases.lease_s = self.settings.lease_s
+            self.due = DueTracker(self.settings.poll_interval)  # and ask again
         self.hooks.on_reloaded()
 
     # -- database outages ----------------------------------------------------------------
@@ -487,8 +483,8 @@ class Supervisor:
         self._last_status = now
         names = sorted({r.name for r in self.runners.values()})
         parts = [f"{len(names)} running" + (f" ({', '.join(names[:4])})" if names else "")]
-        if self._next_due is not None:
-            parts.append(f"next run {self._next_due.strftime('%H:%M:%S')} UTC")
+        if self.due.next_due is not None:
+            parts.append(f"next run {self.due.next_due.strftime('%H:%M:%S')} UTC")
         parts.append(f"last poll {self.clock.now().strftime('%H:%M:%S')} UTC")
         if self._db_down_since is not None:
             parts.append("DATABASE UNREACHABLE")

@@ -172,7 +172,7 @@ async def test_a_database_outage_does_not_stop_the_loop(
         runs[0] += 1
 
     sup = await make(sqlite, clock, {"t": (t, 1)})
-    real = sup.store.claim_due
+    real = sup.store.claim_next
     failing = [True]
 
     async def flaky(*args: Any, **kw: Any) -> Any:
@@ -180,7 +180,7 @@ async def test_a_database_outage_does_not_stop_the_loop(
             raise ConnectionError("MySQL server has gone away")
         return await real(*args, **kw)
 
-    monkeypatch.setattr(sup.store, "claim_due", flaky)
+    monkeypatch.setattr(sup.store, "claim_next", flaky)
     run = asyncio.ensure_future(sup.run())
     for _ in range(40):
         await asyncio.sleep(0.002)
