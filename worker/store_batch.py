@@ -142,8 +142,13 @@ class CaseUpdate(_RawSql):
         sets: list[str] = []
         params: list[Any] = []
         for name in names:
-            column_values = [self._process(name, rows[k][name]) for k in keys]
-            sets.append(self._assignment(name, keys, column_values, params))
+            raw = [rows[k][name] for k in keys]
+            if all(v == raw[0] for v in raw):  # the common case: one value for all rows
+                params.append(self._process(name, raw[0]))
+                sets.append(f"{self.quote(name)} = {self.mark}")
+            else:
+                values = [self._process(name, v) for v in raw]
+                sets.append(f"{self.quote(name)} = " + self._case(keys, values, params))
         sets.extend(extra_sql)
         where = f"{key_sql} IN ({', '.join(_inline(k) for k in keys)})"
         if fence is not None:
@@ -152,13 +157,6 @@ class CaseUpdate(_RawSql):
             where += f" AND {self.quote(column)} = CASE {key_sql} {fence_sql} END"
         sql = f"UPDATE {self.quote(self.table.name)} SET {', '.join(sets)} WHERE {where}"
         return sql, params
-
-    def _assignment(self, name: str, keys: list[Any], values: list[Any],
-                    params: list[Any]) -> str:
-        if all(v == values[0] for v in values):  # the common case: one value for all rows
-            params.append(values[0])
-            return f"{self.quote(name)} = {self.mark}"
-        return f"{self.quote(name)} = " + self._case(keys, values, params)
 
     def _case(self, keys: list[Any], values: list[Any], params: list[Any]) -> str:
         parts = [f"CASE {self.quote(self.key)}"]

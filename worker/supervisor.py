@@ -35,7 +35,8 @@ from worker.store import Claim
 log = structlog.get_logger("cronloop.supervisor")
 T = TypeVar("T")
 
-CLAIM_BATCH = 200  # rows per claim: a bigger one would delay the first run of a burst
+CLAIM_BATCH = 100  # rows per claim: a bigger one would delay the first run of a burst
+CLAIM_BATCH_MORE = 200  # rows per claim while more runs are due than one claim took
 REAP_EVERY_LEASES = 10
 MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
 REMINDER_EVERY_S = 60.0
@@ -194,7 +195,10 @@ class Supervisor:
         self.hooks.on_tick()
         # cleared before claiming, so a run that ends from here on wakes the next sleep
         self.wake_event.clear()
-        capacity = min(self.settings.max_concurrency - len(self.runners), CLAIM_BATCH)
+        # a small first batch, so the first run of a burst starts at once; bigger ones
+        # while more is due, so fewer commits carry the rest
+        size = CLAIM_BATCH_MORE if self.due.more else CLAIM_BATCH
+        capacity = min(self.settings.max_concurrency - len(self.runners), size)
         if capacity <= 0:
             return False
         mono = self.clock.monotonic()

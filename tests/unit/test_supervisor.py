@@ -221,3 +221,57 @@ async def test_a_stuck_thread_keeps_its_lease_until_it_ends(sqlite: AsyncEngine)
     assert not sup.stragglers
     sup.request_stop()
     assert await asyncio.wait_for(run, 10) == exitcodes.OK
+
+
+async def test_an_idle_worker_sends_one_statement_per_poll(sqlite: AsyncEngine) -> None:
+    """The probe, on its kept connection, and nothing else: no claim transaction when
+    the probe says nothing is due (a worker polling 30 times a minute all day long)."""
+    from sqlalchemy import event, update
+
+    from worker.models import tasks
+
+    async def t(ctx: TaskContext) -> None:
+        pass
+
+    clock = FakeClock()
+    sup = await make(sqlite, clock, {"t": (t, 3600)}, poll_interval=2.0)
+    async with sqlite.begin() as conn:
+        await conn.execute(update(tasks).values(next_run=clock.now() + timedelta(days=1)))
+    statements: list[str] = []
+    event.listen(sqlite.sync_engine, "before_cursor_execute",
+                 lambda *a: statements.append(a[2]))
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, lambda: any("min(" in s for s in statements), step_s=0.1)
+    await asyncio.sleep(0.05)
+    statements.clear()
+    for _ in range(10):
+        clock.advance(2.0)
+        for _ in range(10):
+            await asyncio.sleep(0.002)
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 5) == exitcodes.OK
+    probes = [s for s in statements if "min(" in s]
+    assert len(probes) == 10 and len(statements) == 10, statements
+
+
+async def test_runs_that_end_together_are_recorded_together(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def t(ctx: TaskContext) -> None:
+        pass
+
+    clock = FakeClock()
+    funcs: dict[str, tuple[Callable[..., Any], float]] = {f"t{i}": (t, 60) for i in range(20)}
+    sup = await make(sqlite, clock, funcs, max_concurrency=20)
+    real = sup.store.complete_many
+    sizes: list[int] = []
+
+    async def counting(ended: Any) -> list[bool]:
+        sizes.append(len(ended))
+        return await real(ended)
+
+    monkeypatch.setattr(sup.store, "complete_many", counting)
+    sup.once = True
+    assert await asyncio.wait_for(sup.run(), 10) == exitcodes.OK
+    assert sum(sizes) == 20 and len(sizes) <= 2, sizes
+    assert all(s.runs == 1 for s in await sup.store.status())
