@@ -46,5 +46,5 @@ async def test_a_connection_in_steady_use_is_not_pinged(
     query itself, which fails (and the caller retries); this is what makes the test
     above able to fail."""
     monkeypatch.setattr(worker.db, "PING_IDLE_S", 3600.0)
-    with pytest.raises(Exception, match="Lost connection|gone away|2013|2006"):
+    with pytest.raises(Exception, match=r"Lost connection|gone away|2013|2006"):
         await _killed_idle_connection_then_query(mariadb_database)

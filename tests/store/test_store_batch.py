@@ -104,3 +104,17 @@ def test_only_keys_cronloop_makes_are_inlined() -> None:
     for bad in ("x' OR '1'='1", "a b", "", True, 1.5, None):
         with pytest.raises(ValueError):
             _inline(bad)
+
+
+async def test_interrupted_and_finished_runs_recorded_together(store: TaskStore) -> None:
+    """A shutdown ends runs of both kinds at once; an interrupted run sets no statistics,
+    so the two kinds cannot share one statement."""
+    await store.sync_tasks([decl(f"t{i}") for i in range(4)])
+    claims = sorted(await store.claim_due(NOW, 4), key=lambda c: c.name)
+    outcomes = [Outcome.SUCCESS, Outcome.INTERRUPTED, Outcome.FAILED, Outcome.INTERRUPTED]
+    later = NOW + timedelta(hours=1)
+    ended = [(c, record(o, later), False) for c, o in zip(claims, outcomes, strict=True)]
+    assert await store.complete_many(ended) == [True] * 4
+    rows = await _rows(store)
+    assert [rows[f"t{i}"].run_count for i in range(4)] == [1, 0, 1, 0]  # type: ignore[attr-defined]
+    assert all(rows[f"t{i}"].lease_token is None for i in range(4))  # type: ignore[attr-defined]

@@ -1,0 +1,196 @@
+"""The scenarios, their workloads at each scale, and the targets cronloop must reach.
+
+A scenario is run by each side that implements it (`bench.cl_side`, `bench.cl_fleet`,
+`bench.aps_side`), in a child process, on a fresh database. Targets are checked on the
+median over repetitions; a target may also compare with APScheduler's median.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+CRONLOOP = "cronloop"
+APSCHEDULER = "APScheduler"
+SIDES = {CRONLOOP: "bench.cl_side", APSCHEDULER: "bench.aps_side"}
+FLEET = "bench.cl_fleet"  # cronloop's multi-process scenarios
+
+
+@dataclass(frozen=True)
+class Target:
+    """`figure <op> value` for cronloop; with `vs_aps`, also `figure <op> APScheduler's
+    figure x vs_aps` (e.g. runs/s >= 4x APScheduler's)."""
+
+    figure: str
+    op: str  # "<=", ">=", "==", "<"
+    value: float | None
+    vs_aps: float | None = None
+    backends: tuple[str, ...] = ("sqlite", "mariadb")
+    than: str | None = None  # compare with another of cronloop's figures instead
+
+    def bound(self, figures: dict[str, float]) -> float | None:
+        return figures.get(self.than) if self.than else self.value
+
+    def describe(self) -> str:
+        parts = []
+        if self.than is not None:
+            parts.append(f"{self.op} {self.than}")
+        elif self.value is not None:
+            parts.append(f"{self.op} {self.value:g}")
+        if self.vs_aps is not None:
+            factor = "" if self.vs_aps == 1 else f"{self.vs_aps:g}x "
+            parts.append(f"{self.op} {factor}APScheduler")
+        return " and ".join(parts)
+
+    def met(self, figures: dict[str, float], theirs: float | None) -> bool | None:
+        """Whether cronloop's `figures` meet this target (None: cannot tell)."""
+        compare: Callable[[Any, Any], bool] = OPS[self.op]
+        mine = figures.get(self.figure)
+        if mine is None:
+            return None
+        ok = True
+        bound = self.bound(figures)
+        if bound is not None:
+            ok = compare(mine, bound)
+        if self.vs_aps is not None:
+            if theirs is None:
+                return None if self.value is None else ok
+            ok = ok and compare(mine, theirs * self.vs_aps)
+        return ok
+
+
+OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt,
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    what: str
+    modules: dict[str, str]  # side -> child module
+    params: dict[str, dict[str, Any]]  # scale -> params
+    figures: tuple[str, ...]  # shown in the table, in this order
+    targets: tuple[Target, ...] = ()
+    backends: tuple[str, ...] = ("sqlite", "mariadb")
+    timeout_s: float = 1200
+    lower_is_better: frozenset[str] = field(default_factory=frozenset)
+
+
+LATENESS = ("lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms")
+ROUND_TRIPS = ("statements_per_run", "questions_per_run", "cpu_pct")
+BOTH = dict(SIDES)
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "lateness",
+        "1,000 periodic tasks every 10 s, first slots spread over the period; due-to-start",
+        BOTH,
+        {
+            "tiny": {"tasks": 100, "every_s": 5, "duration_s": 10},
+            "quick": {"tasks": 1000, "every_s": 10, "duration_s": 30},
+            "full": {"tasks": 1000, "every_s": 10, "duration_s": 60},
+        },
+        (*LATENESS, "runs", "missed", *ROUND_TRIPS),
+        (Target("lateness_p99_ms", "<=", 5.0), Target("lateness_p99_ms", "<", None, vs_aps=1)),
+    ),
+    Scenario(
+        "burst",
+        "10,000 no-op runs due at the same instant, one worker",
+        BOTH,
+        {"tiny": {"runs": 1000, "service_args": ["--max_concurrency=1000"]},
+         "quick": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]},
+         "full": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]}},
+        ("runs_per_s", "first_start_ms", "last_start_ms", "runs", *ROUND_TRIPS),
+        (
+            Target("runs_per_s", ">=", 5000, backends=("mariadb",)),
+            Target("runs_per_s", ">=", None, vs_aps=4, backends=("mariadb",)),
+            Target("first_start_ms", "<=", 50),
+        ),
+    ),
+    Scenario(
+        "idle",
+        "1,000 tasks, none due; the worker's cost while waiting",
+        BOTH,
+        {
+            "tiny": {"tasks": 1000, "duration_s": 10},
+            "quick": {"tasks": 1000, "duration_s": 30},
+            "full": {"tasks": 1000, "duration_s": 60},
+        },
+        ("statements_per_poll", "questions_per_poll", "statements", "questions", "cpu_pct"),
+        (
+            Target("statements_per_poll", "<=", 1.0),
+            Target("questions_per_poll", "<=", 1.0, backends=("mariadb",)),
+            Target("cpu_pct", "<=", 0.5),
+        ),
+    ),
+    Scenario(
+        "memory",
+        "100,000 runs in one process (1,000 tasks every 0.25 s)",
+        BOTH,
+        {
+            "tiny": {"runs": 5000, "tasks": 200, "every_s": 0.25},
+            "quick": {"runs": 30_000, "tasks": 1000, "every_s": 0.25},
+            "full": {"runs": 100_000, "tasks": 1000, "every_s": 0.25},
+        },
+        ("rss_after_1000_mb", "rss_end_mb", "rss_growth_pct", "runs", "elapsed_s"),
+        (Target("rss_growth_pct", "<=", 5.0), Target("rss_end_mb", "<=", 80.0)),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "scale",
+        "100,000 task rows, 1,000 of them due every 10 s",
+        BOTH,
+        {
+            "tiny": {"rows": 10_000, "tasks": 100, "every_s": 5, "duration_s": 10},
+            "quick": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 30},
+            "full": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 60},
+        },
+        ("claim_p50_ms", "claim_p99_ms", *LATENESS, "runs"),
+        (Target("claim_p99_ms", "<=", 2.0), Target("lateness_p99_ms", "<=", 5.0)),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "workers",
+        "4 workers, 200 tasks every second, each run writes a ledger row; burst 1 vs 4",
+        {CRONLOOP: FLEET},
+        {
+            "tiny": {"workers": 2, "tasks": 20, "duration_s": 10, "burst_runs": 1000},
+            "quick": {"workers": 4, "tasks": 200, "duration_s": 30, "burst_runs": 10_000},
+            "full": {"workers": 4, "tasks": 200, "duration_s": 60, "burst_runs": 10_000},
+        },
+        ("duplicates", "missed", "runs", "burst_runs_per_s_1", "burst_runs_per_s_n",
+         "burst_scaling"),
+        (
+            Target("duplicates", "==", 0),
+            Target("missed", "==", 0),
+            Target("burst_scaling", ">=", 1.5),
+        ),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "takeover",
+        "kill -9 a worker holding a lease; another takes the task over",
+        {CRONLOOP: FLEET},
+        {"tiny": {}, "quick": {}, "full": {}},
+        ("takeover_s", "bound_s"),
+        (Target("takeover_s", "<=", None, than="bound_s"),),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "emails",
+        "10,000 queued emails to a local SMTP sink: the email task vs one at a time",
+        {CRONLOOP: FLEET},
+        {"tiny": {"messages": 500}, "quick": {"messages": 10_000},
+         "full": {"messages": 10_000}},
+        ("msgs_per_s", "msgs_per_s_serial", "speedup"),
+        (Target("speedup", ">=", 10),),
+        backends=("mariadb",),
+    ),
+)
+
+
+def by_name() -> dict[str, Scenario]:
+    return {s.name: s for s in SCENARIOS}
