@@ -151,10 +151,12 @@ class Sampler:
 
 class LogWatcher:
     """Follows the service's JSON log; SIGTERMs this process after `runs` "run finished"
-    lines (the service then drains and exits 0, as under `systemctl stop`)."""
+    lines (the service then drains and exits 0, as under `systemctl stop`), or hands its
+    thread to `on_started` once the worker is up."""
 
-    def __init__(self, path: Path, runs: int, on_run: Callable[[int], None] | None = None):
-        self.path, self.runs, self.on_run = path, runs, on_run
+    def __init__(self, path: Path, runs: int, on_run: Callable[[int], None] | None = None,
+                 on_started: Callable[[], None] | None = None):
+        self.path, self.runs, self.on_run, self.on_started = path, runs, on_run, on_started
         self.seen = 0
         self._stop = threading.Event()
 
@@ -169,11 +171,14 @@ class LogWatcher:
                 pending += f.read()
                 *lines, pending = pending.split(b"\n")
                 for line in lines:
+                    if self.on_started is not None and b'"worker started"' in line:
+                        self.on_started()  # it takes this thread over
+                        return
                     if b'"run finished"' in line:
                         self.seen += 1
                         if self.on_run is not None:
                             self.on_run(self.seen)
-                if self.seen >= self.runs:
+                if self.runs and self.seen >= self.runs:
                     os.kill(os.getpid(), signal.SIGTERM)
                     return
 
@@ -305,27 +310,37 @@ def _common(result: ChildResult, run: ServiceRun, start: float, end: float, runs
 
 def periodic(args: ChildArgs, *, tasks: int, every_s: float, duration_s: float,
              warmup_s: float, idle_rows: int = 0) -> tuple[ChildResult, ServiceRun]:
-    """`tasks` tasks every `every_s`, first slots spread over one period starting
-    `warmup_s` from now, plus `idle_rows` tasks not due for a day; measured over
-    `duration_s` of slots."""
+    """`tasks` tasks every `every_s`, plus `idle_rows` tasks not due for a day; measured
+    over `duration_s` of slots.
+
+    The rows are parked a day ahead while the service starts (importing and syncing
+    100,000 tasks takes a while, and start-up is not scheduling); once it logged "worker
+    started", a thread releases them: first slots spread over one period beginning
+    `warmup_s` later (more than a poll interval, so the worker's probe sees them), then
+    stops the service with SIGTERM after the window, as systemd would."""
     write_task_module(args.workdir, tasks + idle_rows, every_s)
     service_env(args.workdir)
-    t0 = datetime.now(UTC) + timedelta(seconds=warmup_s)
-    far = t0 + timedelta(days=1)
-
-    def phase(i: int) -> datetime:
-        return t0 + timedelta(seconds=every_s * i / tasks) if i < tasks else far
-
-    register(args.url, phase)
-    start, end = t0.timestamp(), t0.timestamp() + duration_s
+    far = datetime.now(UTC) + timedelta(days=1)
+    register(args.url, lambda i: far)
+    window: dict[str, float] = {}
     questions: dict[float, int | None] = {}
-    for when in (start, end):
-        questions_at(args.sync_url, when, questions)
+
+    def release() -> None:
+        t0 = datetime.now(UTC) + timedelta(seconds=warmup_s)
+        _set_phases(args.sync_url, [(f"{PREFIX}_{i:06d}",
+                                     t0 + timedelta(seconds=every_s * i / tasks))
+                                    for i in range(tasks)])
+        window.update(start=t0.timestamp(), end=t0.timestamp() + duration_s)
+        for when in window.values():
+            questions_at(args.sync_url, when, questions)
+        time.sleep(max(0.0, window["end"] + 3.0 - time.time()))  # past the window's end
+        os.kill(os.getpid(), signal.SIGTERM)
+
     counter = StatementCounter(timed=_is_claim).install()
-    # past the window's end by more than a poll interval: the exit is not measured
-    lifetime = (t0 - datetime.now(UTC)).total_seconds() + duration_s + 3.0
-    run = run_service(args, [f"--max_lifetime={lifetime:.3f}", "--lifetime_jitter_s=0"], counter)
-    _expect(run, (75,))
+    run = run_service(args, ["--max_lifetime=0"], counter,
+                      before=lambda log: LogWatcher(log, 0, on_started=release).start())
+    _expect(run, (0,))
+    start, end = window["start"], window["end"]
     rows = [r for r in history(args.sync_url) if start <= _ts(r.scheduled_for) < end]
     done = [r for r in rows if r.outcome == "success"]
     lateness = [(_ts(r.started) - _ts(r.scheduled_for)) * 1000 for r in done]
@@ -341,10 +356,30 @@ def periodic(args: ChildArgs, *, tasks: int, every_s: float, duration_s: float,
     return result, run
 
 
+def _set_phases(sync_url: str, phases: list[tuple[str, datetime]]) -> None:
+    from worker.models import tasks
+
+    if not phases:
+        return
+    engine = sa.create_engine(sync_url, poolclass=NullPool)
+    stmt = (
+        sa.update(tasks)
+        .where(tasks.c.name == sa.bindparam("n"))
+        .values(next_run=sa.bindparam("t"), planned_run=sa.bindparam("t"))
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(stmt, [{"n": n, "t": t} for n, t in phases])
+    finally:
+        engine.dispose()
+
+
 def _is_claim(sql: str) -> bool:
-    """The claim query: the SELECT of due rows (FOR UPDATE SKIP LOCKED on MariaDB)."""
-    head = sql.lstrip()[:400]
-    return head.startswith("SELECT") and "cronloop_task.next_run <=" in sql
+    """The claim query: the SELECT of the earliest available rows (FOR UPDATE SKIP LOCKED
+    on MariaDB)."""
+    return sql.lstrip().startswith("SELECT cronloop_task.id") and (
+        "ORDER BY cronloop_task.next_run" in sql
+    )
 
 
 def lateness(args: ChildArgs) -> ChildResult:

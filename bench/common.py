@@ -87,10 +87,14 @@ def server_questions(sync_url: str) -> int | None:
     if sync_url not in _READING_COST:  # what one reading itself sends (SET NAMES, SHOW)
         first = _read_questions(sync_url)
         _READING_COST[sync_url] = _read_questions(sync_url) - first
-    return _read_questions(sync_url) - _READING_COST[sync_url]
+        _READINGS[sync_url] = 2
+    _READINGS[sync_url] += 1
+    # less every reading's own statements so far: differences count the others' only
+    return _read_questions(sync_url) - _READING_COST[sync_url] * _READINGS[sync_url]
 
 
 _READING_COST: dict[str, int] = {}
+_READINGS: dict[str, int] = {}
 
 
 def _read_questions(sync_url: str) -> int:

@@ -90,7 +90,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         BOTH,
         {
             "tiny": {"tasks": 100, "every_s": 5, "duration_s": 10},
-            "quick": {"tasks": 1000, "every_s": 10, "duration_s": 30},
+            "quick": {"tasks": 1000, "every_s": 10, "duration_s": 20},
             "full": {"tasks": 1000, "every_s": 10, "duration_s": 60},
         },
         (*LATENESS, "runs", "missed", *ROUND_TRIPS),
@@ -116,7 +116,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         BOTH,
         {
             "tiny": {"tasks": 1000, "duration_s": 10},
-            "quick": {"tasks": 1000, "duration_s": 30},
+            "quick": {"tasks": 1000, "duration_s": 20},
             "full": {"tasks": 1000, "duration_s": 60},
         },
         ("statements_per_poll", "questions_per_poll", "statements", "questions", "cpu_pct"),
@@ -145,7 +145,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         BOTH,
         {
             "tiny": {"rows": 10_000, "tasks": 100, "every_s": 5, "duration_s": 10},
-            "quick": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 30},
+            "quick": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 20},
             "full": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 60},
         },
         ("claim_p50_ms", "claim_p99_ms", *LATENESS, "runs"),
@@ -158,8 +158,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         {CRONLOOP: FLEET},
         {
             "tiny": {"workers": 2, "tasks": 20, "duration_s": 10, "burst_runs": 1000},
-            "quick": {"workers": 4, "tasks": 200, "duration_s": 30, "burst_runs": 10_000},
-            "full": {"workers": 4, "tasks": 200, "duration_s": 60, "burst_runs": 10_000},
+            "quick": {"workers": 4, "tasks": 200, "duration_s": 20, "burst_runs": 10_000,
+                      "max_concurrency": 1000},
+            "full": {"workers": 4, "tasks": 200, "duration_s": 60, "burst_runs": 10_000,
+                     "max_concurrency": 1000},
         },
         ("duplicates", "missed", "runs", "burst_runs_per_s_1", "burst_runs_per_s_n",
          "burst_scaling"),
@@ -183,7 +185,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "emails",
         "10,000 queued emails to a local SMTP sink: the email task vs one at a time",
         {CRONLOOP: FLEET},
-        {"tiny": {"messages": 500}, "quick": {"messages": 10_000},
+        {"tiny": {"messages": 500}, "quick": {"messages": 5000},
          "full": {"messages": 10_000}},
         ("msgs_per_s", "msgs_per_s_serial", "speedup"),
         (Target("speedup", ">=", 10),),
