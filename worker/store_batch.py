@@ -133,22 +133,26 @@ class CaseUpdate(_RawSql):
         extra_sql: Sequence[str] = (),
         fence: tuple[str, Mapping[Any, Any]] | None = None,
     ) -> tuple[str, list[Any]]:
-        """`rows` maps each key to its new values (every row the same columns);
-        `extra_sql` adds raw assignments (e.g. `updated = <now>`); `fence` is
-        (column, key -> value): a row is written only if the column still holds it."""
+        """`rows` maps each key to its new values; a row without some column keeps its
+        value there (an interrupted run sets no statistics); `extra_sql` adds raw
+        assignments (e.g. `updated = <now>`); `fence` is (column, key -> value): a row is
+        written only if the column still holds it."""
         keys = list(rows)
-        names = list(next(iter(rows.values())))
+        names = list(dict.fromkeys(name for values in rows.values() for name in values))
         key_sql = self.quote(self.key)
         sets: list[str] = []
         params: list[Any] = []
         for name in names:
-            raw = [rows[k][name] for k in keys]
-            if all(v == raw[0] for v in raw):  # the common case: one value for all rows
+            having = [k for k in keys if name in rows[k]]
+            raw = [rows[k][name] for k in having]
+            if len(having) == len(keys) and all(v == raw[0] for v in raw):
+                # the common case: one value for all rows
                 params.append(self._process(name, raw[0]))
                 sets.append(f"{self.quote(name)} = {self.mark}")
             else:
                 values = [self._process(name, v) for v in raw]
-                sets.append(f"{self.quote(name)} = " + self._case(keys, values, params))
+                keep = name if len(having) < len(keys) else None
+                sets.append(f"{self.quote(name)} = " + self._case(having, values, params, keep))
         sets.extend(extra_sql)
         where = f"{key_sql} IN ({', '.join(_inline(k) for k in keys)})"
         if fence is not None:
@@ -158,10 +162,16 @@ class CaseUpdate(_RawSql):
         sql = f"UPDATE {self.quote(self.table.name)} SET {', '.join(sets)} WHERE {where}"
         return sql, params
 
-    def _case(self, keys: list[Any], values: list[Any], params: list[Any]) -> str:
+    def _case(
+        self, keys: list[Any], values: list[Any], params: list[Any], keep: str | None = None
+    ) -> str:
+        """`CASE key WHEN k THEN ? ... [ELSE keep] END`: `keep` is the column itself, for
+        the rows that do not set it."""
         parts = [f"CASE {self.quote(self.key)}"]
         for k, v in zip(keys, values, strict=True):
             parts.append(f"WHEN {_inline(k)} THEN {self.mark}")
             params.append(v)
+        if keep is not None:
+            parts.append(f"ELSE {self.quote(keep)}")
         parts.append("END")
         return " ".join(parts)

@@ -53,18 +53,12 @@ class RecordVerbs(AdminVerbs):
         was lost: the batch is rolled back and each run written on its own, fenced.
         Runs that keep their lease or trip the quarantine are always written alone.
         """
-        # one statement sets the same columns on every row: an interrupted run (not
-        # counted in the statistics) goes in a batch of its own kind
-        kinds: dict[bool, list[Ended]] = {}
-        for e in ended:
-            if not e[2] and not self._quarantines(e[0], e[1]):
-                kinds.setdefault(e[1].outcome == Outcome.INTERRUPTED, []).append(e)
+        plain = [e for e in ended if not e[2] and not self._quarantines(e[0], e[1])]
         written: dict[str, bool] = {}
-        for plain in kinds.values():
-            for start in range(0, len(plain), MAX_BATCH):
-                chunk = plain[start : start + MAX_BATCH]
-                if await self._write_batch(chunk):
-                    written.update((claim.run_id, True) for claim, _, _ in chunk)
+        for start in range(0, len(plain), MAX_BATCH):
+            chunk = plain[start : start + MAX_BATCH]
+            if await self._write_batch(chunk):
+                written.update((claim.run_id, True) for claim, _, _ in chunk)
         for claim, record, keep_lease in ended:
             if claim.run_id not in written:
                 written[claim.run_id] = await self._write_one(claim, record, keep_lease)
