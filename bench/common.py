@@ -124,7 +124,6 @@ class StatementCounter:
 
     timed: Callable[[str], bool] | None = None
     count: int = 0
-    by_verb: dict[str, int] = field(default_factory=dict)
     timings_ms: list[float] = field(default_factory=list)
     stamps: list[float] = field(default_factory=list)  # time.time() of every statement
 
@@ -141,7 +140,6 @@ class StatementCounter:
 
     def reset(self) -> None:
         self.count = 0
-        self.by_verb.clear()
         self.timings_ms.clear()
         self.stamps.clear()
 
@@ -149,8 +147,6 @@ class StatementCounter:
                 executemany: bool) -> None:
         self.count += 1
         self.stamps.append(time.time())
-        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else "?"
-        self.by_verb[verb] = self.by_verb.get(verb, 0) + 1
         if self.timed is not None and self.timed(statement):
             conn.info["bench_t0"] = time.perf_counter()
 
