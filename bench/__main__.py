@@ -32,22 +32,40 @@ from bench.scenarios import SCENARIOS, SIDES, Scenario, by_name
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--db", default="sqlite,mariadb",
-                        help="back ends, comma-separated: sqlite, mariadb (default: both)")
-    parser.add_argument("--server", default=os.environ.get("CRONLOOP_BENCH_MARIADB",
-                                                           DEFAULT_MARIADB),
-                        help=f"MariaDB server for scratch databases (default {DEFAULT_MARIADB})")
-    parser.add_argument("--scale", choices=("tiny", "quick", "full"), default="quick",
-                        help="workload size: quick (default, a few minutes), full (the "
-                             "issue's figures: 60 s windows, 100,000 runs), tiny (smoke test)")
+    parser.add_argument(
+        "--db",
+        default="sqlite,mariadb",
+        help="back ends, comma-separated: sqlite, mariadb (default: both)",
+    )
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("CRONLOOP_BENCH_MARIADB", DEFAULT_MARIADB),
+        help=f"MariaDB server for scratch databases (default {DEFAULT_MARIADB})",
+    )
+    parser.add_argument(
+        "--scale",
+        choices=("tiny", "quick", "full"),
+        default="quick",
+        help="workload size: quick (default, a few minutes), full (the "
+        "issue's figures: 60 s windows, 100,000 runs), tiny (smoke test)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (min/median/max)")
     parser.add_argument("--only", default="", help="scenarios, comma-separated (default all)")
-    parser.add_argument("--systems", default=",".join(SIDES),
-                        help="cronloop, APScheduler or both (default)")
-    parser.add_argument("--json", type=Path, default=Path("bench-results.json"),
-                        help="where to write the results (default bench-results.json)")
-    parser.add_argument("--png", type=Path, default=None,
-                        help="draw the lateness distributions (needs the `plot` extra)")
+    parser.add_argument(
+        "--systems", default=",".join(SIDES), help="cronloop, APScheduler or both (default)"
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("bench-results.json"),
+        help="where to write the results (default bench-results.json)",
+    )
+    parser.add_argument(
+        "--png",
+        type=Path,
+        default=None,
+        help="draw the lateness distributions (needs the `plot` extra)",
+    )
     return parser.parse_args(argv)
 
 
@@ -60,25 +78,51 @@ def selected(opts: argparse.Namespace) -> list[Scenario]:
     return [known[n] for n in names] if names else list(SCENARIOS)
 
 
-def run_child(module: str, scenario: Scenario, backend: str, opts: argparse.Namespace,
-              params: dict[str, Any]) -> dict[str, Any]:
+def run_child(
+    module: str, scenario: Scenario, backend: str, opts: argparse.Namespace, params: dict[str, Any]
+) -> dict[str, Any]:
     """One scenario, one system, one fresh database, in a child process."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{scenario.name}-") as tmp:
         workdir = Path(tmp)
         with scratch_database(backend, workdir, opts.server) as db:
             out = workdir / "result.json"
-            cmd = [sys.executable, "-m", module, scenario.name, "--url", db.url,
-                   "--async-url", db.async_url, "--sync-url", db.sync_url,
-                   "--params", json.dumps(params), "--out", str(out), "--workdir", str(workdir)]
+            cmd = [
+                sys.executable,
+                "-m",
+                module,
+                scenario.name,
+                "--url",
+                db.url,
+                "--async-url",
+                db.async_url,
+                "--sync-url",
+                db.sync_url,
+                "--params",
+                json.dumps(params),
+                "--out",
+                str(out),
+                "--workdir",
+                str(workdir),
+            ]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(workdir)])}
             started = time.monotonic()
-            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=scenario.timeout_s, check=False)
+            proc = subprocess.run(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=scenario.timeout_s,
+                check=False,
+            )
             wall_s = time.monotonic() - started
             if proc.returncode != 0 or not out.exists():
                 tail = (proc.stdout + proc.stderr)[-2500:]
-                return {"error": f"exit {proc.returncode}: {tail}", "wall_s": wall_s,
-                        "db": db.label}
+                return {
+                    "error": f"exit {proc.returncode}: {tail}",
+                    "wall_s": wall_s,
+                    "db": db.label,
+                }
             result: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
             result.update(wall_s=wall_s, db=db.label)
             return result
@@ -108,8 +152,8 @@ def environment(opts: argparse.Namespace) -> dict[str, Any]:
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             info["cpu"] = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                None)
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None
+            )
     except OSError:
         info["cpu"] = None
     return info
@@ -134,8 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for rep in range(opts.repeat):
                     label = f"{scenario.name} / {backend} / {system} #{rep + 1}"
                     print(f"running {label} ...", file=sys.stderr, flush=True)
-                    result = run_child(scenario.modules[system], scenario, backend, opts,
-                                       scenario.params[opts.scale])
+                    result = run_child(
+                        scenario.modules[system],
+                        scenario,
+                        backend,
+                        opts,
+                        scenario.params[opts.scale],
+                    )
                     if "error" in result:
                         print(f"  FAILED: {result['error']}", file=sys.stderr)
                     else:

@@ -129,19 +129,25 @@ def job_index(ident: str) -> int | None:
 def make_scheduler(sync_url: str) -> tuple[AsyncIOScheduler, SQLAlchemyJobStore]:
     """The deployment under test. UTC so that no local-time rule takes part."""
     store = SQLAlchemyJobStore(url=sync_url)
-    scheduler = AsyncIOScheduler(jobstores={"default": store}, job_defaults=JOB_DEFAULTS,
-                                 timezone=UTC)
+    scheduler = AsyncIOScheduler(
+        jobstores={"default": store}, job_defaults=JOB_DEFAULTS, timezone=UTC
+    )
     return scheduler, store
 
 
 def configure_logging(args: ChildArgs) -> str:
     """APScheduler logs two INFO lines per run; keep WARNING (misfires, skips) in a file."""
     path = args.workdir / f"aps-{args.scenario}.log"
-    logging.basicConfig(filename=path, level=logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        filename=path,
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    return (f"logging: apscheduler at WARNING into {path.name} (its INFO is two lines per run;"
-            " cronloop writes one INFO line per run)")
+    return (
+        f"logging: apscheduler at WARNING into {path.name} (its INFO is two lines per run;"
+        " cronloop writes one INFO line per run)"
+    )
 
 
 class Probe:
@@ -156,8 +162,10 @@ class Probe:
         self.errors = 0
         self.max_lag_s = 0.0
         self.wakeup_ms: list[float] = []
-        scheduler.add_listener(self._on_event, EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES
-                               | EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+        scheduler.add_listener(
+            self._on_event,
+            EVENT_JOB_SUBMITTED | EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED | EVENT_JOB_ERROR,
+        )
         process_jobs = scheduler._process_jobs
 
         def timed_process_jobs() -> float | None:
@@ -186,11 +194,13 @@ class Probe:
 
     def figures(self) -> dict[str, float]:
         waits = self.wakeup_ms
-        figures: dict[str, float] = {"missed": self.missed, "errors": self.errors,
-                                     "wakeups": len(waits)}
+        figures: dict[str, float] = {
+            "missed": self.missed,
+            "errors": self.errors,
+            "wakeups": len(waits),
+        }
         if waits:
-            figures.update({"wakeup_p50_ms": percentile(waits, 50),
-                            "wakeup_max_ms": max(waits)})
+            figures.update({"wakeup_p50_ms": percentile(waits, 50), "wakeup_max_ms": max(waits)})
         return figures
 
 
@@ -219,7 +229,9 @@ class Window:
         q1 = await asyncio.to_thread(server_questions, self.sync_url)
         wall = self.end - self.start
         figures: dict[str, float] = {
-            "runs": runs, "statements": statements, "window_s": round(wall, 3),
+            "runs": runs,
+            "statements": statements,
+            "window_s": round(wall, 3),
             "cpu_pct": 100 * cpu / wall if wall > 0 else math.nan,
         }
         if runs:
@@ -254,15 +266,19 @@ async def stop(scheduler: AsyncIOScheduler) -> None:
     await asyncio.sleep(0.1)
 
 
-def add_interval_jobs(scheduler: AsyncIOScheduler, tasks: int, every_s: float,
-                      t0: float) -> float:
+def add_interval_jobs(scheduler: AsyncIOScheduler, tasks: int, every_s: float, t0: float) -> float:
     """`tasks` interval jobs, job i first due at t0 + every_s*i/tasks. Added while the
     scheduler is paused, so each add is one INSERT and no wake-up. Returns seconds taken."""
     began = time.perf_counter()
     for i in range(tasks):
         start = datetime.fromtimestamp(t0 + every_s * i / tasks, UTC)
-        scheduler.add_job(TICK, IntervalTrigger(seconds=every_s, start_date=start, timezone=UTC),
-                          args=(i,), id=job_id(i), name="tick")
+        scheduler.add_job(
+            TICK,
+            IntervalTrigger(seconds=every_s, start_date=start, timezone=UTC),
+            args=(i,),
+            id=job_id(i),
+            name="tick",
+        )
     return time.perf_counter() - began
 
 
@@ -275,8 +291,7 @@ class SetUp(NamedTuple):
     recorder: Recorder
 
 
-def set_up(args: ChildArgs, keep: bool = True,
-           timed: Callable[[str], bool] | None = None) -> SetUp:
+def set_up(args: ChildArgs, keep: bool = True, timed: Callable[[str], bool] | None = None) -> SetUp:
     """What every scenario starts with: logging, the statement counter, a fresh recorder and
     the scheduler started paused (its table is created; nothing runs before resume(), and
     jobs added meanwhile are plain INSERTs without a wake-up each)."""
@@ -298,8 +313,10 @@ def backend_notes(store: SQLAlchemyJobStore) -> list[str]:
     with store.engine.connect() as conn:
         journal = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
         synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
-    return [f"SQLite as APScheduler opens it: journal_mode={journal}, synchronous={synchronous}"
-            " (2 = FULL); cronloop uses WAL"]
+    return [
+        f"SQLite as APScheduler opens it: journal_mode={journal}, synchronous={synchronous}"
+        " (2 = FULL); cronloop uses WAL"
+    ]
 
 
 # -- lateness (and scale, which is lateness over a big table) --------------------------------
@@ -355,8 +372,14 @@ def pair_lateness(probe: Probe, recorder: Recorder, slots: Slots) -> list[float]
 
 
 async def measure_lateness(args: ChildArgs, extra_rows: int) -> ChildResult:
-    p = {"tasks": 1000, "every_s": 10, "duration_s": 60, "warmup_s": 5, "drain_s": 60,
-         **args.params}
+    p = {
+        "tasks": 1000,
+        "every_s": 10,
+        "duration_s": 60,
+        "warmup_s": 5,
+        "drain_s": 60,
+        **args.params,
+    }
     tasks, every_s = int(p["tasks"]), float(p["every_s"])
     result, counter, scheduler, store, probe, recorder = set_up(args, timed=is_due_query)
     if extra_rows:
@@ -364,8 +387,10 @@ async def measure_lateness(args: ChildArgs, extra_rows: int) -> ChildResult:
     t0 = time.time() + float(p["warmup_s"])
     result.figures["add_jobs_s"] = round(add_interval_jobs(scheduler, tasks, every_s, t0), 3)
     if time.time() > t0:
-        result.notes.append(f"adding the jobs overran warmup_s={p['warmup_s']}: "
-                            "the first slots were due before the scheduler resumed")
+        result.notes.append(
+            f"adding the jobs overran warmup_s={p['warmup_s']}: "
+            "the first slots were due before the scheduler resumed"
+        )
     scheduler.resume()
     slots = Slots(t0, tasks, every_s, float(p["duration_s"]))
     window = Window(counter, args.sync_url, probe)
@@ -389,9 +414,11 @@ async def measure_lateness(args: ChildArgs, extra_rows: int) -> ChildResult:
     result.figures["not_started"] = slots.expected() - len(samples)
     add_claim_figures(result, counter)
     explain(result, probe, samples)
-    result.notes.append("window: from t0 until every run scheduled in [t0, t0+duration_s) "
-                        "started; runs = job starts in that window; lateness = start - the "
-                        "scheduled time APScheduler submitted (EVENT_JOB_SUBMITTED)")
+    result.notes.append(
+        "window: from t0 until every run scheduled in [t0, t0+duration_s) "
+        "started; runs = job starts in that window; lateness = start - the "
+        "scheduled time APScheduler submitted (EVENT_JOB_SUBMITTED)"
+    )
     return result
 
 
@@ -404,15 +431,17 @@ def add_claim_figures(result: ChildResult, counter: StatementCounter) -> None:
 
 def explain(result: ChildResult, probe: Probe, samples: list[float]) -> None:
     if probe.missed:
-        result.notes.append(f"APScheduler skipped {probe.missed} scheduled runs "
-                            "(max_instances reached or misfired)")
+        result.notes.append(
+            f"APScheduler skipped {probe.missed} scheduled runs (max_instances reached or misfired)"
+        )
     if probe.errors:
         result.notes.append(f"{probe.errors} runs raised")
     if samples and min(samples) < 0:
         result.notes.append(f"negative lateness {min(samples):.3f} ms (clock?)")
     if result.figures.get("not_started"):
-        result.notes.append(f"{result.figures['not_started']:.0f} runs scheduled in the window "
-                            "never started")
+        result.notes.append(
+            f"{result.figures['not_started']:.0f} runs scheduled in the window never started"
+        )
 
 
 def lateness(args: ChildArgs) -> ChildResult:
@@ -422,8 +451,9 @@ def lateness(args: ChildArgs) -> ChildResult:
 # -- scale ------------------------------------------------------------------------------------
 
 
-def bulk_insert(scheduler: AsyncIOScheduler, store: SQLAlchemyJobStore, first: int, count: int,
-                notes: list[str]) -> dict[str, float]:
+def bulk_insert(
+    scheduler: AsyncIOScheduler, store: SQLAlchemyJobStore, first: int, count: int, notes: list[str]
+) -> dict[str, float]:
     """`count` interval jobs not due for a day, written straight into apscheduler_jobs
     (executemany, 1,000 rows a statement) with the row `SQLAlchemyJobStore.add_job` would
     write: a real `Job`, its `__getstate__()` pickled at the store's protocol. Then every
@@ -434,10 +464,25 @@ def bulk_insert(scheduler: AsyncIOScheduler, store: SQLAlchemyJobStore, first: i
     rows: list[dict[str, Any]] = []
     with store.engine.begin() as conn:
         for i in range(first, first + count):
-            job = Job(scheduler, id=job_id(i), func=TICK, args=(i,), kwargs={}, name="tick",
-                      trigger=trigger, executor="default", next_run_time=start, **JOB_DEFAULTS)
-            rows.append({"id": job.id, "next_run_time": datetime_to_utc_timestamp(start),
-                         "job_state": pickle.dumps(job.__getstate__(), store.pickle_protocol)})
+            job = Job(
+                scheduler,
+                id=job_id(i),
+                func=TICK,
+                args=(i,),
+                kwargs={},
+                name="tick",
+                trigger=trigger,
+                executor="default",
+                next_run_time=start,
+                **JOB_DEFAULTS,
+            )
+            rows.append(
+                {
+                    "id": job.id,
+                    "next_run_time": datetime_to_utc_timestamp(start),
+                    "job_state": pickle.dumps(job.__getstate__(), store.pickle_protocol),
+                }
+            )
             if len(rows) == 1000 or i == first + count - 1:
                 conn.execute(store.jobs_t.insert(), rows)
                 rows = []
@@ -448,8 +493,10 @@ def bulk_insert(scheduler: AsyncIOScheduler, store: SQLAlchemyJobStore, first: i
     good = sum(job.func is tick and job.next_run_time == start for job in loaded)
     if good != count:
         raise RuntimeError(f"APScheduler loaded {good} of {count} bulk-inserted jobs")
-    notes.append(f"scale: {count} far-future jobs bulk-inserted in {inserted:.1f} s; "
-                 f"get_all_jobs() loaded all {count} back in {load_s:.1f} s")
+    notes.append(
+        f"scale: {count} far-future jobs bulk-inserted in {inserted:.1f} s; "
+        f"get_all_jobs() loaded all {count} back in {load_s:.1f} s"
+    )
     return {"bulk_insert_s": round(inserted, 3), "load_all_s": round(load_s, 3)}
 
 
@@ -466,8 +513,9 @@ def seconds_per_add(scheduler: AsyncIOScheduler, n: int) -> float:
     far = datetime.now(UTC) + DAY
     began = time.perf_counter()
     for i in range(n):
-        scheduler.add_job(TICK, DateTrigger(run_date=far, timezone=UTC), args=(-1,),
-                          id=f"calibrate{i}")
+        scheduler.add_job(
+            TICK, DateTrigger(run_date=far, timezone=UTC), args=(-1,), id=f"calibrate{i}"
+        )
     taken = time.perf_counter() - began
     scheduler.remove_all_jobs()
     return taken / n
@@ -482,8 +530,9 @@ async def measure_burst(args: ChildArgs) -> ChildResult:
     due_at = datetime.fromtimestamp(due, UTC)
     began = time.perf_counter()
     for i in range(runs):
-        scheduler.add_job(TICK, DateTrigger(run_date=due_at, timezone=UTC), args=(i,),
-                          id=job_id(i), name="tick")
+        scheduler.add_job(
+            TICK, DateTrigger(run_date=due_at, timezone=UTC), args=(i,), id=job_id(i), name="tick"
+        )
     result.figures["add_jobs_s"] = round(time.perf_counter() - began, 3)
     result.figures["lead_s"] = round(lead, 3)
     window = Window(counter, args.sync_url, probe)
@@ -494,8 +543,10 @@ async def measure_burst(args: ChildArgs) -> ChildResult:
         await window.open()
         t = time.time()
         scheduler.resume()
-        result.notes.append(f"adding overran the lead ({lead:.1f} s): the burst starts when the "
-                            "scheduler resumed, not at the jobs' run_date")
+        result.notes.append(
+            f"adding overran the lead ({lead:.1f} s): the burst starts when the "
+            "scheduler resumed, not at the jobs' run_date"
+        )
     else:
         scheduler.resume()
         await sleep_until(t - 0.2)
@@ -508,9 +559,13 @@ async def measure_burst(args: ChildArgs) -> ChildResult:
     starts = recorder.all_starts()
     if starts:
         last = recorder.last_end or max(starts)
-        result.figures.update({"first_start_ms": (min(starts) - t) * 1000,
-                               "last_start_ms": (max(starts) - t) * 1000,
-                               "runs_per_s": len(starts) / (last - t)})
+        result.figures.update(
+            {
+                "first_start_ms": (min(starts) - t) * 1000,
+                "last_start_ms": (max(starts) - t) * 1000,
+                "runs_per_s": len(starts) / (last - t),
+            }
+        )
     result.figures.update(probe.figures())
     explain(result, probe, [])
     if probe.wakeup_ms and starts:
@@ -518,11 +573,14 @@ async def measure_burst(args: ChildArgs) -> ChildResult:
             f"{len(probe.wakeup_ms)} wake-up(s); the longest blocked the event loop "
             f"{max(probe.wakeup_ms) / 1000:.1f} s (a DELETE transaction per job) and no job "
             f"started before it returned; then all started within "
-            f"{(max(starts) - min(starts)) * 1000:.0f} ms")
-    result.notes.append("burst: jobs added while the scheduler is paused, each a DateTrigger at "
-                        "T = now + lead (lead from timing 200 throw-away adds); resumed before T, "
-                        "so the scheduler's own timer fires them; runs_per_s = runs / (last end "
-                        "- T)")
+            f"{(max(starts) - min(starts)) * 1000:.0f} ms"
+        )
+    result.notes.append(
+        "burst: jobs added while the scheduler is paused, each a DateTrigger at "
+        "T = now + lead (lead from timing 200 throw-away adds); resumed before T, "
+        "so the scheduler's own timer fires them; runs_per_s = runs / (last end "
+        "- T)"
+    )
     return result
 
 
@@ -543,12 +601,15 @@ async def measure_idle(args: ChildArgs) -> ChildResult:
     await window.open()
     await asyncio.sleep(float(p["duration_s"]))
     result.figures.update(await window.close(recorder.count))
-    result.figures["statements_per_min"] = 60 * result.figures["statements"] / (
-        window.end - window.start)
+    result.figures["statements_per_min"] = (
+        60 * result.figures["statements"] / (window.end - window.start)
+    )
     result.figures.update(probe.figures())
     await stop(scheduler)
-    result.notes.append("idle: APScheduler sleeps on one timer until the earliest next_run_time "
-                        "(a day ahead), so it neither polls nor queries while idle")
+    result.notes.append(
+        "idle: APScheduler sleeps on one timer until the earliest next_run_time "
+        "(a day ahead), so it neither polls nor queries while idle"
+    )
     return result
 
 
@@ -560,8 +621,14 @@ def idle(args: ChildArgs) -> ChildResult:
 
 
 async def measure_memory(args: ChildArgs) -> ChildResult:
-    p = {"runs": 100_000, "tasks": 1000, "every_s": 0.25, "timeout_s": 900, "warmup_s": 3,
-         **args.params}
+    p = {
+        "runs": 100_000,
+        "tasks": 1000,
+        "every_s": 0.25,
+        "timeout_s": 900,
+        "warmup_s": 3,
+        **args.params,
+    }
     runs, tasks, every_s = int(p["runs"]), int(p["tasks"]), float(p["every_s"])
     result, counter, scheduler, _store, probe, recorder = set_up(args, keep=False)
     recorder.target, recorder.reached, recorder.rss_at = runs, asyncio.Event(), 1000
@@ -581,18 +648,25 @@ async def measure_memory(args: ChildArgs) -> ChildResult:
     await stop(scheduler)
     after = recorder.rss_sample
     if after is not None:
-        result.figures.update({"rss_after_1000_mb": after,
-                               "rss_growth_pct": 100 * (end_rss - after) / after})
-    result.figures.update({
-        "rss_end_mb": end_rss, "elapsed_s": reached - t0,
-        "runs_per_s_needed": tasks / every_s,
-        "runs_per_s": min(recorder.count, runs) / (reached - t0),
-        "lag_max_s": probe.max_lag_s})
+        result.figures.update(
+            {"rss_after_1000_mb": after, "rss_growth_pct": 100 * (end_rss - after) / after}
+        )
+    result.figures.update(
+        {
+            "rss_end_mb": end_rss,
+            "elapsed_s": reached - t0,
+            "runs_per_s_needed": tasks / every_s,
+            "runs_per_s": min(recorder.count, runs) / (reached - t0),
+            "lag_max_s": probe.max_lag_s,
+        }
+    )
     result.figures.update(probe.figures())
     explain(result, probe, [])
     if probe.max_lag_s > max(1.0, every_s):
-        result.notes.append(f"APScheduler fell behind (up to {probe.max_lag_s:.1f} s late); with "
-                            "coalesce=False each late job runs all its missed times in one task")
+        result.notes.append(
+            f"APScheduler fell behind (up to {probe.max_lag_s:.1f} s late); with "
+            "coalesce=False each late job runs all its missed times in one task"
+        )
     return result
 
 

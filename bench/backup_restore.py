@@ -31,16 +31,42 @@ from sqlalchemy import insert, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
-from tasks.backup import backup_now, read_manifest, restore  # noqa: E402
-from tasks.tickets import STATUSES, tickets  # noqa: E402
-from worker.migrate import upgrade  # noqa: E402
-from worker.settings import Settings  # noqa: E402
+from cronloop.config.settings import Settings  # noqa: E402
+from cronloop.standard.backup import backup_now, read_manifest, restore  # noqa: E402
+from cronloop.standard.tickets import STATUSES, tickets  # noqa: E402
+from cronloop.store.sql.migrate import upgrade  # noqa: E402
 
 WORDS = (
-    "printer", "network", "outage", "laptop", "password", "reset", "mailbox", "quota", "VPN",
-    "access", "badge", "screen", "flicker", "invoice", "approval", "license", "renewal",
-    "backup", "failure", "database", "slow", "phone", "headset", "desk", "move", "onboarding",
-    "offboarding", "firewall", "rule", "certificate",
+    "printer",
+    "network",
+    "outage",
+    "laptop",
+    "password",
+    "reset",
+    "mailbox",
+    "quota",
+    "VPN",
+    "access",
+    "badge",
+    "screen",
+    "flicker",
+    "invoice",
+    "approval",
+    "license",
+    "renewal",
+    "backup",
+    "failure",
+    "database",
+    "slow",
+    "phone",
+    "headset",
+    "desk",
+    "move",
+    "onboarding",
+    "offboarding",
+    "firewall",
+    "rule",
+    "certificate",
 )
 
 
@@ -53,8 +79,11 @@ def _ticket(i: int, rng: random.Random, now: datetime) -> dict[str, Any]:
     created = now - timedelta(minutes=rng.randint(0, 500_000))
     running = status in ("new", "approved", "assigned", "escalated_tto", "escalated_ttr")
     values: dict[str, Any] = {
-        "ref": f"R-{i:07d}", "title": _sentence(rng, 8)[:255], "status": status,
-        "priority": rng.randint(1, 4), "team_email": f"team{i % 40}@example.org",
+        "ref": f"R-{i:07d}",
+        "title": _sentence(rng, 8)[:255],
+        "status": status,
+        "priority": rng.randint(1, 4),
+        "team_email": f"team{i % 40}@example.org",
         "agent_email": f"agent{i % 300}@example.org" if status != "new" else None,
         "created": created,
     }
@@ -72,17 +101,23 @@ async def fill(engine: AsyncEngine, n: int) -> None:
     rng = random.Random(42)
     now = datetime.now(UTC)
     async with engine.begin() as conn:
-        await conn.execute(text(
-            "CREATE TABLE bench_ticket_body (ticket_id INT PRIMARY KEY, description TEXT "
-            "NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"))
+        await conn.execute(
+            text(
+                "CREATE TABLE bench_ticket_body (ticket_id INT PRIMARY KEY, description TEXT "
+                "NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+            )
+        )
     for start in range(0, n, 2000):
         rows = [_ticket(i, rng, now) for i in range(start + 1, min(n, start + 2000) + 1)]
-        bodies = [{"ticket_id": i, "description": _sentence(rng, 70)[:500]}
-                  for i in range(start + 1, start + len(rows) + 1)]
+        bodies = [
+            {"ticket_id": i, "description": _sentence(rng, 70)[:500]}
+            for i in range(start + 1, start + len(rows) + 1)
+        ]
         async with engine.begin() as conn:
             await conn.execute(insert(tickets), rows)
-            await conn.execute(text("INSERT INTO bench_ticket_body VALUES (:ticket_id, "
-                                    ":description)"), bodies)
+            await conn.execute(
+                text("INSERT INTO bench_ticket_body VALUES (:ticket_id, :description)"), bodies
+            )
 
 
 async def checksums(engine: AsyncEngine) -> dict[str, Any]:
@@ -117,9 +152,14 @@ async def main(server_url: str, n: int) -> None:
         print(f"filled {n} tickets in {time.perf_counter() - started:.1f} s")
         async with source.connect() as conn:
             await conn.execute(text("ANALYZE TABLE cronloop_ticket, bench_ticket_body"))
-            data_mb = (await conn.execute(text(
-                "SELECT SUM(data_length + index_length) / 1048576 FROM information_schema.tables"
-                " WHERE table_schema = DATABASE()"))).scalar_one()
+            data_mb = (
+                await conn.execute(
+                    text(
+                        "SELECT SUM(data_length + index_length) / 1048576"
+                        " FROM information_schema.tables WHERE table_schema = DATABASE()"
+                    )
+                )
+            ).scalar_one()
         settings = Settings(database_url=urls[0], backup_dir=str(workdir), timezone="UTC")
         started = time.perf_counter()
         archive = await backup_now(settings, engine=source)
@@ -131,8 +171,10 @@ async def main(server_url: str, n: int) -> None:
         restore_s = time.perf_counter() - started
         same = await checksums(source) == await checksums(restored)
         print(f"database (InnoDB data+index): {float(data_mb):.1f} MiB")
-        print(f"backup:  {backup_s:.1f} s, dump {dump_mb:.1f} MiB, "
-              f"archive {archive.stat().st_size / 1048576:.1f} MiB")
+        print(
+            f"backup:  {backup_s:.1f} s, dump {dump_mb:.1f} MiB, "
+            f"archive {archive.stat().st_size / 1048576:.1f} MiB"
+        )
         print(f"restore: {restore_s:.1f} s (verify + load), data identical: {same}")
         if not same:
             raise SystemExit("restored data differs")

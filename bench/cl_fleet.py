@@ -69,8 +69,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, insert
 
-from worker import TaskContext, task
-from worker.models import UTCDateTime
+from cronloop import TaskContext, task
+from cronloop.store.sql.tables import UTCDateTime
 
 STEADY, EVERY, BURST, LONG_S = {steady}, {every!r}, {burst}, {long_s!r}
 ledger = Table(
@@ -150,16 +150,26 @@ class Setup:
 
 
 @contextmanager
-def prepared(args: ChildArgs, name: str, *, steady: int = 0, every: float = 1.0,
-             burst: int = 0, long_s: float = 0.0) -> Iterator[Setup]:
+def prepared(
+    args: ChildArgs,
+    name: str,
+    *,
+    steady: int = 0,
+    every: float = 1.0,
+    burst: int = 0,
+    long_s: float = 0.0,
+) -> Iterator[Setup]:
     """Write the task module, migrate and register its tasks (parked, or due now for the
     long task), create the ledger table."""
     workdir = args.workdir / name
     workdir.mkdir(parents=True, exist_ok=True)
     module = f"cl_fleet_{name}_{os.getpid()}"
-    (workdir / f"{module}.py").write_text(TASK_MODULE.format(
-        steady=steady, every=float(every), burst=burst, long_s=float(long_s), ledger=LEDGER),
-        encoding="utf-8")
+    (workdir / f"{module}.py").write_text(
+        TASK_MODULE.format(
+            steady=steady, every=float(every), burst=burst, long_s=float(long_s), ledger=LEDGER
+        ),
+        encoding="utf-8",
+    )
     env = cli_env(workdir)
     engine = sa.create_engine(args.sync_url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
     try:
@@ -177,13 +187,27 @@ def cli_env(workdir: Path) -> dict[str, str]:
     """The workers' environment: no params file, JSON log, this module importable, and
     the standard tasks (entry points: email, backup...) disabled, so the load is only the
     generated tasks. Same recipe as bench/cl_side.py."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CRONLOOP_") and k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")}
-    env.update(PYTHONPATH=str(workdir), STATE_DIRECTORY=str(workdir / "state"),
-               CRONLOOP_PARAM_FILE="", CRONLOOP_ALLOW_ROOT="1", CRONLOOP_LOG_FORMAT="json",
-               PYTHONUNBUFFERED="1")
-    listing = subprocess.run([str(CRONLOOP), "tasks", "--task_modules="], env=env,
-                             capture_output=True, text=True, timeout=120, check=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CRONLOOP_") and k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM")
+    }
+    env.update(
+        PYTHONPATH=str(workdir),
+        STATE_DIRECTORY=str(workdir / "state"),
+        CRONLOOP_PARAM_FILE="",
+        CRONLOOP_ALLOW_ROOT="1",
+        CRONLOOP_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    listing = subprocess.run(
+        [str(CRONLOOP), "tasks", "--task_modules="],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     for line in listing.stdout.splitlines()[2:]:
         name = line.split("|")[0].strip()
         if name:
@@ -194,21 +218,21 @@ def cli_env(workdir: Path) -> dict[str, str]:
 def register(url: str, workdir: Path, module: str) -> None:
     """Migrate and create the task rows here, with cronloop's own sync, so the workers
     find them ready (and do not race to create them)."""
-    from worker import logs
-    from worker.app import open_database, sync
-    from worker.clock import SystemClock
-    from worker.registry import build_registry, discover
-    from worker.settings import load_settings
+    from cronloop.cli.bootstrap import open_database, sync
+    from cronloop.config.settings import load_settings
+    from cronloop.definitions.registry import build_registry, discover
+    from cronloop.domain.clock import SystemClock
+    from cronloop.systemd import logs
 
     if str(workdir) not in sys.path:
         sys.path.insert(0, str(workdir))
     logs.configure("warning", "plain")
 
     async def run() -> None:
-        settings = load_settings(param_file="", env={},
-                                 overrides={"database_url": url, "task_modules": module})
-        registry = build_registry(settings,
-                                  discover(settings.task_modules, use_entry_points=False))
+        settings = load_settings(
+            param_file="", env={}, overrides={"database_url": url, "task_modules": module}
+        )
+        registry = build_registry(settings, discover(settings.task_modules, use_entry_points=False))
         db = await open_database(settings, migrate=True)
         try:
             await sync(db, registry, SystemClock())
@@ -226,15 +250,18 @@ def park(engine: Engine, pattern: str) -> None:
 def set_due(engine: Engine, pattern: str, at: datetime) -> None:
     """All matching tasks due at `at` (next_run and the schedule's slot planned_run)."""
     with engine.connect() as conn:
-        conn.execute(sa.text("UPDATE cronloop_task SET next_run = :t, planned_run = :t "
-                             "WHERE name LIKE :p"), {"t": naive(at), "p": pattern})
+        conn.execute(
+            sa.text("UPDATE cronloop_task SET next_run = :t, planned_run = :t WHERE name LIKE :p"),
+            {"t": naive(at), "p": pattern},
+        )
 
 
 def set_phases(engine: Engine, phases: dict[str, datetime]) -> None:
     with engine.connect() as conn:
-        conn.execute(sa.text("UPDATE cronloop_task SET next_run = :t, planned_run = :t "
-                             "WHERE name = :n"),
-                     [{"n": n, "t": naive(t)} for n, t in phases.items()])
+        conn.execute(
+            sa.text("UPDATE cronloop_task SET next_run = :t, planned_run = :t WHERE name = :n"),
+            [{"n": n, "t": naive(t)} for n, t in phases.items()],
+        )
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
@@ -246,10 +273,18 @@ def unparked(engine: Engine, pattern: str) -> list[str]:
     """A note if parked tasks are no longer parked once the workers are up: a worker's
     start-up sync re-plans a task whose schedule text differs from the row's (another
     cronloop version), and the measurement would then not be the one set up here."""
-    n = rows(engine, "SELECT COUNT(*) AS n FROM cronloop_task WHERE name LIKE :p "
-                     "AND (next_run IS NULL OR next_run <> :t)", p=pattern, t=naive(PARKED))[0].n
-    return [f"{n} tasks {pattern} were re-planned by a worker's start-up sync while parked"
-            ] if n else []
+    n = rows(
+        engine,
+        "SELECT COUNT(*) AS n FROM cronloop_task WHERE name LIKE :p "
+        "AND (next_run IS NULL OR next_run <> :t)",
+        p=pattern,
+        t=naive(PARKED),
+    )[0].n
+    return (
+        [f"{n} tasks {pattern} were re-planned by a worker's start-up sync while parked"]
+        if n
+        else []
+    )
 
 
 # -- the worker processes -------------------------------------------------------------------
@@ -289,7 +324,8 @@ class Worker:
     def errors(self) -> Counter[str]:
         """Error-level log events by name, plus lines that are not JSON (tracebacks)."""
         found: Counter[str] = Counter(
-            str(e.get("event")) for e in self.events() if e.get("level") in ("error", "critical"))
+            str(e.get("event")) for e in self.events() if e.get("level") in ("error", "critical")
+        )
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         raw = sum(1 for line in text.splitlines() if line.strip() and not line.startswith("{"))
         if raw:
@@ -303,8 +339,10 @@ class Worker:
             if found:
                 return found[0]
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise WorkerError(f"{self.label} (pid {self.pid}): no {name!r} within "
-                                  f"{timeout:g}s, exit {self.proc.poll()}:\n{self.tail()}")
+                raise WorkerError(
+                    f"{self.label} (pid {self.pid}): no {name!r} within "
+                    f"{timeout:g}s, exit {self.proc.poll()}:\n{self.tail()}"
+                )
             time.sleep(0.05)
 
     def tail(self, n: int = 15) -> str:
@@ -338,11 +376,23 @@ class Fleet:
     def start(self) -> Worker:
         label = f"w{len(self.workers) + 1}"
         log_path = self.setup.workdir / f"{label}-{time.monotonic_ns()}.log"
-        argv = [str(CRONLOOP), "run", f"--task_modules={self.setup.module}",
-                f"--database_url={self.setup.args.url}", "--max_lifetime=0", *self.flags]
+        argv = [
+            str(CRONLOOP),
+            "run",
+            f"--task_modules={self.setup.module}",
+            f"--database_url={self.setup.args.url}",
+            "--max_lifetime=0",
+            *self.flags,
+        ]
         with log_path.open("wb") as log:
-            proc = subprocess.Popen(argv, env=self.setup.env, cwd=self.setup.workdir,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            proc = subprocess.Popen(
+                argv,
+                env=self.setup.env,
+                cwd=self.setup.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         worker = Worker(label, proc, log_path)
         self.workers.append(worker)
         return worker
@@ -370,16 +420,16 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 rc = w.proc.wait(10)
-                problems.append(f"{w.label} (pid {w.pid}) ignored SIGTERM for {timeout:g}s; "
-                                f"killed")
+                problems.append(f"{w.label} (pid {w.pid}) ignored SIGTERM for {timeout:g}s; killed")
                 continue
             if rc != 0 and not w.killed:
                 problems.append(f"{w.label} (pid {w.pid}) exited {rc}: {w.tail(5)}")
         for w in self.workers:
             errors = w.errors()
             if errors:
-                problems.append(f"{w.label} (pid {w.pid}) logged errors: {dict(errors)}; "
-                                f"log {w.log_path}")
+                problems.append(
+                    f"{w.label} (pid {w.pid}) logged errors: {dict(errors)}; log {w.log_path}"
+                )
         return problems
 
     def __enter__(self) -> Fleet:
@@ -422,8 +472,9 @@ class Reading:
 
     @classmethod
     def take(cls, setup: Setup, workers: Sequence[Worker]) -> Reading:
-        return cls(time.monotonic(), [w.cpu_s() for w in workers],
-                   server_questions(setup.args.sync_url))
+        return cls(
+            time.monotonic(), [w.cpu_s() for w in workers], server_questions(setup.args.sync_url)
+        )
 
     def since(self, before: Reading, runs: int) -> dict[str, float]:
         """Mean CPU per worker (% of one core) and MariaDB statements per run in between
@@ -436,8 +487,9 @@ class Reading:
         return out
 
 
-def audit_ledger(ledger: list[Any], phases: dict[str, datetime], period_us: int,
-                 window: Window) -> dict[str, int]:
+def audit_ledger(
+    ledger: list[Any], phases: dict[str, datetime], period_us: int, window: Window
+) -> dict[str, int]:
     """Duplicates over every ledger row (a slot executed twice is wrong anywhere);
     missed and off-grid over the window only."""
     seen = Counter((r.task, usec(aware(r.scheduled_for))) for r in ledger)
@@ -461,8 +513,9 @@ def audit_ledger(ledger: list[Any], phases: dict[str, datetime], period_us: int,
     }
 
 
-def steady_load(setup: Setup, n_workers: int, count: int, every: float,
-                duration: float) -> ChildResult:
+def steady_load(
+    setup: Setup, n_workers: int, count: int, every: float, duration: float
+) -> ChildResult:
     """Part A. Workers start with the tasks parked; the tasks are then released with
     phases spread evenly over one period, first slot `t0` = release + poll_interval + 1 s
     (every worker re-reads the table at least once per poll_interval, so all of them know
@@ -479,8 +532,9 @@ def steady_load(setup: Setup, n_workers: int, count: int, every: float,
         workers = fleet.start_ready(n_workers)
         result.notes += unparked(setup.engine, "steady_%")
         t0 = now_utc() + timedelta(seconds=DEFAULT_POLL_S + SETTLE_S)
-        phases = {f"steady_{i:05d}": t0 + timedelta(seconds=every * i / count)
-                  for i in range(count)}
+        phases = {
+            f"steady_{i:05d}": t0 + timedelta(seconds=every * i / count) for i in range(count)
+        }
         set_phases(setup.engine, phases)
         if now_utc() > t0 - timedelta(seconds=SETTLE_S / 2):
             result.notes.append("the release UPDATE took longer than expected")
@@ -489,12 +543,16 @@ def steady_load(setup: Setup, n_workers: int, count: int, every: float,
         sleep_until(t0 + timedelta(seconds=duration))
         after = Reading.take(setup, workers)
         stop_at = now_utc()
-        crashed = [f"{w.label} (pid {w.pid}) exited {w.proc.poll()} during the run: "
-                   f"{w.tail(5)}" for w in workers if w.proc.poll() is not None]
+        crashed = [
+            f"{w.label} (pid {w.pid}) exited {w.proc.poll()} during the run: {w.tail(5)}"
+            for w in workers
+            if w.proc.poll() is not None
+        ]
         result.notes += crashed + fleet.stop()
     window = Window(usec(t0), usec(stop_at) - round(margin_s * 1e6))
-    ledger = rows(setup.engine, f"SELECT task, scheduled_for, pid FROM {LEDGER} "
-                                "WHERE task LIKE 'steady_%'")
+    ledger = rows(
+        setup.engine, f"SELECT task, scheduled_for, pid FROM {LEDGER} WHERE task LIKE 'steady_%'"
+    )
     audit = audit_ledger(ledger, phases, period_us, window)
     result.figures.update(audit)
     per_pid = Counter(r.pid for r in ledger)
@@ -508,7 +566,8 @@ def steady_load(setup: Setup, n_workers: int, count: int, every: float,
     result.notes.append(
         f"steady: {n_workers} workers, {count} tasks every {every:g}s, {duration:g}s; slots "
         f"counted from the first slot to {margin_s:g}s before SIGTERM "
-        f"({(window.last - window.first) / 1e6:.1f}s); duplicates over all ledger rows")
+        f"({(window.last - window.first) / 1e6:.1f}s); duplicates over all ledger rows"
+    )
     return result
 
 
@@ -516,11 +575,16 @@ def history_checks(engine: Engine, window: Window) -> dict[str, float]:
     """cronloop's own view of the window: lateness (started - scheduled_for), the slots it
     says it skipped (`missed`), and runs that did not end `success`."""
     first, last = from_usec(window.first), from_usec(window.last)
-    hist = rows(engine, "SELECT scheduled_for, started, outcome, missed FROM cronloop_run "
-                        "WHERE task_name LIKE 'steady_%' AND scheduled_for BETWEEN :a AND :b",
-                a=naive(first), b=naive(last))
-    late = [(r.started - r.scheduled_for).total_seconds() * 1000 for r in hist
-            if r.outcome == "success"]
+    hist = rows(
+        engine,
+        "SELECT scheduled_for, started, outcome, missed FROM cronloop_run "
+        "WHERE task_name LIKE 'steady_%' AND scheduled_for BETWEEN :a AND :b",
+        a=naive(first),
+        b=naive(last),
+    )
+    late = [
+        (r.started - r.scheduled_for).total_seconds() * 1000 for r in hist if r.outcome == "success"
+    ]
     return {
         "history_missed": sum(r.missed for r in hist),
         "history_not_success": sum(1 for r in hist if r.outcome != "success"),
@@ -566,19 +630,28 @@ def burst(setup: Setup, n_workers: int, count: int, flags: Sequence[str]) -> Bur
             notes.append(f"{n_workers} worker(s): the burst stalled; stopped early")
         cpu_s = sum(w.cpu_s() for w in started) - cpu_before
         notes += fleet.stop()
-    hist = rows(setup.engine, "SELECT task_name, ended, outcome, worker FROM cronloop_run "
-                              "WHERE task_name LIKE 'burst_%' AND scheduled_for = :d",
-                d=naive(due))
+    hist = rows(
+        setup.engine,
+        "SELECT task_name, ended, outcome, worker FROM cronloop_run "
+        "WHERE task_name LIKE 'burst_%' AND scheduled_for = :d",
+        d=naive(due),
+    )
     ok = [r for r in hist if r.outcome == "success"]
     per_task = Counter(r.task_name for r in hist)
     last_end = max((aware(r.ended) for r in ok), default=due)
     span = (last_end - due).total_seconds()
     shares = sorted(Counter(r.worker for r in ok).values())
-    notes.append(f"burst with {n_workers} worker(s): {len(ok)} runs in {span:.2f}s, "
-                 f"per worker {shares}")
-    return Burst(len(ok), len(hist) - len(ok), sum(1 for n in per_task.values() if n > 1),
-                 len(ok) / span if span > 0 else math.nan,
-                 1000 * cpu_s / len(ok) if ok else math.nan, "; ".join(notes))
+    notes.append(
+        f"burst with {n_workers} worker(s): {len(ok)} runs in {span:.2f}s, per worker {shares}"
+    )
+    return Burst(
+        len(ok),
+        len(hist) - len(ok),
+        sum(1 for n in per_task.values() if n > 1),
+        len(ok) / span if span > 0 else math.nan,
+        1000 * cpu_s / len(ok) if ok else math.nan,
+        "; ".join(notes),
+    )
 
 
 def wait_drained(engine: Engine, due: datetime, stall_s: float) -> bool:
@@ -587,9 +660,13 @@ def wait_drained(engine: Engine, due: datetime, stall_s: float) -> bool:
     last, moved = -1, time.monotonic()
     with engine.connect() as conn:
         while True:
-            left = conn.execute(sa.text(
-                "SELECT COUNT(*) FROM cronloop_task WHERE status = 'active' "
-                "AND name LIKE 'burst_%' AND next_run = :d"), {"d": naive(due)}).scalar_one()
+            left = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*) FROM cronloop_task WHERE status = 'active' "
+                    "AND name LIKE 'burst_%' AND next_run = :d"
+                ),
+                {"d": naive(due)},
+            ).scalar_one()
             if left == 0:
                 return True
             if left != last:
@@ -603,22 +680,31 @@ def workers(args: ChildArgs) -> ChildResult:
     p = args.params
     n = int(p.get("workers", 4))
     flags = [f"--max_concurrency={p['max_concurrency']}"] if "max_concurrency" in p else []
-    with prepared(args, "steady", steady=int(p.get("tasks", 200)),
-                  every=float(p.get("every_s", 1))) as setup:
-        result = steady_load(setup, n, int(p.get("tasks", 200)), float(p.get("every_s", 1)),
-                             float(p.get("duration_s", 60)))
+    with prepared(
+        args, "steady", steady=int(p.get("tasks", 200)), every=float(p.get("every_s", 1))
+    ) as setup:
+        result = steady_load(
+            setup,
+            n,
+            int(p.get("tasks", 200)),
+            float(p.get("every_s", 1)),
+            float(p.get("duration_s", 60)),
+        )
     with prepared(args, "burst", burst=int(p.get("burst_runs", 10_000))) as setup:
         one = burst(setup, 1, int(p.get("burst_runs", 10_000)), flags)
         park(setup.engine, "burst_%")
         many = burst(setup, n, int(p.get("burst_runs", 10_000)), flags)
     result.figures.update(
-        burst_runs_per_s_1=round(one.rate, 1), burst_runs_per_s_n=round(many.rate, 1),
+        burst_runs_per_s_1=round(one.rate, 1),
+        burst_runs_per_s_n=round(many.rate, 1),
         burst_scaling=round(many.rate / one.rate, 2),
-        burst_done_1=one.runs, burst_done_n=many.runs,
+        burst_done_1=one.runs,
+        burst_done_n=many.runs,
         burst_cpu_ms_per_run_1=round(one.cpu_ms_per_run, 2),
         burst_cpu_ms_per_run_n=round(many.cpu_ms_per_run, 2),
         burst_not_success=one.other + many.other,
-        burst_duplicates=one.duplicates + many.duplicates)
+        burst_duplicates=one.duplicates + many.duplicates,
+    )
     result.notes += [one.note, many.note]
     if flags:
         result.notes.append(f"burst workers ran with {flags[0]}")
@@ -655,17 +741,27 @@ def takeover(args: ChildArgs) -> ChildResult:
             samples.append(aware(row.started).timestamp() - killed_at)
             owner = standby
         result.notes += fleet.stop()
-        abandoned = rows(setup.engine, "SELECT COUNT(*) AS n FROM cronloop_run "
-                                       "WHERE task_name = 'fleet_long' "
-                                       "AND outcome = 'abandoned'")[0].n
+        abandoned = rows(
+            setup.engine,
+            "SELECT COUNT(*) AS n FROM cronloop_run "
+            "WHERE task_name = 'fleet_long' "
+            "AND outcome = 'abandoned'",
+        )[0].n
     worst = max(samples)
-    result.figures.update(takeover_s=round(worst, 3), takeover_min_s=round(min(samples), 3),
-                          bound_s=bound_s, ok=int(worst <= bound_s + slack_s),
-                          abandoned_recorded=abandoned, rounds=rounds)
+    result.figures.update(
+        takeover_s=round(worst, 3),
+        takeover_min_s=round(min(samples), 3),
+        bound_s=bound_s,
+        ok=int(worst <= bound_s + slack_s),
+        abandoned_recorded=abandoned,
+        rounds=rounds,
+    )
     result.samples["takeover_s"] = [round(s, 3) for s in samples]
-    result.notes.append(f"takeover: lease_s={lease_s:g}, poll_interval={poll_s:g}; SIGKILL "
-                        f"right after a lease renewal; ok = max <= bound + {slack_s:g}s "
-                        f"(claim round trip, process scheduling)")
+    result.notes.append(
+        f"takeover: lease_s={lease_s:g}, poll_interval={poll_s:g}; SIGKILL "
+        f"right after a lease renewal; ok = max <= bound + {slack_s:g}s "
+        f"(claim round trip, process scheduling)"
+    )
     return result
 
 
@@ -674,14 +770,17 @@ def execution(engine: Engine, worker: Worker, timeout: float) -> Any:
     deadline = time.monotonic() + timeout
     with engine.connect() as conn:
         while True:
-            found = conn.execute(sa.text(f"SELECT started FROM {LEDGER} WHERE "
-                                         "task = 'fleet_long' AND pid = :p"),
-                                 {"p": worker.pid}).first()
+            found = conn.execute(
+                sa.text(f"SELECT started FROM {LEDGER} WHERE task = 'fleet_long' AND pid = :p"),
+                {"p": worker.pid},
+            ).first()
             if found is not None:
                 return found
             if time.monotonic() > deadline or worker.proc.poll() is not None:
-                raise WorkerError(f"{worker.label} (pid {worker.pid}) did not start "
-                                  f"fleet_long within {timeout:g}s:\n{worker.tail()}")
+                raise WorkerError(
+                    f"{worker.label} (pid {worker.pid}) did not start "
+                    f"fleet_long within {timeout:g}s:\n{worker.tail()}"
+                )
             time.sleep(0.02)
 
 
@@ -711,9 +810,12 @@ def emails(args: ChildArgs) -> ChildResult:
     n = int(args.params.get("messages", 10_000))
     latency_ms = float(args.params.get("smtp_latency_ms", 0))
     port = et.free_port()
-    server = subprocess.Popen([sys.executable, et.__file__, "--serve", str(port),
-                               "--latency-ms", str(latency_ms)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, et.__file__, "--serve", str(port), "--latency-ms", str(latency_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdin is not None and server.stdout is not None
     received = ""
     try:
@@ -728,13 +830,19 @@ def emails(args: ChildArgs) -> ChildResult:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait(10)
-    result = ChildResult(figures={"msgs_per_s": round(shipped, 1),
-                                  "msgs_per_s_serial": round(serial, 1),
-                                  "speedup": round(shipped / serial, 2)})
+    result = ChildResult(
+        figures={
+            "msgs_per_s": round(shipped, 1),
+            "msgs_per_s_serial": round(serial, 1),
+            "speedup": round(shipped / serial, 2),
+        }
+    )
     result.figures["smtp_received"] = int(received) if received.isdigit() else -1
-    result.notes.append(f"emails: {n} messages per run, SMTP sink latency {latency_ms:g} ms; "
-                        f"sink received {received or '?'} (expected {n + min(n, 2000)}); "
-                        "one at a time = one message per run, an SMTP session each (iTop)")
+    result.notes.append(
+        f"emails: {n} messages per run, SMTP sink latency {latency_ms:g} ms; "
+        f"sink received {received or '?'} (expected {n + min(n, 2000)}); "
+        "one at a time = one message per run, an SMTP session each (iTop)"
+    )
     return result
 
 
@@ -746,17 +854,21 @@ async def email_rates(async_url: str, port: int, n: int) -> tuple[float, float]:
     import structlog
 
     from bench import email_throughput as et
-    from worker.db import create_engine
-    from worker.migrate import upgrade
-    from worker.settings import Settings
+    from cronloop.config.settings import Settings
+    from cronloop.store.sql.engine import create_engine
+    from cronloop.store.sql.migrate import upgrade
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     settings = Settings(database_url=async_url)
     engine = create_engine(settings)
     try:
         await upgrade(engine)
-        smtp = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port,
-                "sender": "bench@example.org"}
+        smtp = {
+            "transport": "smtp",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "sender": "bench@example.org",
+        }
         shipped = await et.measure(engine, settings, n, smtp)
         # the baseline is slow: its rate is steady after a couple of thousand messages
         serial = await et.measure_one_at_a_time(engine, settings, min(n, 2000), smtp)
@@ -772,7 +884,10 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
 
 
 SCENARIOS: dict[str, Callable[[ChildArgs], ChildResult]] = {
-    "workers": workers, "takeover": takeover, "emails": emails}
+    "workers": workers,
+    "takeover": takeover,
+    "emails": emails,
+}
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _exit_on_sigterm)

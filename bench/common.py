@@ -55,22 +55,31 @@ def scratch_database(
         import sqlite3
 
         path = workdir / f"bench-{time.monotonic_ns()}.db"
-        yield BenchDb("sqlite", f"SQLite {sqlite3.sqlite_version}", f"sqlite:///{path}",
-                      f"sqlite+aiosqlite:///{path}", f"sqlite:///{path}")
+        yield BenchDb(
+            "sqlite",
+            f"SQLite {sqlite3.sqlite_version}",
+            f"sqlite:///{path}",
+            f"sqlite+aiosqlite:///{path}",
+            f"sqlite:///{path}",
+        )
         return
     base = make_url(server)
     name = f"cronloop_bench_{os.getpid()}_{time.monotonic_ns() % 1_000_000}"
-    admin = sa.create_engine(base.set(drivername="mysql+pymysql", database=None),
-                             poolclass=NullPool)
+    admin = sa.create_engine(
+        base.set(drivername="mysql+pymysql", database=None), poolclass=NullPool
+    )
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
         version = str(conn.exec_driver_sql("SELECT VERSION()").scalar()).split("-")[0]
     try:
         url = base.set(database=name)
-        yield BenchDb("mariadb", f"MariaDB {version}",
-                      url.set(drivername="mysql").render_as_string(False),
-                      url.set(drivername="mysql+aiomysql").render_as_string(False),
-                      url.set(drivername="mysql+pymysql").render_as_string(False))
+        yield BenchDb(
+            "mariadb",
+            f"MariaDB {version}",
+            url.set(drivername="mysql").render_as_string(False),
+            url.set(drivername="mysql+aiomysql").render_as_string(False),
+            url.set(drivername="mysql+pymysql").render_as_string(False),
+        )
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
@@ -101,9 +110,14 @@ def _read_questions(sync_url: str) -> int:
     import pymysql
 
     url = make_url(sync_url)
-    conn = pymysql.connect(host=url.host or "127.0.0.1", port=url.port or 3306,
-                           user=url.username or "root", password=url.password or "",
-                           database=url.database, autocommit=True)  # no SET AUTOCOMMIT
+    conn = pymysql.connect(
+        host=url.host or "127.0.0.1",
+        port=url.port or 3306,
+        user=url.username or "root",
+        password=url.password or "",
+        database=url.database,
+        autocommit=True,
+    )  # no SET AUTOCOMMIT
     try:
         with conn.cursor() as cur:
             cur.execute("SHOW GLOBAL STATUS LIKE 'Questions'")
@@ -143,15 +157,17 @@ class StatementCounter:
         self.timings_ms.clear()
         self.stamps.clear()
 
-    def _before(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
-                executemany: bool) -> None:
+    def _before(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
         self.count += 1
         self.stamps.append(time.time())
         if self.timed is not None and self.timed(statement):
             conn.info["bench_t0"] = time.perf_counter()
 
-    def _after(self, conn: Any, cursor: Any, statement: str, params: Any, context: Any,
-               executemany: bool) -> None:
+    def _after(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
         t0 = conn.info.pop("bench_t0", None)
         if t0 is not None:
             self.timings_ms.append((time.perf_counter() - t0) * 1000)
@@ -200,8 +216,10 @@ class ChildResult:
     notes: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps({"figures": self.figures, "samples": self.samples,
-                                    "notes": self.notes}), encoding="utf-8")
+        path.write_text(
+            json.dumps({"figures": self.figures, "samples": self.samples, "notes": self.notes}),
+            encoding="utf-8",
+        )
 
 
 @dataclass(frozen=True)
@@ -215,8 +233,9 @@ class ChildArgs:
     workdir: Path
 
 
-def child_main(scenarios: dict[str, Callable[[ChildArgs], ChildResult]],
-               argv: Sequence[str] | None = None) -> None:
+def child_main(
+    scenarios: dict[str, Callable[[ChildArgs], ChildResult]], argv: Sequence[str] | None = None
+) -> None:
     """The entry point of a side's child process."""
     parser = argparse.ArgumentParser()
     parser.add_argument("scenario", choices=sorted(scenarios))
@@ -227,8 +246,9 @@ def child_main(scenarios: dict[str, Callable[[ChildArgs], ChildResult]],
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
     o = parser.parse_args(argv)
-    args = ChildArgs(o.scenario, o.url, o.async_url, o.sync_url, json.loads(o.params), o.out,
-                     o.workdir)
+    args = ChildArgs(
+        o.scenario, o.url, o.async_url, o.sync_url, json.loads(o.params), o.out, o.workdir
+    )
     sys.path.insert(0, str(o.workdir))  # generated task modules live there
     paths = [str(o.workdir), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from worker.settings import Settings
+    from cronloop.config.settings import Settings
 
 
 def serve(port: int, latency_s: float) -> None:
@@ -63,7 +63,7 @@ async def fill(engine: AsyncEngine, n: int) -> None:
     from sqlalchemy import delete
     from sqlalchemy.ext.asyncio import async_sessionmaker
 
-    from tasks.outbox import outbox, queue_email
+    from cronloop.standard.outbox import outbox, queue_email
 
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session, session.begin():
@@ -71,50 +71,66 @@ async def fill(engine: AsyncEngine, n: int) -> None:
     for start in range(0, n, 1000):
         async with sessions() as session, session.begin():
             for i in range(start, min(n, start + 1000)):
-                await queue_email(session, to=f"user{i}@example.org", subject=f"Message {i}",
-                                  body_text="Hello,\n\nthis is a benchmark message.\n" * 10)
+                await queue_email(
+                    session,
+                    to=f"user{i}@example.org",
+                    subject=f"Message {i}",
+                    body_text="Hello,\n\nthis is a benchmark message.\n" * 10,
+                )
 
 
 async def remaining(engine: AsyncEngine) -> int:
     from sqlalchemy import func, select
 
-    from tasks.outbox import outbox
+    from cronloop.standard.outbox import outbox
 
     async with engine.connect() as conn:
         return int((await conn.execute(select(func.count()).select_from(outbox))).scalar_one())
 
 
-async def measure(engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
-                  ) -> float:
-    from tasks.email import send_queued_email
-    from worker.testing import make_context, options_of
+async def measure(
+    engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
+) -> float:
+    from cronloop.standard.email import send_queued_email
+    from cronloop.testing import make_context, options_of
 
     await fill(engine, n)
     started = time.perf_counter()
     while await remaining(engine):
-        ctx = make_context(engine, name="email", settings=settings, timeout_s=3600,
-                           options=options_of(send_queued_email, **options))
+        ctx = make_context(
+            engine,
+            name="email",
+            settings=settings,
+            timeout_s=3600,
+            options=options_of(send_queued_email, **options),
+        )
         await send_queued_email(ctx)
     return n / (time.perf_counter() - started)
 
 
-async def measure_one_at_a_time(engine: AsyncEngine, settings: Settings, n: int,
-                                options: dict[str, Any]) -> float:
+async def measure_one_at_a_time(
+    engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
+) -> float:
     """iTop's ExecAsyncTask, the rate cronloop must beat: one message per run, each run
     with its own housekeeping, claim, SMTP session (connect, send, quit) and record. The
     task itself does this when a run takes one message and then finds itself past half
     its time: the context is made so."""
     import dataclasses
 
-    from tasks.email import send_queued_email
-    from worker.testing import make_context, options_of
+    from cronloop.standard.email import send_queued_email
+    from cronloop.testing import make_context, options_of
 
     one = {**options, "concurrency": 1, "batch_size": 1}
     await fill(engine, n)
     started = time.perf_counter()
     while await remaining(engine):
-        ctx = make_context(engine, name="email", settings=settings, timeout_s=3600,
-                           options=options_of(send_queued_email, **one))
+        ctx = make_context(
+            engine,
+            name="email",
+            settings=settings,
+            timeout_s=3600,
+            options=options_of(send_queued_email, **one),
+        )
         ctx = dataclasses.replace(ctx, _deadline_mono=ctx._clock.monotonic() + 600)
         await send_queued_email(ctx)
     return n / (time.perf_counter() - started)
@@ -125,9 +141,9 @@ async def bench(args: argparse.Namespace, port: int) -> list[tuple[int, float]]:
     sys.path.insert(0, str(ROOT))
     import structlog
 
-    from worker.db import create_engine
-    from worker.migrate import upgrade
-    from worker.settings import Settings
+    from cronloop.config.settings import Settings
+    from cronloop.store.sql.engine import create_engine
+    from cronloop.store.sql.migrate import upgrade
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     settings = Settings(database_url=args.url)
@@ -136,12 +152,19 @@ async def bench(args: argparse.Namespace, port: int) -> list[tuple[int, float]]:
         await upgrade(engine)
         results = []
         for concurrency in dict.fromkeys([args.concurrency, 1]):
-            options = {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port,
-                       "concurrency": concurrency, "batch_size": args.batch_size,
-                       "sender": "bench@example.org"}
+            options = {
+                "transport": "smtp",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": port,
+                "concurrency": concurrency,
+                "batch_size": args.batch_size,
+                "sender": "bench@example.org",
+            }
             rate = await measure(engine, settings, args.n, options)
-            print(f"{engine.dialect.name}: concurrency {concurrency}: {rate:,.0f} messages/s",
-                  flush=True)
+            print(
+                f"{engine.dialect.name}: concurrency {concurrency}: {rate:,.0f} messages/s",
+                flush=True,
+            )
             results.append((concurrency, rate))
         return results
     finally:
@@ -154,8 +177,12 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000, help="messages per run (10000)")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel senders (4)")
     parser.add_argument("--batch-size", type=int, default=100, help="rows per claim (100)")
-    parser.add_argument("--latency-ms", type=float, default=0.0,
-                        help="server delay before answering DATA, like a remote relay (0)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="server delay before answering DATA, like a remote relay (0)",
+    )
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -164,9 +191,12 @@ def main() -> None:
     if not args.url:
         parser.error("give a database URL")
     port = free_port()
-    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port),
-                               "--latency-ms", str(args.latency_ms)],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--latency-ms", str(args.latency_ms)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert server.stdin is not None and server.stdout is not None
     try:
         if server.stdout.readline().strip() != "ready":

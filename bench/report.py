@@ -84,9 +84,11 @@ def ratio(mine: float | None, theirs: float | None) -> str:
 
 def print_report(m: Measurements, scenarios: Sequence[Scenario]) -> None:
     env = m.environment
-    print(f"\ncronloop vs APScheduler {env.get('apscheduler') or '(not run)'} - {env['date']}; "
-          f"Python {env['python']}; {env.get('cpu')}; {env['machine']}; scale {env['scale']}, "
-          f"{env['repeat']} repetition(s); median [min-max]")
+    print(
+        f"\ncronloop vs APScheduler {env.get('apscheduler') or '(not run)'} - {env['date']}; "
+        f"Python {env['python']}; {env.get('cpu')}; {env['machine']}; scale {env['scale']}, "
+        f"{env['repeat']} repetition(s); median [min-max]"
+    )
     for scenario in scenarios:
         backends = sorted({b for (s, b, _) in m.results if s == scenario.name})
         for backend in backends:
@@ -102,8 +104,14 @@ def _print_scenario(m: Measurements, scenario: Scenario, backend: str) -> None:
         mine, theirs = m.values(mine_key, figure), m.values(theirs_key, figure)
         if not mine and not theirs:
             continue
-        rows.append((figure, spread(mine), spread(theirs),
-                     ratio(m.median(mine_key, figure), m.median(theirs_key, figure))))
+        rows.append(
+            (
+                figure,
+                spread(mine),
+                spread(theirs),
+                ratio(m.median(mine_key, figure), m.median(theirs_key, figure)),
+            )
+        )
     _table(rows)
     for key in (mine_key, theirs_key):
         for result in m.results.get(key, []):
@@ -138,21 +146,30 @@ def draw_lateness(m: Measurements, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("drawing needs matplotlib: pip install -e '.[bench,plot]'") from None
-    panels = sorted({(s, b) for (s, b, _), rs in m.results.items()
-                     if any(r.get("samples", {}).get("lateness_ms") for r in rs)})
+    panels = sorted(
+        {
+            (s, b)
+            for (s, b, _), rs in m.results.items()
+            if any(r.get("samples", {}).get("lateness_ms") for r in rs)
+        }
+    )
     if not panels:
         print("no lateness samples to draw")
         return
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
     for ax, (scenario, backend) in zip(axes[:, 0], panels, strict=True):
         for system, colour in ((CRONLOOP, "tab:blue"), (APSCHEDULER, "tab:orange")):
-            samples = [max(v, 0.01) for r in m.results.get((scenario, backend, system), [])
-                       for v in r.get("samples", {}).get("lateness_ms", [])]
+            samples = [
+                max(v, 0.01)
+                for r in m.results.get((scenario, backend, system), [])
+                for v in r.get("samples", {}).get("lateness_ms", [])
+            ]
             if not samples:
                 continue
             bins = _log_bins(samples)
-            ax.hist(samples, bins=bins, alpha=0.6, label=f"{system} ({len(samples)} runs)",
-                    color=colour)
+            ax.hist(
+                samples, bins=bins, alpha=0.6, label=f"{system} ({len(samples)} runs)", color=colour
+            )
         ax.set_xscale("log")
         ax.set_xlabel("due-to-start lateness, ms (log scale)")
         ax.set_ylabel("runs")

@@ -62,7 +62,10 @@ class Target:
 
 
 OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "<=": operator.le, ">=": operator.ge, "==": operator.eq, "<": operator.lt,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "==": operator.eq,
+    "<": operator.lt,
 }
 
 
@@ -100,9 +103,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "burst",
         "10,000 no-op runs due at the same instant, one worker",
         BOTH,
-        {"tiny": {"runs": 1000, "service_args": ["--max_concurrency=1000"]},
-         "quick": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]},
-         "full": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]}},
+        {
+            "tiny": {"runs": 1000, "service_args": ["--max_concurrency=1000"]},
+            "quick": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]},
+            "full": {"runs": 10_000, "service_args": ["--max_concurrency=1000"]},
+        },
         ("runs_per_s", "first_start_ms", "last_start_ms", "runs", *ROUND_TRIPS),
         (
             Target("runs_per_s", ">=", 5000, backends=("mariadb",)),
@@ -158,13 +163,29 @@ SCENARIOS: tuple[Scenario, ...] = (
         {CRONLOOP: FLEET},
         {
             "tiny": {"workers": 2, "tasks": 20, "duration_s": 10, "burst_runs": 1000},
-            "quick": {"workers": 4, "tasks": 200, "duration_s": 20, "burst_runs": 10_000,
-                      "max_concurrency": 1000},
-            "full": {"workers": 4, "tasks": 200, "duration_s": 60, "burst_runs": 10_000,
-                     "max_concurrency": 1000},
+            "quick": {
+                "workers": 4,
+                "tasks": 200,
+                "duration_s": 20,
+                "burst_runs": 10_000,
+                "max_concurrency": 1000,
+            },
+            "full": {
+                "workers": 4,
+                "tasks": 200,
+                "duration_s": 60,
+                "burst_runs": 10_000,
+                "max_concurrency": 1000,
+            },
         },
-        ("duplicates", "missed", "runs", "burst_runs_per_s_1", "burst_runs_per_s_n",
-         "burst_scaling"),
+        (
+            "duplicates",
+            "missed",
+            "runs",
+            "burst_runs_per_s_1",
+            "burst_runs_per_s_n",
+            "burst_scaling",
+        ),
         (
             Target("duplicates", "==", 0),
             Target("missed", "==", 0),
@@ -185,8 +206,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "emails",
         "10,000 queued emails to a local SMTP sink: the email task vs one at a time",
         {CRONLOOP: FLEET},
-        {"tiny": {"messages": 500}, "quick": {"messages": 5000},
-         "full": {"messages": 10_000}},
+        {"tiny": {"messages": 500}, "quick": {"messages": 5000}, "full": {"messages": 10_000}},
         ("msgs_per_s", "msgs_per_s_serial", "speedup"),
         (Target("speedup", ">=", 10),),
         backends=("mariadb",),

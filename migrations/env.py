@@ -12,9 +12,9 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine
 
-import tasks  # noqa: F401  (registers the standard tasks' tables)
-from tasks.schema import metadata as tasks_metadata
-from worker.models import VERSION_TABLE, metadata
+import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
+from cronloop.standard.schema import metadata as tasks_metadata
+from cronloop.store.sql.tables import VERSION_TABLE, metadata
 
 
 def _configure(connection: Any) -> None:
@@ -25,7 +25,9 @@ def _configure(connection: Any) -> None:
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies tables
         compare_type=True,
         compare_server_default=True,
-        include_name=lambda name, type_, parent: type_ != "table" or name.startswith("cronloop_"),
+        include_name=lambda name, type_, parent: (
+            type_ != "table" or (name or "").startswith("cronloop_")
+        ),
     )
 
 

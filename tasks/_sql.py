@@ -1,6 +1,7 @@
 """SQL idioms the standard tasks share (private: not a contract with the application).
 
-The database clock is `worker.db.db_now`; what is here is what several tasks need on top
+The database clock is `cronloop.store.sql.engine.db_now`; what is here is what several
+tasks need on top
 of SQLAlchemy and would otherwise each write again.
 """
 
@@ -12,7 +13,7 @@ from sqlalchemy import BigInteger, Column, Integer, text
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from worker.db import skip_locked_in
+from cronloop.store.sql.engine import skip_locked_in
 
 
 def id_column() -> Column[Any]:

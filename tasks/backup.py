@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
 import shutil
@@ -42,7 +43,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tasks.backup_archive import (
+from cronloop import TaskContext, task
+from cronloop.config.settings import Settings, state_directory
+from cronloop.domain.schedule import ScheduleError, resolve_timezone
+from cronloop.standard.backup_archive import (
     SUFFIX,
     Member,
     archive_name,
@@ -54,7 +58,7 @@ from tasks.backup_archive import (
     restore,
     write_archive,
 )
-from tasks.backup_dump import (
+from cronloop.standard.backup_dump import (
     BackupError,
     DbTarget,
     Stopper,
@@ -63,10 +67,7 @@ from tasks.backup_dump import (
     run_in_thread,
     sqlite_copy,
 )
-from worker import TaskContext, task
-from worker.db import create_engine
-from worker.schedule import ScheduleError, resolve_timezone
-from worker.settings import Settings, state_directory
+from cronloop.store.sql.engine import create_engine
 
 PARTIAL = ".partial"
 SPOOL_PREFIX = ".cronloop-backup-"
@@ -188,8 +189,7 @@ def _remove_leftovers(directory: Path, pattern: re.Pattern[str], logger: Any) ->
 def _prepare(plan: BackupPlan, name: str, logger: Any) -> Path:
     """Remove leftovers, then pick the final path: `name`, or `name-N` when a backup
     already has that name (two in one minute). Blocking: run in a thread."""
-    _remove_leftovers(plan.backup_dir, archive_pattern(plan.name_format, plan.target.name),
-                      logger)
+    _remove_leftovers(plan.backup_dir, archive_pattern(plan.name_format, plan.target.name), logger)
     stem = name[: -len(SUFFIX)]
     candidate, n = name, 0
     while (plan.backup_dir / candidate).exists():
@@ -198,8 +198,7 @@ def _prepare(plan: BackupPlan, name: str, logger: Any) -> Path:
     return plan.backup_dir / candidate
 
 
-async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper, logger: Any
-                   ) -> list[Member]:
+async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper, logger: Any) -> list[Member]:
     """Dump the database and snapshot the extra files into `spool`, hashing each."""
     target = plan.target
     if target.kind == "mysql":
@@ -217,7 +216,7 @@ async def _produce(plan: BackupPlan, spool: Path, stopper: Stopper, logger: Any
         copy = spool / f"extra-{i}"
         try:
             size, sha = await run_in_thread(
-                lambda e=extra, c=copy: copy_hashed(e, c, stopper), stopper  # type: ignore[misc]
+                functools.partial(copy_hashed, extra, copy, stopper), stopper
             )
         except OSError as exc:
             raise BackupError(f"extra file {extra}: {exc.strerror or exc}") from None
@@ -249,14 +248,23 @@ def _prune(plan: BackupPlan, keep_path: Path, logger: Any) -> tuple[Path, ...]:
     for _created, _name, path in ours[: max(0, len(ours) - plan.retention_count)]:
         if path != keep_path:
             path.unlink(missing_ok=True)
-            logger.info("deleted old backup (retention)", path=str(path),
-                        retention_count=plan.retention_count)
+            logger.info(
+                "deleted old backup (retention)",
+                path=str(path),
+                retention_count=plan.retention_count,
+            )
             deleted.append(path)
     return tuple(deleted)
 
 
-async def run_backup(plan: BackupPlan, engine: AsyncEngine | None, *, logger: Any = log,
-                     stopper: Stopper | None = None, now: datetime | None = None) -> BackupResult:
+async def run_backup(
+    plan: BackupPlan,
+    engine: AsyncEngine | None,
+    *,
+    logger: Any = log,
+    stopper: Stopper | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
     """Take one backup; raises BackupBusy if another one is running, BackupError if it
     fails (having removed everything it wrote)."""
     stopper = stopper or Stopper()
@@ -280,8 +288,9 @@ async def run_backup(plan: BackupPlan, engine: AsyncEngine | None, *, logger: An
     return result
 
 
-async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
-                 stopper: Stopper, logger: Any) -> int:
+async def _build(
+    plan: BackupPlan, final: Path, server: str, now: datetime, stopper: Stopper, logger: Any
+) -> int:
     """Spool, archive, publish; on any way out, remove the spool and the partial."""
     spool = plan.backup_dir / f"{SPOOL_PREFIX}{uuid.uuid4().hex}{PARTIAL}"
     partial = final.with_name(final.name + PARTIAL)
@@ -300,8 +309,7 @@ async def _build(plan: BackupPlan, final: Path, server: str, now: datetime,
         shutil.rmtree(spool, ignore_errors=True)
 
 
-@task(at="23:30", days="monday,tuesday,wednesday,thursday,friday", timeout=3600,
-       options=OPTIONS)
+@task(at="23:30", days="monday,tuesday,wednesday,thursday,friday", timeout=3600, options=OPTIONS)
 async def backup(ctx: TaskContext) -> str:
     """Back up the database (and extra_files) into a .tar.gz; keep retention_count."""
     engine: AsyncEngine = ctx.db.kw["bind"]
@@ -322,8 +330,10 @@ async def backup(ctx: TaskContext) -> str:
 def options_from_settings(settings: Settings) -> dict[str, Any]:
     """The task's options as `backup.<option>` lines in the params file set them, for
     `cronloop backup` when the caller has no registry at hand."""
-    raw = {key.rsplit(".", 1)[-1]: pv.value for key, pv in settings.task_options.get(
-        "backup", {}).items()}
+    raw = {
+        key.rsplit(".", 1)[-1]: pv.value
+        for key, pv in settings.task_options.get("backup", {}).items()
+    }
     options = dict(OPTIONS)
     for key, default in OPTIONS.items():
         if key in raw:
@@ -334,8 +344,12 @@ def options_from_settings(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def backup_now(settings: Settings, *, engine: AsyncEngine | None = None,
-                     options: Mapping[str, Any] | None = None) -> Path:
+async def backup_now(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Path:
     """One backup now (`cronloop backup`): the archive's path; BackupBusy if another backup
     runs, BackupError if it fails. `options` as the registry resolved them (default: read
     from `settings`); a missing engine is created from the settings and disposed of."""
@@ -343,7 +357,8 @@ async def backup_now(settings: Settings, *, engine: AsyncEngine | None = None,
     engine = engine or create_engine(settings)
     try:
         plan = BackupPlan.from_options(
-            settings, engine.url,
+            settings,
+            engine.url,
             options if options is not None else options_from_settings(settings),
         )
         return (await run_backup(plan, engine)).path

@@ -30,7 +30,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from tasks.backup_dump import (
+from cronloop.config.values import Secret
+from cronloop.standard.backup_dump import (
     CHUNK,
     BackupError,
     DbTarget,
@@ -41,15 +42,24 @@ from tasks.backup_dump import (
     run_in_thread,
     sqlite_restore,
 )
-from worker.settings_values import Secret
 
 FORMAT = "cronloop-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SUFFIX = ".tar.gz"
 CLIENT_TOOLS = ("mariadb", "mysql")
-_DIGITS = {"Y": r"\d{4}", "y": r"\d{2}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d{2}",
-           "I": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}", "j": r"\d{3}", "%": "%"}
+_DIGITS = {
+    "Y": r"\d{4}",
+    "y": r"\d{2}",
+    "m": r"\d{2}",
+    "d": r"\d{2}",
+    "H": r"\d{2}",
+    "I": r"\d{2}",
+    "M": r"\d{2}",
+    "S": r"\d{2}",
+    "j": r"\d{3}",
+    "%": "%",
+}
 
 
 @dataclass(frozen=True)
@@ -85,8 +95,7 @@ def archive_pattern(name_format: str, db: str) -> re.Pattern[str]:
     return re.compile("".join(parts) + r"(?:-\d+)?" + re.escape(SUFFIX))
 
 
-def hash_copy(source: IO[bytes], stopper: Stopper, out: IO[bytes] | None = None
-              ) -> tuple[int, str]:
+def hash_copy(source: IO[bytes], stopper: Stopper, out: IO[bytes] | None = None) -> tuple[int, str]:
     """(size, sha256 hex) of what `source` yields, copied into `out` if given, checking
     for a stop between chunks."""
     hasher = hashlib.sha256()
@@ -113,8 +122,7 @@ def copy_hashed(source: Path, dest: Path, stopper: Stopper) -> tuple[int, str]:
         return hash_copy(src, stopper, out)
 
 
-def build_manifest(target: DbTarget, server: str, now: datetime, members: list[Member]
-                   ) -> bytes:
+def build_manifest(target: DbTarget, server: str, now: datetime, members: list[Member]) -> bytes:
     """The manifest of an archive of `members` (the dump first) taken at `now`."""
     try:
         ours = version("cronloop")
@@ -128,8 +136,12 @@ def build_manifest(target: DbTarget, server: str, now: datetime, members: list[M
         "database": {"kind": target.kind, "name": target.name, "server_version": server},
         "dump": members[0].arcname,
         "files": [
-            {"name": m.arcname, "size": m.size, "sha256": m.sha256,
-             **({"source": m.source} if m.source else {})}
+            {
+                "name": m.arcname,
+                "size": m.size,
+                "sha256": m.sha256,
+                **({"source": m.source} if m.source else {}),
+            }
             for m in members
         ],
     }
@@ -153,15 +165,22 @@ def _tarinfo(name: str, size: int, mtime: float) -> tarfile.TarInfo:
     return info
 
 
-def write_archive(partial: Path, final: Path, manifest: bytes, members: list[Member],
-                  mtime: float, stopper: Stopper) -> int:
+def write_archive(
+    partial: Path,
+    final: Path,
+    manifest: bytes,
+    members: list[Member],
+    mtime: float,
+    stopper: Stopper,
+) -> int:
     """Write the .tar.gz (manifest first: retention reads only the first member), fsync
     it and publish it as `final`; returns its size. Once complete, it is published even if
     a stop was asked meanwhile: a finished backup is worth keeping."""
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as raw:
-        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=6,
-                          format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(
+            fileobj=raw, mode="w:gz", compresslevel=6, format=tarfile.PAX_FORMAT
+        ) as tar:
             tar.addfile(_tarinfo(MANIFEST, len(manifest), mtime), io.BytesIO(manifest))
             for m in members:
                 with m.path.open("rb") as handle:
@@ -212,8 +231,10 @@ def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
             if manifest is None:
                 raise BackupError(f"{path} is not a cronloop backup (no manifest)")
             if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-                raise BackupError(f"{path} was written by a newer cronloop (format "
-                                  f"{manifest.get('format_version')}); upgrade to restore it")
+                raise BackupError(
+                    f"{path} was written by a newer cronloop (format "
+                    f"{manifest.get('format_version')}); upgrade to restore it"
+                )
             expected = {str(f["name"]): f for f in manifest["files"]}
             for member in tar:
                 spec = expected.get(member.name)
@@ -222,8 +243,10 @@ def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
                     continue
                 size, sha256 = hash_copy(handle, stopper)
                 if size != spec["size"] or sha256 != spec["sha256"]:
-                    raise BackupError(f"{path}: {member.name} is damaged (size or sha256 "
-                                      "differs from the manifest)")
+                    raise BackupError(
+                        f"{path}: {member.name} is damaged (size or sha256 "
+                        "differs from the manifest)"
+                    )
                 seen.add(member.name)
     except (OSError, EOFError, tarfile.TarError, zlib.error, KeyError, ValueError) as exc:
         raise BackupError(f"{path}: unreadable archive: {exc}") from None
@@ -258,8 +281,14 @@ def _restore_sqlite(archive: Path, dump: str, dest: str, stopper: Stopper) -> No
             os.unlink(temp)
 
 
-async def restore(archive: Path, target_url: str, password: Secret | None = None, *,
-                  client_command: str = "", stopper: Stopper | None = None) -> None:
+async def restore(
+    archive: Path,
+    target_url: str,
+    password: Secret | None = None,
+    *,
+    client_command: str = "",
+    stopper: Stopper | None = None,
+) -> None:
     """Restore `archive` into the database at `target_url`, after verifying it.
 
     MySQL/MariaDB: the database must exist (create it empty); the tables in the dump are

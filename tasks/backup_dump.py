@@ -32,7 +32,7 @@ from typing import IO, TypeVar
 
 from sqlalchemy.engine import URL
 
-from worker.settings_values import Secret
+from cronloop.config.values import Secret
 
 T = TypeVar("T")
 POLL_S = 0.1  # how often a running dump checks the deadline
@@ -43,8 +43,13 @@ SQLITE_STEP_PAGES = 4096  # 16 MiB of 4 KiB pages per step, a checkpoint between
 SQLITE_MAX_RESTARTS = 3
 CHUNK = 1 << 20
 DUMP_FLAGS = (
-    "--single-transaction", "--routines", "--triggers", "--hex-blob",
-    "--default-character-set=utf8mb4", "--quick", "--no-tablespaces",
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--hex-blob",
+    "--default-character-set=utf8mb4",
+    "--quick",
+    "--no-tablespaces",
 )
 MASK = "********"
 
@@ -108,7 +113,7 @@ class DbTarget:
     @classmethod
     def from_url(cls, url: URL, password: Secret | None = None) -> DbTarget:
         """`password` (the database_password setting) wins over one inside the URL, as in
-        worker.db.resolve_url."""
+        cronloop.store.sql.engine.resolve_url."""
         backend = url.get_backend_name()
         if backend == "sqlite":
             if not url.database or url.database == ":memory:":
@@ -122,8 +127,12 @@ class DbTarget:
             password = Secret(str(url.password))
         socket = url.query.get("unix_socket", "")
         return cls(
-            kind="mysql", name=url.database, host=url.host or "localhost", port=url.port,
-            user=url.username or "", socket=socket if isinstance(socket, str) else socket[0],
+            kind="mysql",
+            name=url.database,
+            host=url.host or "localhost",
+            port=url.port,
+            user=url.username or "",
+            socket=socket if isinstance(socket, str) else socket[0],
             password=password,
         )
 
@@ -146,8 +155,13 @@ def scrub(text: str, secrets: list[str]) -> str:
 def _option_value(value: str) -> str:
     """A value for a MySQL option file: double-quoted (so `#` is not a comment), with the
     escapes the option-file reader understands."""
-    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-               .replace("\r", "\\r").replace("\t", "\\t"))
+    escaped = (
+        value.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -229,28 +243,47 @@ async def dump_mysql(target: DbTarget, command: list[str], dest: Path, stopper: 
     """Run the dump tool with stdout into `dest` (0600); raise BackupError on failure.
     Returns what it wrote on stderr (warnings), secrets masked."""
     with defaults_file(target) as cnf, open_new(dest) as out:
-        argv = [command[0], f"--defaults-extra-file={cnf}", *command[1:], *DUMP_FLAGS,
-                "--", target.name]
+        argv = [
+            command[0],
+            f"--defaults-extra-file={cnf}",
+            *command[1:],
+            *DUMP_FLAGS,
+            "--",
+            target.name,
+        ]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out,
-                stderr=asyncio.subprocess.PIPE, env=_child_env(),
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.PIPE,
+                env=_child_env(),
             )
         except OSError as exc:
             raise BackupError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
         return await _supervise(proc, Path(command[0]).name, target, stopper)
 
 
-async def load_mysql(target: DbTarget, command: list[str], feed: Callable[[], bytes],
-                     stopper: Stopper) -> None:
+async def load_mysql(
+    target: DbTarget, command: list[str], feed: Callable[[], bytes], stopper: Stopper
+) -> None:
     """Run the mysql client on `target`, writing `feed()` chunks (b"" = end) to stdin."""
     with defaults_file(target) as cnf:
-        argv = [command[0], f"--defaults-extra-file={cnf}", *command[1:],
-                "--default-character-set=utf8mb4", "--", target.name]
+        argv = [
+            command[0],
+            f"--defaults-extra-file={cnf}",
+            *command[1:],
+            "--default-character-set=utf8mb4",
+            "--",
+            target.name,
+        ]
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, env=_child_env(),
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=_child_env(),
             )
         except OSError as exc:
             raise BackupError(f"cannot start {command[0]}: {exc.strerror or exc}") from None
@@ -260,13 +293,13 @@ async def load_mysql(target: DbTarget, command: list[str], feed: Callable[[], by
         finally:
             if not pump.done():
                 pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BrokenPipeError,
-                                     ConnectionResetError):
+            with contextlib.suppress(asyncio.CancelledError, BrokenPipeError, ConnectionResetError):
                 await pump
 
 
-async def _pump(proc: asyncio.subprocess.Process, feed: Callable[[], bytes],
-                stopper: Stopper) -> None:
+async def _pump(
+    proc: asyncio.subprocess.Process, feed: Callable[[], bytes], stopper: Stopper
+) -> None:
     assert proc.stdin is not None
     try:
         while chunk := await run_in_thread(feed, stopper):
@@ -276,8 +309,9 @@ async def _pump(proc: asyncio.subprocess.Process, feed: Callable[[], bytes],
         proc.stdin.close()
 
 
-async def _supervise(proc: asyncio.subprocess.Process, tool: str, target: DbTarget,
-                     stopper: Stopper) -> str:
+async def _supervise(
+    proc: asyncio.subprocess.Process, tool: str, target: DbTarget, stopper: Stopper
+) -> str:
     """Collect stderr, wait with deadline checks, kill on any way out, check the result;
     returns stderr (secrets masked)."""
     errors = asyncio.ensure_future(_read_limited(proc.stderr))
@@ -313,8 +347,9 @@ def _uri(path: str | Path, mode: str) -> str:
     return f"file:{urllib.parse.quote(str(path))}?mode={mode}"
 
 
-def sqlite_copy(source: str, dest: Path, stopper: Stopper,
-                step_pages: int = SQLITE_STEP_PAGES) -> None:
+def sqlite_copy(
+    source: str, dest: Path, stopper: Stopper, step_pages: int = SQLITE_STEP_PAGES
+) -> None:
     """Online backup of `source` into the new file `dest` (blocking: run it in a thread).
 
     In steps of `step_pages`, checking for a stop between steps. A write to the source by

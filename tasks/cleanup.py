@@ -29,10 +29,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tasks._sql import rowcount, supports_skip_locked
-from tasks.attachments import draft_attachments, export_results
-from worker import Outcome, TaskContext, task
-from worker.models import runs
+from cronloop import Outcome, TaskContext, task
+from cronloop.standard._sql import rowcount, supports_skip_locked
+from cronloop.standard.attachments import draft_attachments, export_results
+from cronloop.store.sql.tables import runs
 
 
 @dataclass
@@ -66,7 +66,9 @@ class FileRemover:
         target = self._inside_root(stored)
         if target is None:
             self.log.warning(
-                "file outside files_root not deleted", row_id=row_id, path=stored,
+                "file outside files_root not deleted",
+                row_id=row_id,
+                path=stored,
                 files_root=self.root,
             )
             return
@@ -76,8 +78,12 @@ class FileRemover:
             self.log.debug("stored file already gone", row_id=row_id, path=stored)
             return
         except OSError as exc:
-            self.log.warning("cannot delete stored file", row_id=row_id, path=stored,
-                             error=f"{type(exc).__name__}: {exc.strerror or exc}")
+            self.log.warning(
+                "cannot delete stored file",
+                row_id=row_id,
+                path=stored,
+                error=f"{type(exc).__name__}: {exc.strerror or exc}",
+            )
             return
         self.removed += 1
 
@@ -162,7 +168,8 @@ def _report(what: str, rows: int, files: FileRemover, ctx: TaskContext) -> str:
     if files.kept_no_root:
         ctx.log.warning(
             "files_root is not set: stored files were not deleted",
-            files_kept=files.kept_no_root, option=f"{ctx.task_name}.files_root",
+            files_kept=files.kept_no_root,
+            option=f"{ctx.task_name}.files_root",
         )
     message = f"deleted {rows} {what}, {files.removed} file(s)"
     ctx.log.info(message, rows=rows, files=files.removed)

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tasks.attachments import draft_attachments, export_results
-from tasks.outbox import queue_email
-from tasks.tickets import create_ticket
+from cronloop.standard.attachments import draft_attachments, export_results
+from cronloop.standard.outbox import queue_email
+from cronloop.standard.tickets import create_ticket
 
 TEAM = "servicedesk@demo.example"
 AGENT = "alice@demo.example"

@@ -28,10 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import outbox as ob
-from tasks import outbox_claims as oc
-from tasks._sql import supports_skip_locked
-from tasks.email_transport import (
+from cronloop import StopRun, TaskContext, task
+from cronloop.config.settings import state_directory
+from cronloop.standard import outbox as ob
+from cronloop.standard import outbox_claims as oc
+from cronloop.standard._sql import supports_skip_locked
+from cronloop.standard.email_transport import (
     Connection,
     FileConnection,
     SendError,
@@ -39,8 +41,6 @@ from tasks.email_transport import (
     SmtpConnection,
     build_message,
 )
-from worker import StopRun, TaskContext, task
-from worker.settings import state_directory
 
 MAX_DELAY_S = 30 * 86400.0
 DEFAULT_OPTIONS: dict[str, Any] = {
@@ -90,24 +90,42 @@ class EmailOptions:
         opts = cls(
             transport=str(o["transport"]).lower(),
             file_dir=Path(o["file_dir"]) if o["file_dir"] else state_directory() / "outbox-eml",
-            smtp_host=str(o["smtp_host"]), smtp_port=int(o["smtp_port"]),
-            smtp_tls=str(o["smtp_tls"]).lower(), smtp_ca_file=str(o["smtp_ca_file"]),
-            smtp_username=str(o["smtp_username"]), smtp_password=str(o["smtp_password"]),
+            smtp_host=str(o["smtp_host"]),
+            smtp_port=int(o["smtp_port"]),
+            smtp_tls=str(o["smtp_tls"]).lower(),
+            smtp_ca_file=str(o["smtp_ca_file"]),
+            smtp_username=str(o["smtp_username"]),
+            smtp_password=str(o["smtp_password"]),
             smtp_timeout_s=float(o["smtp_timeout_s"]),
             sender=str(o["sender"]) or f"cronloop@{socket.gethostname()}",
-            concurrency=int(o["concurrency"]), batch_size=int(o["batch_size"]),
-            max_retries=int(o["max_retries"]), retry_delay_s=float(o["retry_delay_s"]),
+            concurrency=int(o["concurrency"]),
+            batch_size=int(o["batch_size"]),
+            max_retries=int(o["max_retries"]),
+            retry_delay_s=float(o["retry_delay_s"]),
             exponential_delay=bool(o["exponential_delay"]),
             keep_sent_days=float(o["keep_sent_days"]),
         )
         problems = [
             *(["transport must be smtp or file"] if opts.transport not in ("smtp", "file") else []),
-            *(["smtp_tls must be none, starttls or tls"]
-              if opts.smtp_tls not in ("none", "starttls", "tls") else []),
-            *([f"{k} must be >= 1" for k in ("concurrency", "batch_size", "smtp_port")
-               if getattr(opts, k) < 1]),
-            *([f"{k} must be >= 0" for k in ("max_retries", "retry_delay_s", "keep_sent_days")
-               if getattr(opts, k) < 0]),
+            *(
+                ["smtp_tls must be none, starttls or tls"]
+                if opts.smtp_tls not in ("none", "starttls", "tls")
+                else []
+            ),
+            *(
+                [
+                    f"{k} must be >= 1"
+                    for k in ("concurrency", "batch_size", "smtp_port")
+                    if getattr(opts, k) < 1
+                ]
+            ),
+            *(
+                [
+                    f"{k} must be >= 0"
+                    for k in ("max_retries", "retry_delay_s", "keep_sent_days")
+                    if getattr(opts, k) < 0
+                ]
+            ),
             *(["smtp_timeout_s must be > 0"] if opts.smtp_timeout_s <= 0 else []),
         ]
         if problems:
@@ -118,9 +136,13 @@ class EmailOptions:
     def smtp(self) -> SmtpConfig:
         """What the SMTP transport needs, and nothing about batches or retries."""
         return SmtpConfig(
-            host=self.smtp_host, port=self.smtp_port, tls=self.smtp_tls,
-            ca_file=self.smtp_ca_file, username=self.smtp_username,
-            password=self.smtp_password, timeout_s=self.smtp_timeout_s,
+            host=self.smtp_host,
+            port=self.smtp_port,
+            tls=self.smtp_tls,
+            ca_file=self.smtp_ca_file,
+            username=self.smtp_username,
+            password=self.smtp_password,
+            timeout_s=self.smtp_timeout_s,
         )
 
 
@@ -142,11 +164,11 @@ def failure_mark(row: Any, opts: EmailOptions, err: SendError) -> oc.Mark:
     stored = row.remaining_retries
     remaining = int(stored) if stored is not None else opts.max_retries
     if err.permanent or remaining <= 0:
-        return oc.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text,
-                       code=err.code)
+        return oc.Mark(row.id, ob.ERROR, remaining=max(remaining, 0), error=err.text, code=err.code)
     delay = retry_delay(row.attempts + 1, opts.retry_delay_s, opts.exponential_delay)
-    return oc.Mark(row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay,
-                   error=err.text, code=err.code)
+    return oc.Mark(
+        row.id, ob.PLANNED, remaining=remaining - 1, delay_s=delay, error=err.text, code=err.code
+    )
 
 
 # -- one batch ----------------------------------------------------------------------------------
@@ -172,8 +194,9 @@ class Batch:
     """Sends claimed rows with one sender per connection while a writer records outcomes
     in group commits; on any exit, records what was sent and releases what was not."""
 
-    def __init__(self, ctx: TaskContext, opts: EmailOptions, token: str, rows: list[Any],
-                 totals: Totals) -> None:
+    def __init__(
+        self, ctx: TaskContext, opts: EmailOptions, token: str, rows: list[Any], totals: Totals
+    ) -> None:
         self.ctx, self.opts, self.token, self.totals = ctx, opts, token, totals
         self.pending: deque[Any] = deque(rows)
         self.inflight: dict[int, Any] = {}
@@ -238,8 +261,12 @@ class Batch:
         except SendError as err:
             err.text = self._scrub(err.text)
             mark = failure_mark(row, self.opts, err)
-            log.warning("email not sent", code=err.code, error=err.text,
-                        retry_in_s=mark.delay_s if mark.state == ob.PLANNED else None)
+            log.warning(
+                "email not sent",
+                code=err.code,
+                error=err.text,
+                retry_in_s=mark.delay_s if mark.state == ob.PLANNED else None,
+            )
             return mark
         except Exception as exc:
             log.error("email send failed unexpectedly", error=self._scrub(repr(exc)))
@@ -262,13 +289,16 @@ class Batch:
             try:
                 written = await oc.record(self.ctx.db, self.token, marks)
             except Exception as exc:
-                self.ctx.log.error("cannot record sent emails yet", error=repr(exc),
-                                   rows=[m.row_id for m in marks])
+                self.ctx.log.error(
+                    "cannot record sent emails yet", error=repr(exc), rows=[m.row_id for m in marks]
+                )
                 return False
             del self.unrecorded[: len(marks)]
             if written < len(marks):
-                self.ctx.log.warning("claims lost before recording: another worker may resend",
-                                     rows=len(marks) - written)
+                self.ctx.log.warning(
+                    "claims lost before recording: another worker may resend",
+                    rows=len(marks) - written,
+                )
         return True
 
     async def _finish(self, writer: asyncio.Future[None]) -> None:
@@ -278,15 +308,20 @@ class Batch:
             await writer
         await self._flush()
         if self.unrecorded:
-            self.ctx.log.error("sent emails not recorded; they are resent when the claim "
-                               "expires", rows=[m.row_id for m in self.unrecorded])
+            self.ctx.log.error(
+                "sent emails not recorded; they are resent when the claim expires",
+                rows=[m.row_id for m in self.unrecorded],
+            )
         back = [r.id for r in [*self.inflight.values(), *self.pending]]
         if back:
             try:
                 self.totals.released += await oc.release(self.ctx.db, self.token, back)
             except Exception as exc:
-                self.ctx.log.error("cannot release unsent emails; they are re-planned when "
-                                   "the claim expires", error=repr(exc), rows=len(back))
+                self.ctx.log.error(
+                    "cannot release unsent emails; they are re-planned when the claim expires",
+                    error=repr(exc),
+                    rows=len(back),
+                )
 
 
 # -- the task -------------------------------------------------------------------------------
@@ -298,9 +333,11 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
     opts = EmailOptions.parse(ctx.options)
     recovered, pruned = await oc.housekeeping(ctx.db, opts.keep_sent_days)
     if recovered:
-        ctx.log.warning("re-planned emails whose sender was lost (they may be sent twice)",
-                        rows=[(r.id, r.message_id, r.owner) for r in recovered][:20],
-                        count=len(recovered))
+        ctx.log.warning(
+            "re-planned emails whose sender was lost (they may be sent twice)",
+            rows=[(r.id, r.message_id, r.owner) for r in recovered][:20],
+            count=len(recovered),
+        )
     async with ctx.db() as session:
         skip_locked = await supports_skip_locked(session)
     owner = f"{socket.gethostname()}:{os.getpid()}:{ctx.run_id}"
@@ -312,8 +349,14 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
             # The claim must outlive this run, including its grace and a send in flight.
             lease_s = max(ctx.time_left(), 0) + ctx.settings.grace_s + opts.smtp_timeout_s + 30
             token = str(uuid.uuid4())
-            rows = await oc.claim(ctx.db, owner=owner, token=token, limit=opts.batch_size,
-                                  lease_s=lease_s, skip_locked=skip_locked)
+            rows = await oc.claim(
+                ctx.db,
+                owner=owner,
+                token=token,
+                limit=opts.batch_size,
+                lease_s=lease_s,
+                skip_locked=skip_locked,
+            )
             if not rows:
                 break
             await Batch(ctx, opts, token, rows, totals).run(connections[: len(rows)])
@@ -323,13 +366,21 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
     finally:
         await asyncio.shield(_close_all(connections))
         if totals != Totals() or recovered or pruned:
-            ctx.log.info("outbox", sent=totals.sent, retried=totals.retried,
-                         failed=totals.failed, released=totals.released,
-                         recovered=len(recovered), pruned=pruned)
+            ctx.log.info(
+                "outbox",
+                sent=totals.sent,
+                retried=totals.retried,
+                failed=totals.failed,
+                released=totals.released,
+                recovered=len(recovered),
+                pruned=pruned,
+            )
     if totals == Totals() and not recovered:
         return None
-    return (f"sent {totals.sent}, retry {totals.retried}, error {totals.failed}, "
-            f"released {totals.released}, recovered {len(recovered)}")
+    return (
+        f"sent {totals.sent}, retry {totals.retried}, error {totals.failed}, "
+        f"released {totals.released}, recovered {len(recovered)}"
+    )
 
 
 async def _close_all(connections: list[Connection]) -> None:

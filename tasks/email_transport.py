@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
-from tasks.outbox import Envelope
+from cronloop.standard.outbox import Envelope
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,13 @@ class SmtpConnection:
             return self.client
         c = self.config
         client = aiosmtplib.SMTP(
-            hostname=c.host, port=c.port, timeout=c.timeout_s,
-            username=c.username or None, password=c.password or None,
-            use_tls=c.tls == "tls", start_tls=c.tls == "starttls",
+            hostname=c.host,
+            port=c.port,
+            timeout=c.timeout_s,
+            username=c.username or None,
+            password=c.password or None,
+            use_tls=c.tls == "tls",
+            start_tls=c.tls == "starttls",
             cert_bundle=c.ca_file or None,
         )
         try:
@@ -89,18 +93,21 @@ class SmtpConnection:
         client = await self._connected()
         try:
             refused, _ = await client.send_message(
-                message, sender=env.envelope_from, recipients=env.envelope_to)
+                message, sender=env.envelope_from, recipients=env.envelope_to
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             text = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
             permanent = all(500 <= c < 600 for c in codes)
-            raise SendError(text, code=max(codes) if permanent else min(codes),
-                            permanent=permanent) from None
+            raise SendError(
+                text, code=max(codes) if permanent else min(codes), permanent=permanent
+            ) from None
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code == 421 or not 400 <= exc.code < 600:
                 self._drop()
-            raise SendError(f"{exc.code} {exc.message}", code=exc.code,
-                            permanent=500 <= exc.code < 600) from None
+            raise SendError(
+                f"{exc.code} {exc.message}", code=exc.code, permanent=500 <= exc.code < 600
+            ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             self._drop()
             raise SendError(f"{type(exc).__name__}: {exc}") from None
@@ -135,8 +142,9 @@ class FileConnection:
         # Bcc is not a header; keep the envelope so whoever picks the file up has it.
         message["X-Cronloop-Envelope-To"] = ", ".join(env.envelope_to)
         try:
-            await asyncio.to_thread(write_eml, self.directory, eml_name(env.message_id),
-                                    message.as_bytes())
+            await asyncio.to_thread(
+                write_eml, self.directory, eml_name(env.message_id), message.as_bytes()
+            )
         except OSError as exc:
             raise SendError(f"file: {type(exc).__name__}: {exc}") from None
         return {}

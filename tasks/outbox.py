@@ -56,10 +56,10 @@ from sqlalchemy import CheckConstraint, Column, Index, Integer, String, Table, T
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tasks._sql import id_column
-from tasks.schema import metadata
-from worker.db import db_now
-from worker.models import UTCDateTime
+from cronloop.standard._sql import id_column
+from cronloop.standard.schema import metadata
+from cronloop.store.sql.engine import db_now
+from cronloop.store.sql.tables import UTCDateTime
 
 PLANNED, SENDING, SENT, ERROR = "planned", "sending", "sent", "error"
 LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
@@ -97,10 +97,22 @@ outbox = Table(
 )
 
 # Headers the task writes itself; an application may not smuggle its own.
-RESERVED_HEADERS = frozenset({
-    "from", "to", "cc", "bcc", "subject", "date", "message-id", "mime-version",
-    "content-type", "content-transfer-encoding", "sender", "return-path",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "cc",
+        "bcc",
+        "subject",
+        "date",
+        "message-id",
+        "mime-version",
+        "content-type",
+        "content-transfer-encoding",
+        "sender",
+        "return-path",
+    }
+)
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
 _ADDR_SPEC = re.compile(r"^[\x21-\x7e]+@[A-Za-z0-9\[][A-Za-z0-9.:\[\]-]*$")
 
@@ -182,9 +194,18 @@ async def queue_email(
     With an AsyncSession the row is added to the caller's open transaction and not
     committed here; with a sessionmaker it is committed before returning.
     """
-    row = _queue_values(to=to, cc=cc, bcc=bcc, subject=subject, body_text=body_text,
-                        body_html=body_html, sender=sender, headers=headers,
-                        planned=planned, max_retries=max_retries)
+    row = _queue_values(
+        to=to,
+        cc=cc,
+        bcc=bcc,
+        subject=subject,
+        body_text=body_text,
+        body_html=body_html,
+        sender=sender,
+        headers=headers,
+        planned=planned,
+        max_retries=max_retries,
+    )
     if isinstance(session_or_sessionmaker, AsyncSession):
         await _insert(session_or_sessionmaker, row, planned)
     else:
@@ -194,12 +215,23 @@ async def queue_email(
 
 
 def _queue_values(
-    *, to: str | Iterable[str], cc: str | Iterable[str], bcc: str | Iterable[str],
-    subject: str, body_text: str, body_html: str | None, sender: str | None,
-    headers: Mapping[str, str] | None, planned: datetime | None, max_retries: int | None,
+    *,
+    to: str | Iterable[str],
+    cc: str | Iterable[str],
+    bcc: str | Iterable[str],
+    subject: str,
+    body_text: str,
+    body_html: str | None,
+    sender: str | None,
+    headers: Mapping[str, str] | None,
+    planned: datetime | None,
+    max_retries: int | None,
 ) -> dict[str, Any]:
-    recipients = {"to": check_addresses(to, "to"), "cc": check_addresses(cc, "cc"),
-                  "bcc": check_addresses(bcc, "bcc")}
+    recipients = {
+        "to": check_addresses(to, "to"),
+        "cc": check_addresses(cc, "cc"),
+        "bcc": check_addresses(bcc, "bcc"),
+    }
     if not any(recipients.values()):
         raise ValueError("no recipients: give at least one address in to, cc or bcc")
     if not isinstance(subject, str) or "\r" in subject or "\n" in subject:
@@ -300,7 +332,9 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
     return Envelope(
         message_id=message_id,
         sender=sender,
-        to=lists["to"], cc=lists["cc"], bcc=lists["bcc"],
+        to=lists["to"],
+        cc=lists["cc"],
+        bcc=lists["bcc"],
         subject=subject,
         body_text=row.body_text or "",
         body_html=row.body_html,

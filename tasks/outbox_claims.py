@@ -3,7 +3,8 @@
 Every write about a claimed row is fenced by its `claim_token` and `state = 'sending'`, so
 a worker whose claim expired (and whose rows another worker re-planned or took) cannot
 overwrite them. Due-ness, leases and retry times use the database's clock
-(`worker.db.db_now`): rows are written by application hosts and claimed by worker hosts
+(`cronloop.store.sql.engine.db_now`): rows are written by application hosts and claimed by
+worker hosts
 whose clocks may disagree. The table, its states and the application's side of the
 contract: `tasks/outbox.py`.
 """
@@ -16,9 +17,9 @@ from typing import Any
 from sqlalchemy import String, and_, delete, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tasks._sql import rowcount
-from tasks.outbox import ERROR, PLANNED, SENDING, SENT, outbox
-from worker.db import db_now
+from cronloop.standard._sql import rowcount
+from cronloop.standard.outbox import ERROR, PLANNED, SENDING, SENT, outbox
+from cronloop.store.sql.engine import db_now
 
 DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
 C = outbox.c
@@ -39,8 +40,18 @@ class Mark:
 
 # What a sender reads; `created` comes raw, so a malformed timestamp written directly on
 # SQLite makes that row an error instead of failing the whole claim.
-SEND_COLUMNS = (C.id, C.message_id, C.sender, C.recipients, C.subject, C.body_text,
-                C.body_html, C.headers, C.remaining_retries, C.attempts)
+SEND_COLUMNS = (
+    C.id,
+    C.message_id,
+    C.sender,
+    C.recipients,
+    C.subject,
+    C.body_text,
+    C.body_html,
+    C.headers,
+    C.remaining_retries,
+    C.attempts,
+)
 
 
 async def housekeeping(
@@ -51,23 +62,38 @@ async def housekeeping(
     async with db() as session, session.begin():
         now = db_now(session.get_bind().dialect)
         expired = and_(C.state == SENDING, or_(C.lease_until.is_(None), C.lease_until < now))
-        stuck = (await session.execute(
-            select(C.id, C.message_id, C.owner).where(expired).limit(limit))).all()
+        stuck = (
+            await session.execute(select(C.id, C.message_id, C.owner).where(expired).limit(limit))
+        ).all()
         if stuck:
-            await session.execute(update(outbox).where(C.id.in_([r.id for r in stuck]), expired)
-                                  .values(state=PLANNED, owner=None, claim_token=None,
-                                          lease_until=None))
+            await session.execute(
+                update(outbox)
+                .where(C.id.in_([r.id for r in stuck]), expired)
+                .values(state=PLANNED, owner=None, claim_token=None, lease_until=None)
+            )
         cutoff = db_now(session.get_bind().dialect, -keep_sent_days * 86400)
-        old = (await session.execute(select(C.id).where(C.state == SENT, C.sent <= cutoff)
-                                     .limit(limit))).scalars().all()
+        old = (
+            (
+                await session.execute(
+                    select(C.id).where(C.state == SENT, C.sent <= cutoff).limit(limit)
+                )
+            )
+            .scalars()
+            .all()
+        )
         if old:
             await session.execute(delete(outbox).where(C.id.in_(old), C.state == SENT))
     return list(stuck), len(old)
 
 
 async def claim(
-    db: async_sessionmaker[AsyncSession], *, owner: str, token: str, limit: int,
-    lease_s: float, skip_locked: bool,
+    db: async_sessionmaker[AsyncSession],
+    *,
+    owner: str,
+    token: str,
+    limit: int,
+    lease_s: float,
+    skip_locked: bool,
 ) -> list[Any]:
     """Take up to `limit` due rows, oldest first, for this run: one short transaction.
 
@@ -76,20 +102,32 @@ async def claim(
     """
     async with db() as session, session.begin():
         dialect = session.get_bind().dialect
-        query = (select(C.id).where(C.state == PLANNED, C.planned <= db_now(dialect))
-                 .order_by(C.planned, C.id).limit(limit))
+        query = (
+            select(C.id)
+            .where(C.state == PLANNED, C.planned <= db_now(dialect))
+            .order_by(C.planned, C.id)
+            .limit(limit)
+        )
         if skip_locked:
             query = query.with_for_update(skip_locked=True)
         ids = (await session.execute(query)).scalars().all()
         if not ids:
             return []
         await session.execute(
-            update(outbox).where(C.id.in_(ids), C.state == PLANNED)
-            .values(state=SENDING, owner=owner[:255], claim_token=token,
-                    lease_until=db_now(dialect, lease_s)))
+            update(outbox)
+            .where(C.id.in_(ids), C.state == PLANNED)
+            .values(
+                state=SENDING,
+                owner=owner[:255],
+                claim_token=token,
+                lease_until=db_now(dialect, lease_s),
+            )
+        )
         taken = await session.execute(
             select(*SEND_COLUMNS, type_coerce(C.created, String).label("created"))
-            .where(C.claim_token == token, C.state == SENDING).order_by(C.planned, C.id))
+            .where(C.claim_token == token, C.state == SENDING)
+            .order_by(C.planned, C.id)
+        )
         return list(taken.all())
 
 
@@ -99,9 +137,11 @@ async def assign_message_id(
     """Give a directly inserted row its Message-ID before its first send, so a resend
     after a crash carries the same one."""
     async with db() as session, session.begin():
-        await session.execute(update(outbox).where(
-            C.id == row_id, C.claim_token == token, C.message_id.is_(None)
-        ).values(message_id=message_id))
+        await session.execute(
+            update(outbox)
+            .where(C.id == row_id, C.claim_token == token, C.message_id.is_(None))
+            .values(message_id=message_id)
+        )
 
 
 async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[Mark]) -> int:
@@ -118,15 +158,23 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
             written += rowcount(await session.execute(delete(outbox).where(C.id.in_(gone), ours)))
         kept = [m.row_id for m in marks if m.state == SENT]
         if kept:
-            written += rowcount(await session.execute(
-                update(outbox).where(C.id.in_(kept), ours)
-                .values(state=SENT, sent=now, last_attempt=now, attempts=C.attempts + 1,
-                        **released)))
+            written += rowcount(
+                await session.execute(
+                    update(outbox)
+                    .where(C.id.in_(kept), ours)
+                    .values(
+                        state=SENT, sent=now, last_attempt=now, attempts=C.attempts + 1, **released
+                    )
+                )
+            )
         for m in marks:
             if m.state not in (PLANNED, ERROR):
                 continue
             values: dict[str, Any] = {
-                "state": m.state, "last_error": m.error, "last_error_code": m.code, **released,
+                "state": m.state,
+                "last_error": m.error,
+                "last_error_code": m.code,
+                **released,
             }
             if m.attempted:
                 values.update(attempts=C.attempts + 1, last_attempt=now)
@@ -134,8 +182,9 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
                 values["remaining_retries"] = m.remaining
             if m.state == PLANNED:
                 values["planned"] = db_now(session.get_bind().dialect, m.delay_s)
-            result = await session.execute(update(outbox).where(C.id == m.row_id, ours)
-                                           .values(**values))
+            result = await session.execute(
+                update(outbox).where(C.id == m.row_id, ours).values(**values)
+            )
             written += rowcount(result)
     return written
 
@@ -146,7 +195,8 @@ async def release(db: async_sessionmaker[AsyncSession], token: str, ids: list[in
         return 0
     async with db() as session, session.begin():
         result = await session.execute(
-            update(outbox).where(C.id.in_(ids), C.claim_token == token, C.state == SENDING)
-            .values(state=PLANNED, owner=None, claim_token=None, lease_until=None))
+            update(outbox)
+            .where(C.id.in_(ids), C.claim_token == token, C.state == SENDING)
+            .values(state=PLANNED, owner=None, claim_token=None, lease_until=None)
+        )
     return rowcount(result)
-

@@ -28,11 +28,11 @@ from typing import Any
 from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from tasks._sql import rowcount
-from tasks.outbox import queue_email
-from tasks.sla_notify import OPTIONS, Due, SlaConfig, notification
-from tasks.tickets import STOPWATCHES, THRESHOLDS, ticket_problem, tickets
-from worker import TaskContext, task
+from cronloop import TaskContext, task
+from cronloop.standard._sql import rowcount
+from cronloop.standard.outbox import queue_email
+from cronloop.standard.sla_notify import OPTIONS, Due, SlaConfig, notification
+from cronloop.standard.tickets import STOPWATCHES, THRESHOLDS, ticket_problem, tickets
 
 ESCALATION = {"new": "escalated_tto", "approved": "escalated_tto", "assigned": "escalated_ttr"}
 # A ticket that fails unexpectedly is logged and left for the next run; this many failures
@@ -119,8 +119,9 @@ async def process_due(ctx: TaskContext, now: datetime) -> SlaReport:
             except Exception as exc:
                 report.failed_ids.append(ticket_id)
                 consecutive_failures += 1
-                ctx.log.error("sla ticket failed", ticket_id=ticket_id, error=repr(exc),
-                              exc_info=True)
+                ctx.log.error(
+                    "sla ticket failed", ticket_id=ticket_id, error=repr(exc), exc_info=True
+                )
                 if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
                     raise
             else:
@@ -174,8 +175,13 @@ async def _process_one(
     if result is None:
         return
     for due, overrun in result.triggered:
-        ctx.log.info("sla threshold triggered", ticket_id=ticket_id, stopwatch=due.sw,
-                     threshold=due.pct, overrun_s=round(overrun, 3))
+        ctx.log.info(
+            "sla threshold triggered",
+            ticket_id=ticket_id,
+            stopwatch=due.sw,
+            threshold=due.pct,
+            overrun_s=round(overrun, 3),
+        )
     if result.escalated_to:
         ctx.log.info("sla ticket escalated", ticket_id=ticket_id, status=result.escalated_to)
     report.triggered += len(result.triggered)
@@ -262,8 +268,14 @@ async def _mark_bad(db: async_sessionmaker[AsyncSession], ticket_id: int, reason
         return rowcount(await session.execute(statement)) == 1
 
 
-async def _notify(session: AsyncSession, config: SlaConfig, row: Mapping[Any, Any], due: Due,
-                  overrun: float, status: str) -> None:
+async def _notify(
+    session: AsyncSession,
+    config: SlaConfig,
+    row: Mapping[Any, Any],
+    due: Due,
+    overrun: float,
+    status: str,
+) -> None:
     """Queue the notification in the caller's transaction (see the module doc)."""
     try:
         await queue_email(session, **notification(config, row, due, overrun, status))

@@ -18,11 +18,22 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasks.outbox import check_address
+from cronloop.standard.outbox import check_address
 
 STOPWATCH_NAMES = {"tto": "time to own", "ttr": "time to resolve"}
-PLACEHOLDERS = frozenset({"ref", "title", "threshold", "stopwatch", "stopwatch_name",
-                          "deadline", "overrun", "status", "priority"})
+PLACEHOLDERS = frozenset(
+    {
+        "ref",
+        "title",
+        "threshold",
+        "stopwatch",
+        "stopwatch_name",
+        "deadline",
+        "overrun",
+        "status",
+        "priority",
+    }
+)
 
 DEFAULT_SUBJECT = "[{ref}] {stopwatch} {threshold} reached: {title}"
 DEFAULT_BODY = (
@@ -113,8 +124,9 @@ class Due:
     deadline: datetime
 
 
-def notification(config: SlaConfig, row: Mapping[Any, Any], due: Due, overrun: float,
-                 status: str) -> dict[str, Any]:
+def notification(
+    config: SlaConfig, row: Mapping[Any, Any], due: Due, overrun: float, status: str
+) -> dict[str, Any]:
     """The `queue_email` arguments for one threshold of the ticket `row`; `status` is the
     ticket's status after escalation."""
     values = {
@@ -135,8 +147,7 @@ def notification(config: SlaConfig, row: Mapping[Any, Any], due: Due, overrun: f
         "body_text": config.body.format_map(values),
         "body_html": config.html.format_map(escaped) if config.html else None,
         "sender": config.sender,
-        "headers": {"X-Cronloop-Ticket": str(row["ref"]),
-                    "X-Cronloop-SLA": f"{due.sw}-{due.pct}"},
+        "headers": {"X-Cronloop-Ticket": str(row["ref"]), "X-Cronloop-SLA": f"{due.sw}-{due.pct}"},
     }
 
 

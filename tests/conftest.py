@@ -20,12 +20,12 @@ from sqlalchemy import delete
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import tasks  # noqa: F401  (registers the standard tasks' tables)
-from tasks.schema import metadata as tasks_metadata
-from worker.db import create_engine
-from worker.migrate import upgrade
-from worker.models import metadata
-from worker.settings import Settings
+import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
+from cronloop.config.settings import Settings
+from cronloop.standard.schema import metadata as tasks_metadata
+from cronloop.store.sql.engine import create_engine
+from cronloop.store.sql.migrate import upgrade
+from cronloop.store.sql.tables import metadata
 
 MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
 REQUIRE_MARIADB = os.environ.get("CRONLOOP_REQUIRE_MARIADB") == "1"

@@ -2,15 +2,15 @@
 
 The public API for task authors::
 
-    from worker import task, TaskContext
+    from cronloop import task, TaskContext
 
     @task(every=3600, timeout=60)
     async def draft_attachment_gc(ctx: TaskContext) -> str | None:
         ...
 """
 
-from worker.context import StopReason, StopRun, TaskContext
-from worker.outcome import Outcome, TaskStatus
-from worker.registry import TaskSpec, task
+from cronloop.definitions.context import StopReason, StopRun, TaskContext
+from cronloop.definitions.registry import TaskSpec, task
+from cronloop.domain.outcome import Outcome, TaskStatus
 
 __all__ = ["Outcome", "StopReason", "StopRun", "TaskContext", "TaskSpec", "TaskStatus", "task"]

@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.clock import Clock, SystemClock
-from worker.context import StopReason, StopSignal, TaskContext, bind_run_logger
-from worker.db import session_factory
-from worker.registry import TaskDefinition
-from worker.settings import Settings
+from cronloop.config.settings import Settings
+from cronloop.definitions.context import StopReason, StopSignal, TaskContext, bind_run_logger
+from cronloop.definitions.registry import TaskDefinition
+from cronloop.domain.clock import Clock, SystemClock
+from cronloop.store.sql.engine import session_factory
 
 
 def make_context(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from worker.models import UTCDateTime
+from cronloop.store.sql.tables import UTCDateTime
 
 revision = "0001_core"
 down_revision = None

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from worker.models import runs, tasks
+from cronloop.store.sql.tables import runs, tasks
 
 CRONLOOP = Path(sys.executable).parent / "cronloop"
 HERE = Path(__file__).resolve().parent
@@ -37,8 +37,15 @@ REQUIRE_MARIADB = os.environ.get("CRONLOOP_REQUIRE_MARIADB") == "1"
 BACKENDS = ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
 COMMAND_TIMEOUT_S = 60.0
 # The service's environment that must not leak from the machine running the tests.
-_SCRUBBED = ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET", "JOURNAL_STREAM",
-             "WATCHDOG_USEC", "WATCHDOG_PID", "PYTHONPATH")
+_SCRUBBED = (
+    "STATE_DIRECTORY",
+    "CREDENTIALS_DIRECTORY",
+    "NOTIFY_SOCKET",
+    "JOURNAL_STREAM",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "PYTHONPATH",
+)
 
 Event = dict[str, Any]
 Env = Mapping[str, str | None]
@@ -79,8 +86,14 @@ class Worker:
 
     def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: Path) -> None:
         self.argv = list(argv)
-        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         self.lines: list[str] = []
         self.events: list[Event] = []
         self._cond = threading.Condition()
@@ -109,8 +122,9 @@ class Worker:
         with self._cond:
             return len(self.events)
 
-    def wait_for(self, name: str, timeout: float = 10.0, since: int = 0, count: int = 1,
-                 **fields: Any) -> Event:
+    def wait_for(
+        self, name: str, timeout: float = 10.0, since: int = 0, count: int = 1, **fields: Any
+    ) -> Event:
         """The `count`-th event named `name` with these fields; fails after `timeout` s."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -136,8 +150,9 @@ class Worker:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"worker did not exit within {timeout}s; log tail:\n"
-                                 + "\n".join(self.lines[-40:])) from None
+            raise AssertionError(
+                f"worker did not exit within {timeout}s; log tail:\n" + "\n".join(self.lines[-40:])
+            ) from None
         self._reader.join(5)
         return rc
 
@@ -160,8 +175,11 @@ class Cli:
     workers: list[Worker] = field(default_factory=list)
 
     def argv(self, args: Sequence[str]) -> list[str]:
-        extra = [] if any(a.startswith("--task_modules") for a in args) else [
-            "--task_modules=sample_tasks"]
+        extra = (
+            []
+            if any(a.startswith("--task_modules") for a in args)
+            else ["--task_modules=sample_tasks"]
+        )
         return [str(CRONLOOP), *args, *extra, *self.db_args]
 
     def _env(self, tasks: str | None, env: Env | None) -> dict[str, str]:
@@ -176,22 +194,38 @@ class Cli:
                 merged[key] = value
         return merged
 
-    def run(self, *args: str, tasks: str | None = None, env: Env | None = None,
-            timeout: float = COMMAND_TIMEOUT_S) -> Result:
-        proc = subprocess.run(self.argv(args), env=self._env(tasks, env), cwd=self.cwd,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+    def run(
+        self,
+        *args: str,
+        tasks: str | None = None,
+        env: Env | None = None,
+        timeout: float = COMMAND_TIMEOUT_S,
+    ) -> Result:
+        proc = subprocess.run(
+            self.argv(args),
+            env=self._env(tasks, env),
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
-    def ok(self, *args: str, tasks: str | None = None, env: Env | None = None,
-           timeout: float = COMMAND_TIMEOUT_S) -> Result:
+    def ok(
+        self,
+        *args: str,
+        tasks: str | None = None,
+        env: Env | None = None,
+        timeout: float = COMMAND_TIMEOUT_S,
+    ) -> Result:
         """`run`, asserting exit 0."""
         result = self.run(*args, tasks=tasks, env=env, timeout=timeout)
         assert result.rc == 0, str(result)
         return result
 
-    def start(self, *args: str, tasks: str | None = None,
-              env: Env | None = None) -> Worker:
+    def start(self, *args: str, tasks: str | None = None, env: Env | None = None) -> Worker:
         worker = Worker(self.argv(["run", *args]), self._env(tasks, env), self.cwd)
         self.workers.append(worker)
         return worker
@@ -229,8 +263,9 @@ class Cli:
 
 def base_env(cwd: Path) -> dict[str, str]:
     """The environment of every cronloop process: clean, no params file, JSON logs."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("CRONLOOP_") and k not in _SCRUBBED}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("CRONLOOP_") and k not in _SCRUBBED
+    }
     env.update(
         PYTHONPATH=f"{HERE}{os.pathsep}{cwd}",
         STATE_DIRECTORY=str(cwd / "state"),
@@ -279,9 +314,15 @@ def foreign_tasks_off(
     """`CRONLOOP_<TASK>__ENABLED=0` for every task installed by entry points (the standard
     tasks), so that a test's `run --once` runs only the sample tasks it chose."""
     cwd = tmp_path_factory.mktemp("foreign")
-    proc = subprocess.run([str(cronloop_bin), "tasks", "--task_modules="], env=base_env(cwd),
-                          cwd=cwd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                          check=False)
+    proc = subprocess.run(
+        [str(cronloop_bin), "tasks", "--task_modules="],
+        env=base_env(cwd),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_S,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     names = [line.split("|")[0].strip() for line in proc.stdout.splitlines()[2:] if "|" in line]
     return {f"CRONLOOP_{re.sub(r'[^A-Za-z0-9]', '_', n).upper()}__ENABLED": "0" for n in names}
@@ -300,9 +341,15 @@ def mariadb_url(cronloop_bin: Path, tmp_path_factory: pytest.TempPathFactory) ->
     name, url = _scratch_database("cronloop_acc")
     try:
         cwd = tmp_path_factory.mktemp("migrate")
-        proc = subprocess.run([str(cronloop_bin), "migrate", f"--database_url={url}"],
-                              env=base_env(cwd), cwd=cwd, capture_output=True, text=True,
-                              timeout=COMMAND_TIMEOUT_S, check=False)
+        proc = subprocess.run(
+            [str(cronloop_bin), "migrate", f"--database_url={url}"],
+            env=base_env(cwd),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "schema migrated: empty -> " in proc.stdout, proc.stdout
         yield url
@@ -336,8 +383,14 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def make_cli(backend: str, cwd: Path, extra_env: dict[str, str],
-             get_mariadb: Callable[[], str], *, clear: bool = True) -> Cli:
+def make_cli(
+    backend: str,
+    cwd: Path,
+    extra_env: dict[str, str],
+    get_mariadb: Callable[[], str],
+    *,
+    clear: bool = True,
+) -> Cli:
     """A `Cli` for `backend`; the MariaDB database is emptied first unless `clear` is off."""
     env = {**base_env(cwd), **extra_env}
     if backend == "sqlite":
@@ -351,11 +404,13 @@ def make_cli(backend: str, cwd: Path, extra_env: dict[str, str],
 
 
 @pytest.fixture
-def cli(backend: str, tmp_path: Path, foreign_tasks_off: dict[str, str],
-        request: pytest.FixtureRequest) -> Iterator[Cli]:
+def cli(
+    backend: str, tmp_path: Path, foreign_tasks_off: dict[str, str], request: pytest.FixtureRequest
+) -> Iterator[Cli]:
     """The CLI on this test's database (embedded SQLite, or the module's MariaDB one)."""
-    handle = make_cli(backend, tmp_path, foreign_tasks_off,
-                      lambda: str(request.getfixturevalue("mariadb_url")))
+    handle = make_cli(
+        backend, tmp_path, foreign_tasks_off, lambda: str(request.getfixturevalue("mariadb_url"))
+    )
     try:
         yield handle
     finally:

@@ -4,7 +4,7 @@ Each task exercises one behaviour of the real service (a deadline, a drain, a fa
 shared slot). Each test chooses the tasks it needs with the environment variable
 `SAMPLE_TASKS` (comma-separated names; unset or empty means all), so that, say,
 `run --once` is not held up by a task that only ends when the worker is stopped. Only
-the public API is used (`from worker import task, TaskContext`), as an extension would.
+the public API is used (`from cronloop import task, TaskContext`), as an extension would.
 
 The tasks log a line when they reach a point a test waits for (`long started`), so tests
 read the worker's log instead of sleeping.
@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from worker import TaskContext, task
+from cronloop import TaskContext, task
 
 _SELECTED = frozenset(
     name.strip() for name in os.environ.get("SAMPLE_TASKS", "").split(",") if name.strip()

@@ -18,9 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_benchmark_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--scale", "tiny", "--db", "sqlite",
-         "--systems", "cronloop", "--only", "burst,idle", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--scale",
+            "tiny",
+            "--db",
+            "sqlite",
+            "--systems",
+            "cronloop",
+            "--only",
+            "burst,idle",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr

@@ -23,8 +23,16 @@ if TYPE_CHECKING:
 POLL = "--poll_interval=0.2"
 SECRET = "Sup3r-s3cret-PW"
 URL_SECRET = "Url-s3cret-PW"
-STATUS_COLUMNS = ["Task", "Status", "Last Run", "Next Run", "Nb Run", "Avg. Dur.",
-                  "Last Outcome", "Running"]
+STATUS_COLUMNS = [
+    "Task",
+    "Status",
+    "Last Run",
+    "Next Run",
+    "Nb Run",
+    "Avg. Dur.",
+    "Last Outcome",
+    "Running",
+]
 
 
 def config_error(cli: Cli, *args: str) -> str:
@@ -53,8 +61,9 @@ def test_params_file_errors_name_the_key_and_file_line(
 ) -> None:
     params = sqlite_cli.write_params(text)
     for command in ("run", "check-config"):
-        err = config_error(sqlite_cli, command, "--once" if command == "run" else "-v",
-                           "--param-file", str(params))
+        err = config_error(
+            sqlite_cli, command, "--once" if command == "run" else "-v", "--param-file", str(params)
+        )
         assert f"{params}:{line}" in err
         for word in words:
             assert word in err
@@ -67,8 +76,9 @@ def test_missing_explicit_params_file_is_a_config_error(sqlite_cli: Cli) -> None
 
 
 def test_world_readable_params_file_with_a_password_is_refused(sqlite_cli: Cli) -> None:
-    params = sqlite_cli.write_params(f"poll_interval = 1\ndatabase_password = {SECRET}\n",
-                                     mode=0o644)
+    params = sqlite_cli.write_params(
+        f"poll_interval = 1\ndatabase_password = {SECRET}\n", mode=0o644
+    )
     err = config_error(sqlite_cli, "check-config", "--param-file", str(params))
     assert str(params) in err and "0644" in err and "chmod" in err
     assert SECRET not in err
@@ -78,8 +88,11 @@ def test_itop_param_file_flag_and_check_config_sources(sqlite_cli: Cli) -> None:
     params = sqlite_cli.write_params("cron_sleep = 7\nquick.timeout = 3\n")
     for form in ([f"--param_file={params}"], ["--param-file", str(params)]):
         out = sqlite_cli.ok("check-config", *form, "--max_concurrency=4").out
-        settings = {line.split("=")[0].strip(): line for line in out.splitlines()
-                    if not line.startswith("#")}
+        settings = {
+            line.split("=")[0].strip(): line
+            for line in out.splitlines()
+            if not line.startswith("#")
+        }
         assert settings["poll_interval"].split("#")[1].strip() == f"file {params}:1 (as cron_sleep)"
         assert "= 7 " in settings["poll_interval"]
         assert settings["max_concurrency"].endswith("# command line")
@@ -98,19 +111,27 @@ def test_passwords_never_appear_in_any_output(sqlite_cli: Cli) -> None:
     assert f"file {params}:2" in rows["database_password"]
     assert "app:********@127.0.0.1:1/itop" in rows["database_url"]
     # an unreachable database: the error is logged and reported without the password
-    failed = sqlite_cli.run("run", "--once", f"--param_file={params}", "--startup_db_wait_s=0",
-                            "-v")
+    failed = sqlite_cli.run(
+        "run", "--once", f"--param_file={params}", "--startup_db_wait_s=0", "-v"
+    )
     assert failed.rc == 75, str(failed)
     assert "unreachable" in failed.err
-    in_env = sqlite_cli.run("run", "--once", f"--param_file={params}", "--startup_db_wait_s=0",
-                            env={"CRONLOOP_DATABASE_PASSWORD": SECRET})
+    in_env = sqlite_cli.run(
+        "run",
+        "--once",
+        f"--param_file={params}",
+        "--startup_db_wait_s=0",
+        env={"CRONLOOP_DATABASE_PASSWORD": SECRET},
+    )
     assert in_env.rc == 75, str(in_env)
     bad = sqlite_cli.write_params(f"database_url = mysql://app:{URL_SECRET}@h:x/db\n", "bad.params")
     bad_value = sqlite_cli.run("check-config", f"--param_file={bad}")
     assert bad_value.rc == 78 and f"{bad}:1" in bad_value.err, str(bad_value)
     # on the command line (readable by anyone with ps) a password is refused, not echoed
-    in_argv = [sqlite_cli.run("check-config", f"--database_url={url}"),
-               sqlite_cli.run("check-config", f"--database_password={SECRET}")]
+    in_argv = [
+        sqlite_cli.run("check-config", f"--database_url={url}"),
+        sqlite_cli.run("check-config", f"--database_password={SECRET}"),
+    ]
     for result in in_argv:
         assert result.rc == 78 and "do not put a password on the command line" in result.err
     for result in (shown, failed, in_env, bad_value, *in_argv):
@@ -130,8 +151,10 @@ def test_refuses_to_run_as_root_without_allow_root(sqlite_cli: Cli) -> None:
 
 def test_tasks_lists_the_sample_tasks_with_schedules(sqlite_cli: Cli) -> None:
     out = sqlite_cli.ok("tasks").out
-    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")]
-            for line in out.splitlines()[2:]}
+    rows = {
+        line.split("|")[0].strip(): [c.strip() for c in line.split("|")]
+        for line in out.splitlines()[2:]
+    }
     assert rows["quick"][1] == "every 3600s"
     assert rows["ticker"][1] == "every 0.5s"
     assert rows["nightly"][1].startswith("weekly 03:00")
@@ -144,8 +167,7 @@ def test_status_table_and_history(cli: Cli) -> None:
     cli.ok("run", "--once", tasks="quick,boom")
     lines = cli.ok("status").out.splitlines()
     assert [c.strip() for c in lines[0].split("|")] == STATUS_COLUMNS
-    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")]
-            for line in lines[2:]}
+    rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in lines[2:]}
     assert rows["quick"][1] == "active" and rows["quick"][4] == "1"
     assert rows["quick"][6] == "success" and rows["quick"][7] == "no"
     assert rows["boom"][6].startswith("failed")
@@ -177,8 +199,9 @@ def _idle(seconds: float) -> None:
 
 
 def _count(worker_events: list[dict[str, object]], task: str) -> int:
-    return sum(1 for e in worker_events if e.get("event") == "run finished"
-               and e.get("task") == task)
+    return sum(
+        1 for e in worker_events if e.get("event") == "run finished" and e.get("task") == task
+    )
 
 
 def test_pause_resume_trigger_while_a_worker_runs(cli: Cli) -> None:

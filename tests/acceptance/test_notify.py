@@ -11,7 +11,7 @@ from pathlib import Path
 
 CRONLOOP = str(Path(sys.executable).parent / "cronloop")
 TASKS = """
-from worker import task
+from cronloop import task
 
 @task(every=0.3, timeout=5)
 async def tick(ctx):

@@ -20,8 +20,18 @@ if TYPE_CHECKING:
     from conftest import Cli, Event
 
 DOCUMENTED_STATUS_KEYS = {
-    "name", "status", "last_run", "next_run", "runs", "avg_duration", "min_duration",
-    "max_duration", "last_outcome", "last_error", "running", "consecutive_failures",
+    "name",
+    "status",
+    "last_run",
+    "next_run",
+    "runs",
+    "avg_duration",
+    "min_duration",
+    "max_duration",
+    "last_outcome",
+    "last_error",
+    "running",
+    "consecutive_failures",
 }
 POLL = "--poll_interval=0.2"
 
@@ -43,7 +53,10 @@ def test_once_runs_every_due_task_once_and_status_shows_it(cli: Cli) -> None:
     result = cli.ok("run", "--once", tasks="quick,threaded,boom,nightly")
     ran = finished(result.events)
     assert {k: v["outcome"] for k, v in ran.items()} == {
-        "quick": "success", "threaded": "success", "boom": "failed"}
+        "quick": "success",
+        "threaded": "success",
+        "boom": "failed",
+    }
     assert [e["runs"] for e in result.events if e.get("event") == "worker stopped"] == [3]
 
     status = cli.status()
@@ -60,7 +73,8 @@ def test_once_runs_every_due_task_once_and_status_shows_it(cli: Cli) -> None:
     assert status["nightly"]["last_outcome"] is None
     assert when(status["nightly"]["next_run"]) > before
     assert when(status["quick"]["next_run"]) >= when(status["quick"]["last_run"]) + timedelta(
-        seconds=3599)
+        seconds=3599
+    )
     quick = status["quick"]
     assert quick["min_duration"] <= quick["avg_duration"] <= quick["max_duration"] < 5
     assert quick["running"] is False
@@ -68,7 +82,10 @@ def test_once_runs_every_due_task_once_and_status_shows_it(cli: Cli) -> None:
 
     history = cli.history_rows()
     assert sorted((r["task_name"], r["outcome"]) for r in history) == [
-        ("boom", "failed"), ("quick", "success"), ("threaded", "success")]
+        ("boom", "failed"),
+        ("quick", "success"),
+        ("threaded", "success"),
+    ]
 
     again = cli.ok("run", "--once", tasks="quick,threaded,boom,nightly")
     assert finished(again.events) == {}, "nothing is due a second time"
@@ -78,14 +95,20 @@ def test_once_runs_every_due_task_once_and_status_shows_it(cli: Cli) -> None:
 def test_plain_log_lines_when_stderr_is_not_a_tty(cli: Cli) -> None:
     result = cli.ok("run", "--once", tasks="quick,boom", env={"CRONLOOP_LOG_FORMAT": None})
     lines = result.err.splitlines()
-    assert any(line.startswith("<6>run finished task=quick run_id=") and "outcome=success"
-               in line and "duration_ms=" in line for line in lines), result.err
-    assert any(line.startswith("<4>run finished task=boom") and "outcome=failed" in line
-               for line in lines), result.err
+    assert any(
+        line.startswith("<6>run finished task=quick run_id=")
+        and "outcome=success" in line
+        and "duration_ms=" in line
+        for line in lines
+    ), result.err
+    assert any(
+        line.startswith("<4>run finished task=boom") and "outcome=failed" in line for line in lines
+    ), result.err
     # the traceback goes to the log, one prefixed line each
     assert any(line.startswith("<3>") and "Traceback" in line for line in lines), result.err
-    assert any(line.startswith("<3>RuntimeError: kaboom from the sample task")
-               for line in lines), result.err
+    assert any(line.startswith("<3>RuntimeError: kaboom from the sample task") for line in lines), (
+        result.err
+    )
 
 
 def test_sigterm_drains_a_running_task(cli: Cli) -> None:
@@ -123,8 +146,9 @@ def test_second_sigterm_during_drain_cancels_at_once(cli: Cli) -> None:
 
 def test_max_lifetime_exits_75_and_the_cut_off_run_is_due_again(cli: Cli) -> None:
     started = time.monotonic()
-    worker = cli.start(POLL, "--max_lifetime=2", "--lifetime_jitter_s=0", "--shutdown_grace=5",
-                       tasks="long,ticker")
+    worker = cli.start(
+        POLL, "--max_lifetime=2", "--lifetime_jitter_s=0", "--shutdown_grace=5", tasks="long,ticker"
+    )
     worker.wait_for("long started")
     assert worker.wait(15) == 75
     elapsed = time.monotonic() - started
@@ -182,7 +206,7 @@ def test_deadlines_failures_and_the_loop_goes_on(cli: Cli) -> None:
     assert status["ticker"]["consecutive_failures"] == 0
 
 
-RESYNC_HEADER = "from worker import TaskContext, task\n"
+RESYNC_HEADER = "from cronloop import TaskContext, task\n"
 RESYNC_X = """
 @task(every=3600)
 async def x(ctx: TaskContext) -> str:

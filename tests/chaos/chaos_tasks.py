@@ -32,8 +32,8 @@ from typing import Any, cast
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, insert, update
 
-from worker import TaskContext, task
-from worker.models import UTCDateTime
+from cronloop import TaskContext, task
+from cronloop.store.sql.tables import UTCDateTime
 
 metadata = MetaData()
 executions = Table(

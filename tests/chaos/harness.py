@@ -25,11 +25,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-import worker
+import cronloop
 
 CRONLOOP = Path(sys.executable).parent / "cronloop"
 HERE = Path(__file__).resolve().parent
-CHECKOUT = Path(worker.__file__).resolve().parents[1]
+CHECKOUT = Path(cronloop.__file__).resolve().parents[1]
 MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
 REQUIRE_MARIADB = os.environ.get("CRONLOOP_REQUIRE_MARIADB") == "1"
 _SCRUBBED = (

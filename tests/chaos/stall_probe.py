@@ -14,8 +14,8 @@ import time
 
 from sqlalchemy.engine import make_url
 
-from worker import logs
-from worker.watchdog import LoopWatchdog, strike_recorder
+from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
+from cronloop.systemd import logs
 
 
 async def sleeper() -> None:

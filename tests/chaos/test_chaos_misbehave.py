@@ -178,8 +178,9 @@ def test_service_blocked_by_a_task_exits_70_and_quarantines_it(
     # steady may have been claimed beside the blocker by the crashed run: its lease must
     # expire first (LEASE_S), then it runs every second again
     wait_until(
-        lambda: chaos_db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'steady'")
-        >= 3,
+        lambda: (
+            chaos_db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'steady'") >= 3
+        ),
         LEASE_S + 15,
         "steady to run three times after the restarts",
     )

@@ -8,9 +8,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-import worker.db
-from worker.db import create_engine
-from worker.settings import Settings
+import cronloop.store.sql.engine
+from cronloop.config.settings import Settings
+from cronloop.store.sql.engine import create_engine
 
 pytestmark = pytest.mark.mariadb
 
@@ -35,7 +35,7 @@ async def _killed_idle_connection_then_query(url: str) -> int:
 async def test_an_idle_connection_killed_by_the_server_is_replaced(
     mariadb_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(worker.db, "PING_IDLE_S", 0.0)  # everything counts as idle
+    monkeypatch.setattr(cronloop.store.sql.engine, "PING_IDLE_S", 0.0)  # everything counts as idle
     assert await _killed_idle_connection_then_query(mariadb_database) == 1
 
 
@@ -45,6 +45,6 @@ async def test_a_connection_in_steady_use_is_not_pinged(
     """The other side of the trade: without the ping the dead connection is found by the
     query itself, which fails (and the caller retries); this is what makes the test
     above able to fail."""
-    monkeypatch.setattr(worker.db, "PING_IDLE_S", 3600.0)
+    monkeypatch.setattr(cronloop.store.sql.engine, "PING_IDLE_S", 3600.0)
     with pytest.raises(Exception, match=r"Lost connection|gone away|2013|2006"):
         await _killed_idle_connection_then_query(mariadb_database)

@@ -11,10 +11,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import tasks  # noqa: F401  (registers the standard tasks' tables)
-from tasks.schema import metadata as tasks_metadata
-from worker.migrate import head_revisions, schema_state, upgrade
-from worker.models import VERSION_TABLE, metadata
+import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
+from cronloop.standard.schema import metadata as tasks_metadata
+from cronloop.store.sql.migrate import head_revisions, schema_state, upgrade
+from cronloop.store.sql.tables import VERSION_TABLE, metadata
 
 
 def _diff(sync_conn: Any) -> list[Any]:

@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from test_store_contract import NOW, decl, record
 
-from worker.models import runs, tasks
-from worker.outcome import Outcome
-from worker.store import TaskStore
-from worker.store_batch import _inline
+from cronloop.domain.outcome import Outcome
+from cronloop.store.sql.batch import _inline
+from cronloop.store.sql.claims import TaskStore
+from cronloop.store.sql.tables import runs, tasks
 
 
 @pytest.fixture
@@ -50,8 +50,13 @@ async def test_many_runs_recorded_at_once_each_with_its_own_values(store: TaskSt
     await store.sync_tasks([decl(f"t{i}") for i in range(30)])
     claims = await store.claim_due(NOW, 30)
     ended = [
-        (c, record(Outcome.SUCCESS, NOW + timedelta(minutes=i), duration_s=i + 1.5,
-                   message=f"m{i}"), False)
+        (
+            c,
+            record(
+                Outcome.SUCCESS, NOW + timedelta(minutes=i), duration_s=i + 1.5, message=f"m{i}"
+            ),
+            False,
+        )
         for i, c in enumerate(sorted(claims, key=lambda c: c.name))
     ]
     assert await store.complete_many(ended) == [True] * 30

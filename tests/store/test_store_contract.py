@@ -10,9 +10,15 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.models import runs, tasks
-from worker.outcome import Outcome, TaskStatus
-from worker.store import RunRecord, TaskDeclaration, TaskStore, TriggerResult, UnknownTask
+from cronloop.domain.outcome import Outcome, TaskStatus
+from cronloop.store.sql.claims import (
+    RunRecord,
+    TaskDeclaration,
+    TaskStore,
+    TriggerResult,
+    UnknownTask,
+)
+from cronloop.store.sql.tables import runs, tasks
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -204,7 +210,6 @@ async def test_history(store: TaskStore) -> None:
         2,
         "w1",
     )
-
 
 
 async def test_timestamps_keep_microseconds_and_utc(store: TaskStore) -> None:

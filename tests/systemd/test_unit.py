@@ -20,7 +20,7 @@ from .conftest import REPO, Sandbox, boot_sandbox
 SYSTEM_PYTHON = "/usr/bin/python3"
 PARAMS = "/etc/cronloop/cronloop.params"
 SAMPLE_TASKS = """
-from worker import task
+from cronloop import task
 
 @task(every=0.5, timeout=5)
 async def tick(ctx):

@@ -47,14 +47,16 @@ class SmtpHandler:
     max_active: int = 0
     logins: list[str] = field(default_factory=list)
 
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         self.peers.add(session.peer)
         return responses
 
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
         reply = self.rcpt_reply(address) if self.rcpt_reply else None
         if reply:
             return reply
@@ -75,8 +77,9 @@ class SmtpHandler:
             return self.data_reply
         message = message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(message, EmailMessage)
-        self.received.append(Received(session.peer, envelope.mail_from,
-                                      list(envelope.rcpt_tos), message))
+        self.received.append(
+            Received(session.peer, envelope.mail_from, list(envelope.rcpt_tos), message)
+        )
         return "250 2.0.0 accepted"
 
     def message_ids(self) -> list[str]:
@@ -97,14 +100,19 @@ class SmtpServer:
 
     def options(self, **overrides: Any) -> dict[str, Any]:
         """Email-task options pointing at this server."""
-        return {"transport": "smtp", "smtp_host": "127.0.0.1", "smtp_port": self.port,
-                "smtp_timeout_s": 5.0, "sender": "cronloop@test.example", **overrides}
+        return {
+            "transport": "smtp",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": self.port,
+            "smtp_timeout_s": 5.0,
+            "sender": "cronloop@test.example",
+            **overrides,
+        }
 
 
 def _start(handler: SmtpHandler, **kwargs: Any) -> tuple[Controller, int]:
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=5,
-                            **kwargs)
+    controller = Controller(handler, hostname="127.0.0.1", port=port, ready_timeout=5, **kwargs)
     controller.start()
     return controller, port
 
@@ -141,10 +149,27 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return cert, key
 
@@ -153,27 +178,35 @@ PASSWORD = "hunter2-Sup3r-Secret"
 
 
 def _authenticator(handler: SmtpHandler) -> Callable[..., AuthResult]:
-    def check(server: Any, session: Any, envelope: Any, mechanism: str,
-              auth_data: Any) -> AuthResult:
-        ok = (isinstance(auth_data, LoginPassword) and auth_data.login == b"mailer"
-              and auth_data.password == PASSWORD.encode())
+    def check(
+        server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and auth_data.login == b"mailer"
+            and auth_data.password == PASSWORD.encode()
+        )
         if ok:
             handler.logins.append(mechanism)
         return AuthResult(success=ok, handled=False)
+
     return check
 
 
 @pytest.fixture
-def tls_smtp_server(tls_files: tuple[Path, Path], request: pytest.FixtureRequest
-                    ) -> Iterator[SmtpServer]:
+def tls_smtp_server(
+    tls_files: tuple[Path, Path], request: pytest.FixtureRequest
+) -> Iterator[SmtpServer]:
     """`request.param`: "starttls" or "tls"; AUTH with user `mailer` and PASSWORD."""
     cert, key = tls_files
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     handler = SmtpHandler()
     # aiosmtpd does not see implicit TLS as TLS, so it would hide AUTH there.
-    auth = {"authenticator": _authenticator(handler),
-            "auth_require_tls": request.param == "starttls"}
+    auth = {
+        "authenticator": _authenticator(handler),
+        "auth_require_tls": request.param == "starttls",
+    }
     if request.param == "starttls":
         controller, port = _start(handler, tls_context=context, require_starttls=True, **auth)
     else:
@@ -188,10 +221,10 @@ def tls_smtp_server(tls_files: tuple[Path, Path], request: pytest.FixtureRequest
 def auth_smtp_server() -> Iterator[SmtpServer]:
     """Plain SMTP with AUTH allowed without TLS (to test that secrets stay out of logs)."""
     handler = SmtpHandler()
-    controller, port = _start(handler, authenticator=_authenticator(handler),
-                              auth_require_tls=False)
+    controller, port = _start(
+        handler, authenticator=_authenticator(handler), auth_require_tls=False
+    )
     try:
         yield SmtpServer(handler, port)
     finally:
         controller.stop()
-

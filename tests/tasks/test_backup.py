@@ -24,8 +24,12 @@ from sqlalchemy import func, insert, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from tasks.attachments import draft_attachments, export_results
-from tasks.backup import (
+from cronloop import StopReason, StopRun
+from cronloop.config.params import ParamValue
+from cronloop.config.settings import Settings
+from cronloop.config.values import Secret
+from cronloop.standard.attachments import draft_attachments, export_results
+from cronloop.standard.backup import (
     BUSY,
     BackupBusy,
     BackupError,
@@ -37,23 +41,20 @@ from tasks.backup import (
     restore,
     run_backup,
 )
-from tasks.backup_archive import archive_name, archive_pattern
-from tasks.backup_dump import DbTarget, Stopper, sqlite_copy
-from worker import StopReason, StopRun
-from worker.models import runs, tasks
-from worker.params import ParamValue
-from worker.settings import Settings
-from worker.settings_values import Secret
-from worker.testing import make_context, options_of, stop_after_checkpoints
+from cronloop.standard.backup_archive import archive_name, archive_pattern
+from cronloop.standard.backup_dump import DbTarget, Stopper, sqlite_copy
+from cronloop.store.sql.tables import runs, tasks
+from cronloop.testing import make_context, options_of, stop_after_checkpoints
 
 MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
 T0 = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)
 # quote, hash, backslash, space, shell characters (non-ASCII would not work: PyMySQL sends
 # the password as Latin-1, the mariadb tools as UTF-8, so no password suits both)
-TRICKY = 'p@ss w"o#rd\\x\';$`'
+TRICKY = "p@ss w\"o#rd\\x';$`"
 
 mariadb_only = pytest.mark.parametrize(
-    "db_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True)
+    "db_url", [pytest.param("mariadb", marks=pytest.mark.mariadb)], indirect=True
+)
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
@@ -78,21 +79,45 @@ async def db(engine: AsyncEngine) -> AsyncIterator[AsyncEngine]:
     binary data with NUL bytes and 4-byte UTF-8 (what --hex-blob and utf8mb4 are for)."""
     async with engine.begin() as conn:
         now = T0
-        await conn.execute(insert(tasks), [
-            {"name": f"task{i}", "created": now, "updated": now, "next_run": now,
-             "last_message": f"ok 🚀 'quoted' \\ line\nbreak {i}"} for i in range(25)
-        ])
-        await conn.execute(insert(runs), [
-            {"run_id": str(uuid.uuid4()), "task_name": "task1", "scheduled_for": now,
-             "started": now + timedelta(microseconds=i), "outcome": "success", "worker": "w"}
-            for i in range(30)
-        ])
+        await conn.execute(
+            insert(tasks),
+            [
+                {
+                    "name": f"task{i}",
+                    "created": now,
+                    "updated": now,
+                    "next_run": now,
+                    "last_message": f"ok 🚀 'quoted' \\ line\nbreak {i}",
+                }
+                for i in range(25)
+            ],
+        )
+        await conn.execute(
+            insert(runs),
+            [
+                {
+                    "run_id": str(uuid.uuid4()),
+                    "task_name": "task1",
+                    "scheduled_for": now,
+                    "started": now + timedelta(microseconds=i),
+                    "outcome": "success",
+                    "worker": "w",
+                }
+                for i in range(30)
+            ],
+        )
         blob = bytes(range(256)) * 3
         value: Any = blob if conn.dialect.name == "sqlite" else func.unhex(blob.hex())
-        await conn.execute(insert(draft_attachments).values(
-            kind="attachment", file_name="naïve 😀.bin", contents=value, size=len(blob),
-            created=now, expire=now,
-        ))
+        await conn.execute(
+            insert(draft_attachments).values(
+                kind="attachment",
+                file_name="naïve 😀.bin",
+                contents=value,
+                size=len(blob),
+                created=now,
+                expire=now,
+            )
+        )
         await conn.execute(insert(export_results).values(token="t1", created=now))
     yield engine
 
@@ -174,11 +199,18 @@ def fake_dump(tmp_path: Path, body: str) -> str:
 
 
 def fake_plan(directory: Path, command: str, **kw: Any) -> BackupPlan:
-    target = DbTarget(kind="mysql", name="appdb", host="127.0.0.1", user="u",
-                      password=Secret(TRICKY))
-    return BackupPlan(target=target, backup_dir=directory, name_format="__DB__-%Y-%m-%d_%H_%M",
-                      tz=ZoneInfo("UTC"), retention_count=kw.pop("retention_count", 5),
-                      dump_command=command, extra_files=kw.pop("extra_files", ()))
+    target = DbTarget(
+        kind="mysql", name="appdb", host="127.0.0.1", user="u", password=Secret(TRICKY)
+    )
+    return BackupPlan(
+        target=target,
+        backup_dir=directory,
+        name_format="__DB__-%Y-%m-%d_%H_%M",
+        tz=ZoneInfo("UTC"),
+        retention_count=kw.pop("retention_count", 5),
+        dump_command=command,
+        extra_files=kw.pop("extra_files", ()),
+    )
 
 
 async def test_backup_and_restore_round_trip(
@@ -187,8 +219,12 @@ async def test_backup_and_restore_round_trip(
     before = await all_rows(db)
     config = tmp_path / "config-itop.php"
     config.write_text("<?php $MySettings = array();\n")
-    ctx = make_context(db, name="backup", settings=with_dir(settings, tmp_path / "b"),
-                       options=options_of(backup, extra_files=str(config)))
+    ctx = make_context(
+        db,
+        name="backup",
+        settings=with_dir(settings, tmp_path / "b"),
+        options=options_of(backup, extra_files=str(config)),
+    )
 
     message = await backup(ctx)
 
@@ -230,7 +266,7 @@ async def test_password_only_in_a_0600_defaults_file(
     assert path.exists()
     [call] = spawned
     assert call["argv"][1].startswith("--defaults-extra-file=")
-    assert not any(TRICKY in arg or "w\"o#rd" in arg for arg in call["argv"])
+    assert not any(TRICKY in arg or 'w"o#rd' in arg for arg in call["argv"])
     assert call["env"] is not None and "MYSQL_PWD" not in call["env"]
     assert not any(TRICKY in v for v in call["env"].values())
     assert call["cnf_mode"] == 0o600 and "password=" in call["cnf_text"]
@@ -244,8 +280,9 @@ async def test_wrong_password_fails_cleanly_without_leaking_it(
     url = server_url(db.url.database, username="nobody_here")
     mine = with_dir(settings, tmp_path, database_url=url, database_password=Secret(TRICKY))
     plan = BackupPlan.from_options(mine, make_url(url), options_of(backup))
-    with pytest.raises(BackupError, match=r"(?s)mariadb-dump failed \(exit 2\):.*Access denied"
-                       ) as info:
+    with pytest.raises(
+        BackupError, match=r"(?s)mariadb-dump failed \(exit 2\):.*Access denied"
+    ) as info:
         await run_backup(plan, db)  # the named lock through the fixture's engine
     assert TRICKY not in str(info.value)
     assert leftovers(tmp_path) == []
@@ -253,8 +290,9 @@ async def test_wrong_password_fails_cleanly_without_leaking_it(
 
 
 @mariadb_only
-async def test_unknown_database_fails_cleanly(db: AsyncEngine, settings: Settings,
-                                              tmp_path: Path) -> None:
+async def test_unknown_database_fails_cleanly(
+    db: AsyncEngine, settings: Settings, tmp_path: Path
+) -> None:
     url = server_url("cronloop_no_such_db_here")
     plan = BackupPlan.from_options(with_dir(settings, tmp_path), make_url(url), options_of(backup))
     with pytest.raises(BackupError, match="Unknown database"):
@@ -305,8 +343,11 @@ async def test_deadline_mid_dump_stops_the_task_and_leaves_nothing(
     db: AsyncEngine, settings: Settings, tmp_path: Path, spawned: list[dict[str, Any]]
 ) -> None:
     command = fake_dump(tmp_path, "echo '-- dump'; exec sleep 30")
-    ctx = make_context(db, settings=with_dir(settings, tmp_path / "b"),
-                       options=options_of(backup, dump_command=command))
+    ctx = make_context(
+        db,
+        settings=with_dir(settings, tmp_path / "b"),
+        options=options_of(backup, dump_command=command),
+    )
     stop_after_checkpoints(ctx, 5)
     with pytest.raises(StopRun):
         await asyncio.wait_for(backup(ctx), 10)
@@ -320,8 +361,14 @@ async def test_two_concurrent_backups_the_second_is_busy(
     db: AsyncEngine, settings: Settings, tmp_path: Path
 ) -> None:
     command = fake_dump(tmp_path, "sleep 0.3; echo '-- dump'")
-    contexts = [make_context(db, settings=with_dir(settings, tmp_path / "b"),
-                             options=options_of(backup, dump_command=command)) for _ in range(2)]
+    contexts = [
+        make_context(
+            db,
+            settings=with_dir(settings, tmp_path / "b"),
+            options=options_of(backup, dump_command=command),
+        )
+        for _ in range(2)
+    ]
     messages = await asyncio.gather(*(backup(c) for c in contexts))
     assert sorted(m == BUSY for m in messages) == [False, True], messages
     assert len(archives(tmp_path / "b")) == 1
@@ -373,8 +420,9 @@ async def test_retention_keeps_exactly_n_and_never_foreign_files(
     }
     for name, data in foreign.items():
         (tmp_path / name).write_bytes(data)
-    plan = BackupPlan.from_options(with_dir(settings, tmp_path), db.url,
-                                   options_of(backup, retention_count=2))
+    plan = BackupPlan.from_options(
+        with_dir(settings, tmp_path), db.url, options_of(backup, retention_count=2)
+    )
     made = [(await run_backup(plan, db, now=T0 + timedelta(minutes=i))) for i in range(4)]
     assert [len(r.deleted) for r in made] == [0, 0, 1, 1]
     ours = [p.name for p in archives(tmp_path, "cronloop-2026-*.tar.gz")]
@@ -394,12 +442,15 @@ async def test_leftovers_of_a_crash_are_removed_and_names_never_collide(
     tmp_path.mkdir()
     (tmp_path / ".cronloop-backup-0123.partial").mkdir()
     (tmp_path / "cronloop-2026-03-02_22_30.tar.gz.partial").write_bytes(b"half")
-    plan = BackupPlan.from_options(with_dir(settings, tmp_path, timezone="UTC"), db.url,
-                                   options_of(backup))
+    plan = BackupPlan.from_options(
+        with_dir(settings, tmp_path, timezone="UTC"), db.url, options_of(backup)
+    )
     first = await run_backup(plan, db, now=T0)
     second = await run_backup(plan, db, now=T0)
     assert (first.path.name, second.path.name) == (
-        "cronloop-2026-03-02_22_30.tar.gz", "cronloop-2026-03-02_22_30-1.tar.gz")
+        "cronloop-2026-03-02_22_30.tar.gz",
+        "cronloop-2026-03-02_22_30-1.tar.gz",
+    )
     assert leftovers(tmp_path) == sorted([first.path.name, second.path.name])
 
 
@@ -423,8 +474,12 @@ def test_file_name_format_uses_the_configured_zone() -> None:
 def test_target_from_url_prefers_the_password_setting() -> None:
     url = make_url("mysql://app:inurl@db.example:3307/itop?unix_socket=/run/m.sock")
     target = DbTarget.from_url(url)
-    assert (target.name, target.user, target.port, target.socket) == ("itop", "app", 3307,
-                                                                      "/run/m.sock")
+    assert (target.name, target.user, target.port, target.socket) == (
+        "itop",
+        "app",
+        3307,
+        "/run/m.sock",
+    )
     assert target.secrets() == ["inurl"]
     assert DbTarget.from_url(url, Secret("setting")).secrets() == ["setting"]
     assert "inurl" not in repr(target)
@@ -464,7 +519,6 @@ async def test_restore_refuses_a_damaged_archive(
     assert not exists(target)
 
 
-
 @sqlite_only
 @pytest.mark.parametrize("stop_at", [1, 2, 3, 5, 8])
 async def test_a_stop_at_any_step_leaves_nothing(
@@ -483,8 +537,9 @@ async def test_a_stop_at_any_step_leaves_nothing(
         if should_stop():
             raise StopRun(StopReason.DEADLINE)
 
-    plan = BackupPlan.from_options(with_dir(settings, tmp_path / "b"), db.url,
-                                   options_of(backup, extra_files=str(config)))
+    plan = BackupPlan.from_options(
+        with_dir(settings, tmp_path / "b"), db.url, options_of(backup, extra_files=str(config))
+    )
     with pytest.raises(StopRun):
         await run_backup(plan, db, stopper=Stopper(checkpoint, should_stop))
     assert leftovers(tmp_path / "b") == []
@@ -502,16 +557,19 @@ async def test_a_failed_backup_never_costs_a_good_one(tmp_path: Path) -> None:
     good = fake_dump(tmp_path, "echo '-- dump'")
     directory = tmp_path / "b"
     for minute in range(2):
-        await run_backup(fake_plan(directory, good, retention_count=0), None,
-                         now=T0 + timedelta(minutes=minute))
+        await run_backup(
+            fake_plan(directory, good, retention_count=0), None, now=T0 + timedelta(minutes=minute)
+        )
     before = leftovers(directory)
     failing = fake_dump(tmp_path, "echo '-- half a dump'; exit 2")
     with pytest.raises(BackupError, match="exit 2"):
-        await run_backup(fake_plan(directory, failing, retention_count=1), None,
-                         now=T0 + timedelta(minutes=5))
+        await run_backup(
+            fake_plan(directory, failing, retention_count=1), None, now=T0 + timedelta(minutes=5)
+        )
     assert leftovers(directory) == before and len(before) == 2
-    made = await run_backup(fake_plan(directory, good, retention_count=1), None,
-                            now=T0 + timedelta(minutes=6))
+    made = await run_backup(
+        fake_plan(directory, good, retention_count=1), None, now=T0 + timedelta(minutes=6)
+    )
     assert leftovers(directory) == [made.path.name]
 
 
@@ -545,8 +603,9 @@ def test_sqlite_copy_survives_a_source_that_keeps_changing(tmp_path: Path) -> No
 
 
 @mariadb_only
-async def test_restore_errors_are_clear(db: AsyncEngine, settings: Settings,
-                                        tmp_path: Path) -> None:
+async def test_restore_errors_are_clear(
+    db: AsyncEngine, settings: Settings, tmp_path: Path
+) -> None:
     path = await backup_now(with_dir(settings, tmp_path), engine=db)
     with pytest.raises(BackupError, match="Unknown database"):
         await restore(path, server_url("cronloop_no_such_db_here"), None)
@@ -561,10 +620,14 @@ def test_options_from_the_params_file() -> None:
     def value(key: str, text: str) -> ParamValue:
         return ParamValue(key=f"backup.{key}", value=text, file="/etc/cronloop.params", line=3)
 
-    settings = Settings(task_options={"backup": {
-        "backup.retention_count": value("retention_count", " 9 "),
-        "backup.extra_files": value("extra_files", "/a.php, /b.php"),
-    }})
+    settings = Settings(
+        task_options={
+            "backup": {
+                "backup.retention_count": value("retention_count", " 9 "),
+                "backup.extra_files": value("extra_files", "/a.php, /b.php"),
+            }
+        }
+    )
     options = options_from_settings(settings)
     assert options["retention_count"] == 9 and options["file_name_format"].startswith("__DB__")
     plan = BackupPlan.from_options(settings, make_url("mysql://u@h/itop"), options)

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tasks.attachments import draft_attachments, export_results
-from tasks.cleanup import bulk_export_gc, draft_attachment_gc, history_gc
-from worker import StopRun
-from worker.models import runs
-from worker.settings import Settings
-from worker.testing import make_context, options_of, stop_after_checkpoints
+from cronloop import StopRun
+from cronloop.config.settings import Settings
+from cronloop.standard.attachments import draft_attachments, export_results
+from cronloop.standard.cleanup import bulk_export_gc, draft_attachment_gc, history_gc
+from cronloop.store.sql.tables import runs
+from cronloop.testing import make_context, options_of, stop_after_checkpoints
 
 NOW = datetime.now(UTC)
 PAST = NOW - timedelta(hours=1)
@@ -32,8 +32,13 @@ def root(tmp_path: Path) -> Path:
 
 
 async def add_draft(
-    engine: AsyncEngine, root: Path | None, *, expire: datetime | None = PAST,
-    object_id: int | None = None, created: datetime = PAST, stored: str | None = None,
+    engine: AsyncEngine,
+    root: Path | None,
+    *,
+    expire: datetime | None = PAST,
+    object_id: int | None = None,
+    created: datetime = PAST,
+    stored: str | None = None,
 ) -> tuple[int, Path | None]:
     """A draft row with a file under `root` (unless root is None: contents in the DB)."""
     file: Path | None = None
@@ -44,11 +49,15 @@ async def add_draft(
     async with engine.begin() as conn:
         result = await conn.execute(
             insert(draft_attachments).values(
-                object_class="UserRequest" if object_id else None, object_id=object_id,
-                kind="inline_image", file_path=stored,
+                object_class="UserRequest" if object_id else None,
+                object_id=object_id,
+                kind="inline_image",
+                file_path=stored,
                 contents=None if stored else blob(engine, b"\x00\x01 binary"),
                 mime_type="image/png",
-                size=9, created=created, expire=expire,
+                size=9,
+                created=created,
+                expire=expire,
             )
         )
         return int(result.inserted_primary_key[0]), file  # type: ignore[index]
@@ -143,9 +152,7 @@ async def test_missing_file_is_fine(engine: AsyncEngine, root: Path) -> None:
     assert message == "deleted 1 draft attachment(s), 0 file(s)"
 
 
-async def test_files_outside_root_are_kept(
-    engine: AsyncEngine, root: Path, tmp_path: Path
-) -> None:
+async def test_files_outside_root_are_kept(engine: AsyncEngine, root: Path, tmp_path: Path) -> None:
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
     (root / "link").symlink_to(tmp_path, target_is_directory=True)
@@ -179,9 +186,15 @@ async def add_export(engine: AsyncEngine, root: Path, created: datetime) -> Path
     file = root / f"export-{uuid.uuid4().hex}.csv"
     file.write_text("a;b\n")
     async with engine.begin() as conn:
-        await conn.execute(insert(export_results).values(
-            token=uuid.uuid4().hex, created=created, file_path=str(file), size=4, status="done",
-        ))
+        await conn.execute(
+            insert(export_results).values(
+                token=uuid.uuid4().hex,
+                created=created,
+                file_path=str(file),
+                size=4,
+                status="done",
+            )
+        )
     return file
 
 
@@ -207,10 +220,16 @@ async def test_bulk_export_gc_deletes_old_results_and_files(
 async def add_run(engine: AsyncEngine, started: datetime, outcome: str) -> str:
     run_id = str(uuid.uuid4())
     async with engine.begin() as conn:
-        await conn.execute(insert(runs).values(
-            run_id=run_id, task_name="t", scheduled_for=started, started=started,
-            outcome=outcome, worker="w",
-        ))
+        await conn.execute(
+            insert(runs).values(
+                run_id=run_id,
+                task_name="t",
+                scheduled_for=started,
+                started=started,
+                outcome=outcome,
+                worker="w",
+            )
+        )
     return run_id
 
 

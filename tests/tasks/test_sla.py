@@ -13,14 +13,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from structlog.testing import capture_logs
 
-import tasks.sla as sla_module
-from tasks.outbox import outbox, queue_email
-from tasks.sla import process_due, sla
-from tasks.sla_notify import Due, SlaConfig, SlaConfigError
-from tasks.tickets import compute_deadlines, create_ticket, tickets
-from worker import StopRun, TaskContext
-from worker.registry import TaskDefinition
-from worker.testing import make_context, options_of, stop_after_checkpoints
+import cronloop.standard.sla as sla_module
+from cronloop import StopRun, TaskContext
+from cronloop.definitions.registry import TaskDefinition
+from cronloop.standard.outbox import outbox, queue_email
+from cronloop.standard.sla import process_due, sla
+from cronloop.standard.sla_notify import Due, SlaConfig, SlaConfigError
+from cronloop.standard.tickets import compute_deadlines, create_ticket, tickets
+from cronloop.testing import make_context, options_of, stop_after_checkpoints
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 HOUR, DAY = 3600.0, 86400.0
@@ -35,14 +35,27 @@ def context(engine: AsyncEngine, **options: Any) -> TaskContext:
     return make_context(engine, name="sla", options=options_of(sla, **options))
 
 
-async def add(engine: AsyncEngine, n: int = 1, *, status: str = "new",
-              agent: str | None = "agent@example.org", **kw: Any) -> int:
+async def add(
+    engine: AsyncEngine,
+    n: int = 1,
+    *,
+    status: str = "new",
+    agent: str | None = "agent@example.org",
+    **kw: Any,
+) -> int:
     """A ticket created at T0 with a one-hour TTO and a one-day TTR."""
     ctx = context(engine)
     return await create_ticket(
-        ctx.db, ref=f"R-{n:06d}", title=f"Printer {n} on fire", priority=2,
-        team_email="team@example.org", agent_email=agent, status=status,
-        tto_goal_s=kw.get("tto", HOUR), ttr_goal_s=kw.get("ttr", DAY), now=T0,
+        ctx.db,
+        ref=f"R-{n:06d}",
+        title=f"Printer {n} on fire",
+        priority=2,
+        team_email="team@example.org",
+        agent_email=agent,
+        status=status,
+        tto_goal_s=kw.get("tto", HOUR),
+        ttr_goal_s=kw.get("ttr", DAY),
+        now=T0,
     )
 
 
@@ -123,8 +136,10 @@ async def test_tto_75_then_100_escalates_to_escalated_tto(engine: AsyncEngine, s
     _, second = await emails(engine)
     assert second["subject"] == "[R-000001] TTO 100% reached: Printer 1 on fire"
     assert "Status:   escalated_tto" in second["body_text"]
-    assert json.loads(second["headers"]) == {"X-Cronloop-Ticket": "R-000001",
-                                             "X-Cronloop-SLA": "tto-100"}
+    assert json.loads(second["headers"]) == {
+        "X-Cronloop-Ticket": "R-000001",
+        "X-Cronloop-SLA": "tto-100",
+    }
     assert (await run(engine, TTO_100 + HOUR * SEC)).triggered == 0  # never twice
     assert len(await emails(engine)) == 2
 
@@ -217,30 +232,41 @@ async def test_notify_options_choose_which_thresholds_and_whom(engine: AsyncEngi
     await run(engine, TTR_100, notify_to="team", notify_100=False)
     later = (await emails(engine))[2:]
     assert sorted(m["subject"][1:18] for m in later) == [
-        "R-000001] TTR 75%", "R-000002] TTR 75%", "R-000003] TTO 75%", "R-000003] TTR 75%"]
+        "R-000001] TTR 75%",
+        "R-000002] TTR 75%",
+        "R-000003] TTO 75%",
+        "R-000003] TTR 75%",
+    ]
     assert {tuple(m["to"]) for m in later} == {("team@example.org",)}
 
 
 async def test_templates_escape_html_and_keep_the_subject_on_one_line(engine: AsyncEngine) -> None:
     tid = await add(engine)
     await set_ticket(engine, tid, title="<b>broken</b>\r\nBcc: victim@example.org")
-    await run(engine, TTO_75, subject_template="{ref} {stopwatch_name}: {title}",
-              body_template="{threshold} of {stopwatch}\\nline two",
-              html_template="<p>{title}</p>")
+    await run(
+        engine,
+        TTO_75,
+        subject_template="{ref} {stopwatch_name}: {title}",
+        body_template="{threshold} of {stopwatch}\\nline two",
+        html_template="<p>{title}</p>",
+    )
     [mail] = await emails(engine)
     assert mail["subject"] == "R-000001 time to own: <b>broken</b> Bcc: victim@example.org"
     assert mail["body_text"] == "75% of TTO\nline two"
     assert mail["body_html"] == "<p>&lt;b&gt;broken&lt;/b&gt;\r\nBcc: victim@example.org</p>"
 
 
-@pytest.mark.parametrize(("option", "value", "error"), [
-    ("notify_to", "boss", "notify_to"),
-    ("subject_template", "{ref} {nope}", "unknown placeholder {nope}"),
-    ("body_template", "{title.__class__}", "unknown placeholder"),
-    ("html_template", "{ref", "html_template"),
-    ("batch_size", 0, "batch_size"),
-    ("sender", "not an address", "sender"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("notify_to", "boss", "notify_to"),
+        ("subject_template", "{ref} {nope}", "unknown placeholder {nope}"),
+        ("body_template", "{title.__class__}", "unknown placeholder"),
+        ("html_template", "{ref", "html_template"),
+        ("batch_size", 0, "batch_size"),
+        ("sender", "not an address", "sender"),
+    ],
+)
 async def test_bad_options_fail_the_run_before_touching_anything(
     engine: AsyncEngine, option: str, value: Any, error: str
 ) -> None:
@@ -321,8 +347,11 @@ async def test_crash_inside_a_ticket_rolls_it_back_and_the_next_run_does_it_once
 
     assert await sla(context(engine)) == "1 threshold triggered, 0 tickets escalated, 0 skipped"
     assert (await ticket(engine, ids[0]))["tto_75_triggered"]
-    assert sorted(m["subject"][1:9] for m in await emails(engine)) == ["R-000001", "R-000002",
-                                                                   "R-000003"]
+    assert sorted(m["subject"][1:9] for m in await emails(engine)) == [
+        "R-000001",
+        "R-000002",
+        "R-000003",
+    ]
 
 
 async def test_repeated_failures_stop_the_run(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker.due import MAX_LEAD_S, MIN_LEAD_S, DueTracker
+from cronloop.runtime.due import MAX_LEAD_S, MIN_LEAD_S, DueTracker
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from worker.journald import (
+from cronloop.systemd.journald import (
     TRUNCATE_AT,
     JournalRenderer,
     JournalSender,

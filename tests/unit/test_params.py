@@ -1,4 +1,4 @@
-"""The iTop-syntax params-file reader (worker.params)."""
+"""The iTop-syntax params-file reader (cronloop.config.params)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.params import (
+from cronloop.config.params import (
     ParamsError,
     ParamValue,
     normalize_key,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from worker.outcome import Outcome
-from worker.planning import RetryPolicy, plan_next
-from worker.schedule import Every
-from worker.store import Claim
+from cronloop.domain.outcome import Outcome
+from cronloop.domain.planning import RetryPolicy, plan_next
+from cronloop.domain.schedule import Every
+from cronloop.store.sql.claims import Claim
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 HOUR = Every(timedelta(hours=1))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.registry import TaskDefinitionError, build_registry, discover, task
-from worker.settings import ConfigError, load_settings
+from cronloop.config.settings import ConfigError, load_settings
+from cronloop.definitions.registry import TaskDefinitionError, build_registry, discover, task
 
 
 def _module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, body: str) -> str:
@@ -65,7 +65,7 @@ def test_discovery_by_module_and_settings_override(
         monkeypatch,
         "reg_mod_a",
         """
-        from worker import task
+        from cronloop import task
 
         @task(at="23:30", days="monday,friday", options={"retention_count": 5, "label": "x"})
         async def backup(ctx):
@@ -98,7 +98,7 @@ def test_a_bad_schedule_setting_disables_only_that_task(
         monkeypatch,
         "reg_mod_b",
         """
-        from worker import task
+        from cronloop import task
 
         @task(at="23:30")
         async def nightly(ctx):
@@ -124,7 +124,7 @@ def test_unknown_task_or_option_is_a_config_error_with_origin(
         monkeypatch,
         "reg_mod_c",
         """
-        from worker import task
+        from cronloop import task
 
         @task(every=5)
         async def email(ctx):
@@ -157,21 +157,21 @@ def test_duplicate_names_across_modules_are_refused(
         tmp_path,
         monkeypatch,
         "reg_dup_a",
-        "from worker import task\n@task(every=1)\nasync def same(ctx): pass\n",
+        "from cronloop import task\n@task(every=1)\nasync def same(ctx): pass\n",
     )
     b = _module(
         tmp_path,
         monkeypatch,
         "reg_dup_b",
-        "from worker import task\n@task(every=1)\nasync def same(ctx): pass\n",
+        "from cronloop import task\n@task(every=1)\nasync def same(ctx): pass\n",
     )
     with pytest.raises(TaskDefinitionError, match="defined twice"):
         discover([a, b], use_entry_points=False)
 
 
 def test_the_standard_tasks_come_from_the_entry_point() -> None:
-    names = {d.module.split(".")[0] for d in discover([], use_entry_points=True)}
-    assert names <= {"tasks"}
+    names = {d.module for d in discover([], use_entry_points=True)}
+    assert names and all(n.startswith("cronloop.standard.") for n in names)
 
 
 def test_isolate_is_refused_until_it_is_built() -> None:

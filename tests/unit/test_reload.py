@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from worker.registry import TaskDefinition, discover
-from worker.reload import reload_settings
-from worker.settings import Settings, load_settings
+from cronloop.config.reload import reload_settings
+from cronloop.config.settings import Settings, load_settings
+from cronloop.definitions.registry import TaskDefinition, discover
 
-TASKS = "from worker import task\n\n@task(every=60)\nasync def tick(ctx):\n    return None\n"
+TASKS = "from cronloop import task\n\n@task(every=60)\nasync def tick(ctx):\n    return None\n"
 
 
 @pytest.fixture

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.clock import FakeClock
-from worker.context import StopReason, TaskContext
-from worker.db import create_engine, session_factory
-from worker.migrate import upgrade
-from worker.outcome import Outcome
-from worker.registry import TaskSpec
-from worker.runner import RunEnvironment, Runner
-from worker.schedule import Every
-from worker.settings import Settings
-from worker.store import TaskDeclaration, TaskStore
+from cronloop.config.settings import Settings
+from cronloop.definitions.context import StopReason, TaskContext
+from cronloop.definitions.registry import TaskSpec
+from cronloop.domain.clock import FakeClock
+from cronloop.domain.outcome import Outcome
+from cronloop.domain.schedule import Every
+from cronloop.runtime.runner import RunEnvironment, Runner
+from cronloop.store.sql.claims import TaskDeclaration, TaskStore
+from cronloop.store.sql.engine import create_engine, session_factory
+from cronloop.store.sql.migrate import upgrade
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""worker.schedule: iTop's next-run rules, DST behaviour, parsing and time zone discovery."""
+"""cronloop.domain.schedule: iTop's next-run rules, DST behaviour, parsing, time zones."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import schedule
-from worker.schedule import (
+from cronloop.domain import schedule
+from cronloop.domain.schedule import (
     MISSED_CAP,
     Cron,
     Every,

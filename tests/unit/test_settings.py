@@ -1,4 +1,4 @@
-"""The settings model (worker.settings): sources, precedence, validation, secrets."""
+"""The settings model (cronloop.config.settings): sources, precedence, validation, secrets."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from worker import settings as settings_module
-from worker.settings import (
+from cronloop.config import settings as settings_module
+from cronloop.config.settings import (
     ALIASES,
     SETTING_KEYS,
     ConfigError,
@@ -21,7 +21,7 @@ from worker.settings import (
     load_settings,
     state_directory,
 )
-from worker.settings_values import mask_url
+from cronloop.config.values import mask_url
 
 PASSWORD = "Tr0ub4dor&3-unique"  # distinctive, so a leak is easy to find
 EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "cronloop.params.example"

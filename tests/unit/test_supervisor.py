@@ -14,17 +14,17 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker import exitcodes
-from worker.clock import FakeClock
-from worker.context import TaskContext
-from worker.db import create_engine, session_factory
-from worker.migrate import upgrade
-from worker.registry import Registry, TaskSpec
-from worker.runner import RunEnvironment
-from worker.schedule import Every
-from worker.settings import Settings
-from worker.store import TaskDeclaration, TaskStore
-from worker.supervisor import Supervisor
+from cronloop import exitcodes
+from cronloop.config.settings import Settings
+from cronloop.definitions.context import TaskContext
+from cronloop.definitions.registry import Registry, TaskSpec
+from cronloop.domain.clock import FakeClock
+from cronloop.domain.schedule import Every
+from cronloop.runtime.runner import RunEnvironment
+from cronloop.runtime.supervisor import Supervisor
+from cronloop.store.sql.claims import TaskDeclaration, TaskStore
+from cronloop.store.sql.engine import create_engine, session_factory
+from cronloop.store.sql.migrate import upgrade
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ async def test_an_idle_worker_sends_one_statement_per_poll(sqlite: AsyncEngine) 
     the probe says nothing is due (a worker polling 30 times a minute all day long)."""
     from sqlalchemy import event, update
 
-    from worker.models import tasks
+    from cronloop.store.sql.tables import tasks
 
     async def t(ctx: TaskContext) -> None:
         pass
@@ -238,8 +238,7 @@ async def test_an_idle_worker_sends_one_statement_per_poll(sqlite: AsyncEngine) 
     async with sqlite.begin() as conn:
         await conn.execute(update(tasks).values(next_run=clock.now() + timedelta(days=1)))
     statements: list[str] = []
-    event.listen(sqlite.sync_engine, "before_cursor_execute",
-                 lambda *a: statements.append(a[2]))
+    event.listen(sqlite.sync_engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
     run = asyncio.ensure_future(sup.run())
     await tick_until(clock, lambda: any("min(" in s for s in statements), step_s=0.1)
     await asyncio.sleep(0.05)

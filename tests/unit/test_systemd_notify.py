@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from worker.systemd import ERROR_LOG_INTERVAL_S, Notifier
+from cronloop.systemd.notify import ERROR_LOG_INTERVAL_S, Notifier
 
 
 class Manager:

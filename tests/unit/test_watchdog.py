@@ -20,11 +20,9 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from worker.models import tasks
-from worker.outcome import TaskStatus
-from worker.settings import Settings
-from worker.store import TaskDeclaration, TaskStore
-from worker.watchdog import (
+from cronloop.config.settings import Settings
+from cronloop.domain.outcome import TaskStatus
+from cronloop.runtime.watchdog import (
     LoopWatchdog,
     format_stacks,
     run_bounded,
@@ -32,6 +30,8 @@ from worker.watchdog import (
     strike_tasks_sync,
     sync_url,
 )
+from cronloop.store.sql.claims import TaskDeclaration, TaskStore
+from cronloop.store.sql.tables import tasks
 
 
 class Clock:

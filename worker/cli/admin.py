@@ -1,0 +1,214 @@
+"""The commands besides `run`: look at the table, steer tasks, maintain the database.
+
+Each is `async def cmd_x(args, settings) -> exit code`; `worker/cli.py` parses the
+command line and dispatches here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cronloop import exitcodes
+from cronloop.cli.bootstrap import (
+    ExitError,
+    check_user,
+    load_registry,
+    open_database,
+    wait_for_database,
+)
+from cronloop.cli.display import history_json, history_table, status_json, status_table, tasks_table
+from cronloop.cli.run import cmd_run
+from cronloop.config.settings import Settings, describe_sources
+from cronloop.domain.clock import SystemClock
+from cronloop.domain.schedule import resolve_timezone
+from cronloop.store.sql.claims import TriggerResult, UnknownTask
+from cronloop.store.sql.engine import create_engine
+from cronloop.store.sql.migrate import schema_state, upgrade
+
+Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
+async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]]) -> int:
+    check_user(settings)
+    db = await open_database(settings)
+    try:
+        return int(await action(db.store))
+    finally:
+        await db.close()
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(store: Any) -> int:
+        states = await store.status()
+        print(
+            status_json(states)
+            if args.json
+            else status_table(states, resolve_timezone(settings.timezone))
+        )
+        return exitcodes.OK
+
+    return await _with_store(settings, show)
+
+
+async def cmd_history(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(store: Any) -> int:
+        if args.name and args.name not in await store.task_names():
+            raise UnknownTask(args.name)
+        entries = await store.history(args.name, limit=args.limit)
+        tz = resolve_timezone(settings.timezone)
+        print(history_json(entries) if args.json else history_table(entries, tz))
+        return exitcodes.OK
+
+    return await _with_store(settings, show)
+
+
+async def cmd_pause(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Any) -> int:
+        old = await store.pause(args.name)
+        print(
+            f"{args.name}: {old} -> paused"
+            + (" (a run in progress finishes)" if old == "active" else "")
+        )
+        return exitcodes.OK
+
+    return await _with_store(settings, act)
+
+
+async def cmd_resume(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Any) -> int:
+        old = await store.resume(args.name)
+        if old in ("removed", "disabled"):
+            print(
+                f"{args.name} is {old}: its configuration decides that, not resume", file=sys.stderr
+            )
+            return exitcodes.ERROR
+        print(f"{args.name}: {old} -> active")
+        return exitcodes.OK
+
+    return await _with_store(settings, act)
+
+
+async def cmd_trigger(args: argparse.Namespace, settings: Settings) -> int:
+    async def act(store: Any) -> int:
+        result = await store.trigger(args.name, SystemClock().now())
+        if result == TriggerResult.NOT_ACTIVE:
+            print(
+                f"{args.name} is not active (see `cronloop status`); resume it first",
+                file=sys.stderr,
+            )
+            return exitcodes.ERROR
+        print(f"{args.name}: will run as soon as a worker polls (within poll_interval)")
+        return exitcodes.OK
+
+    return await _with_store(settings, act)
+
+
+async def cmd_tasks(args: argparse.Namespace, settings: Settings) -> int:
+    print(tasks_table(load_registry(settings)))
+    return exitcodes.OK
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    check_user(settings)
+    engine = create_engine(settings)
+    try:
+        await wait_for_database(engine, settings.startup_db_wait_s)
+        before = await schema_state(engine)
+        after = await upgrade(engine)
+    finally:
+        await engine.dispose()
+    if before.current == after.current:
+        print(f"schema already current ({after.current})")
+    else:
+        print(f"schema migrated: {before.current or 'empty'} -> {after.current}")
+    return exitcodes.OK
+
+
+async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
+    registry = load_registry(settings)
+    rows = describe_sources(settings)
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        print(f"{key.ljust(width)} = {value}    # {source}")
+    files = ", ".join(settings.param_files) or "none"
+    print(f"# params files read: {files}")
+    print(f"# tasks: {len(registry)} ({', '.join(registry.names())})")
+    return exitcodes.OK
+
+
+async def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from cronloop.standard.backup import (  # the standard task's own API
+        BackupBusy,
+        BackupError,
+        backup_now,
+    )
+
+    check_user(settings)
+    registry = load_registry(settings)
+    if "backup" not in registry:
+        raise ExitError("the backup task is not installed", exitcodes.ERROR)
+    db = await open_database(settings, wait=True)
+    try:
+        path = await backup_now(settings, engine=db.engine, options=registry["backup"].options)
+    except BackupBusy as exc:
+        raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
+    except BackupError as exc:
+        raise ExitError(f"backup failed: {exc}", exitcodes.ERROR) from None
+    finally:
+        await db.close()
+    print(path)
+    return exitcodes.OK
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from cronloop.standard.demo import fill_demo  # demo data lives with the standard tasks
+
+    check_user(settings)
+    db = await open_database(settings, wait=True)
+    try:
+        summary = await fill_demo(db.sessions, SystemClock().now())
+    finally:
+        await db.close()
+    print(
+        f"demo data added: {summary.tickets} tickets (SLA thresholds pass within a minute), "
+        f"{summary.emails} queued emails, {summary.drafts} drafts ({summary.drafts - 2} "
+        f"expired), {summary.exports} export results.\n"
+        "Now run `cronloop run` and watch; then `cronloop status` and `cronloop history`."
+    )
+    return exitcodes.OK
+
+
+async def cmd_queue_email(args: argparse.Namespace, settings: Settings) -> int:
+    from cronloop.standard.outbox import queue_from_cli  # the email task's own API
+
+    check_user(settings)
+    db = await open_database(settings, wait=True)
+    try:
+        message_id = await queue_from_cli(
+            db.engine, to=args.to, subject=args.subject, body=args.body, html_file=args.html_file
+        )
+    except ValueError as exc:
+        raise ExitError(str(exc), exitcodes.ERROR) from None
+    finally:
+        await db.close()
+    print(message_id)
+    return exitcodes.OK
+
+
+COMMANDS: dict[str, Command] = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "history": cmd_history,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "trigger": cmd_trigger,
+    "tasks": cmd_tasks,
+    "migrate": cmd_migrate,
+    "check-config": cmd_check_config,
+    "backup": cmd_backup,
+    "demo": cmd_demo,
+    "queue-email": cmd_queue_email,
+}

@@ -1,0 +1,148 @@
+"""Wiring: from settings to a ready database, a registry and a store.
+
+The CLI commands all start here, so every command sees the same database, the same
+schema check and the same task set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from cronloop import exitcodes
+from cronloop.config.settings import ConfigError, Settings
+from cronloop.definitions.registry import Registry, build_registry, discover
+from cronloop.domain.clock import Clock
+from cronloop.store.sql.claims import SyncReport, TaskDeclaration, TaskStore
+from cronloop.store.sql.engine import create_engine, session_factory
+from cronloop.store.sql.migrate import schema_state, upgrade
+
+log = structlog.get_logger("cronloop.app")
+
+
+class ExitError(Exception):
+    """Stop the command with `exit_code` and a message for the operator."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Database:
+    engine: AsyncEngine
+    store: TaskStore
+    sessions: async_sessionmaker[AsyncSession]
+
+    async def close(self) -> None:
+        await self.store.close()
+        await self.engine.dispose()
+
+
+def check_user(settings: Settings) -> None:
+    """cron.php must not run as root; neither should we, unless asked explicitly."""
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not settings.allow_root:
+        raise ConfigError(
+            "refusing to run as root: run as the service user (e.g. `sudo -u cronloop "
+            "cronloop ...`), or pass --allow-root if you really mean it"
+        )
+
+
+def load_registry(settings: Settings) -> Registry:
+    return build_registry(settings, discover(settings.task_modules))
+
+
+async def open_database(
+    settings: Settings, *, migrate: bool | None = None, wait: bool = False
+) -> Database:
+    """Connect, and make sure the schema is current.
+
+    The embedded SQLite file is created and migrated by itself. A MySQL/MariaDB schema is
+    migrated only with `auto_migrate = 1` (or `cronloop migrate`); otherwise a stale
+    schema is a configuration error, because changing a shared database is an
+    operator's decision.
+    """
+    engine = create_engine(settings)
+    try:
+        if wait:
+            await wait_for_database(engine, settings.startup_db_wait_s)
+        auto = engine.dialect.name == "sqlite" or settings.auto_migrate
+        if migrate if migrate is not None else auto:
+            await upgrade(engine)
+        else:
+            state = await schema_state(engine)
+            if not state.is_current:
+                raise ExitError(
+                    f"the database schema is at revision {state.current or 'none'}, this "
+                    f"cronloop needs {state.head}: run `cronloop migrate` "
+                    "(or set auto_migrate = 1)",
+                    exitcodes.CONFIG,
+                )
+    except BaseException:
+        await engine.dispose()
+        raise
+    store = TaskStore(
+        engine, lease_s=settings.lease_s, quarantine_timeouts=settings.quarantine_timeouts
+    )
+    return Database(engine=engine, store=store, sessions=session_factory(engine))
+
+
+async def wait_for_database(engine: AsyncEngine, wait_s: float) -> None:
+    """Retry an unreachable database for `wait_s`, then give up with exit 75 so systemd
+    tries again later: an outage at boot is not a reason for a traceback."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = 0.5
+    first = True
+    while True:
+        try:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+            return
+        except Exception as exc:
+            if loop.time() + delay > deadline:
+                raise ExitError(
+                    f"database unreachable for {wait_s:g}s: {_short(exc)}", exitcodes.TEMPFAIL
+                ) from None
+            if first:
+                log.error(
+                    "database unreachable at start; retrying", error=_short(exc), wait_s=wait_s
+                )
+                first = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def declarations(registry: Registry, clock: Clock) -> Iterable[TaskDeclaration]:
+    now = clock.now()
+    for spec in registry:
+        yield TaskDeclaration(
+            name=spec.name,
+            schedule=spec.schedule_text,
+            timeout_s=spec.timeout_s,
+            first_run=spec.schedule.first_run(now) if spec.schedule else None,
+            error=spec.error,
+            enabled=spec.enabled,
+        )
+
+
+async def sync(db: Database, registry: Registry, clock: Clock) -> SyncReport:
+    report = await db.store.sync_tasks(declarations(registry, clock))
+    for spec in registry:
+        if spec.error:
+            log.error("task disabled by a bad setting", task=spec.name, error=spec.error)
+    details: dict[str, Any] = {k: v for k, v in vars(report).items() if v}
+    if details:
+        log.info("task table synchronised", **details)
+    return report
+
+
+def _short(exc: BaseException) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:300]

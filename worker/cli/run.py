@@ -1,0 +1,154 @@
+"""`cronloop run`: the service itself, wired to systemd.
+
+Builds the registry, waits for and migrates the database, synchronises the task table,
+then hands over to the supervisor with systemd notifications and a SIGHUP reloader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import CodeType
+from typing import NoReturn
+
+from sqlalchemy.engine import URL
+
+from cronloop.cli.bootstrap import check_user, open_database, sync
+from cronloop.config.reload import reload_settings, report
+from cronloop.config.settings import Settings, load_settings
+from cronloop.definitions.registry import Registry, build_registry, discover
+from cronloop.domain.clock import SystemClock
+from cronloop.domain.planning import RetryPolicy
+from cronloop.runtime.runner import RunEnvironment
+from cronloop.runtime.supervisor import Hooks, Supervisor
+from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
+from cronloop.systemd import logs
+from cronloop.systemd.notify import Notifier
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    check_user(settings)
+    definitions = discover(settings.task_modules)
+    registry = build_registry(settings, definitions)
+    notifier = Notifier()
+    clock = SystemClock()
+    # waiting for the database and migrating may outlast TimeoutStartSec
+    notifier.extend_timeout(settings.startup_db_wait_s + 120)
+    db = await open_database(settings, wait=True)
+    executor = ThreadPoolExecutor(
+        max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task"
+    )
+    try:
+        await sync(db, registry, clock)
+        env = RunEnvironment(
+            store=db.store,
+            settings=settings,
+            clock=clock,
+            db=db.sessions,
+            executor=executor,
+            retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
+        )
+
+        async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
+            def load() -> Settings:
+                return load_settings(param_file=args.param_file_, overrides=args.overrides_)
+
+            result = reload_settings(current, load, definitions)
+            if result is None:
+                return None
+            logs.configure(result.settings.log_level, current.log_format)
+            await sync(db, result.registry, clock)
+            report(result, result.registry.names())
+            return result.settings, result.registry
+
+        watchdog = _loop_watchdog(settings, registry, db.engine.url, lambda: running())
+        supervisor = Supervisor(
+            registry,
+            env,
+            once=args.once,
+            hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
+            reloader=reloader,
+            side_loops=[("watchdog heartbeat", watchdog.beat)],
+        )
+
+        def running() -> tuple[str, ...]:
+            return supervisor.running_names
+
+        supervisor.install_signal_handlers()
+        watchdog.start()
+        try:
+            code = await supervisor.run()
+        finally:
+            watchdog.stop()
+        if supervisor.stragglers:
+            _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
+        return code
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        notifier.close()
+        await db.close()
+
+
+def _loop_watchdog(
+    settings: Settings, registry: Registry, url: URL, running: Callable[[], Sequence[str]]
+) -> LoopWatchdog:
+    """A thread that exits 70 when the loop stalls for `watchdog_s`, striking the task
+    that blocked it (quarantined after `quarantine_strikes`)."""
+
+    def code_of(name: str) -> CodeType | None:
+        spec = registry.specs.get(name)
+        return getattr(spec.func, "__code__", None) if spec else None
+
+    return LoopWatchdog(
+        settings.watchdog_s,
+        running_tasks=running,
+        on_stall=strike_recorder(url, settings.quarantine_strikes),
+        code_of=code_of,
+    )
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process without joining threads: the only way to stop a stuck thread."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:
+    interval = notifier.watchdog_interval_s
+    last_ping = [0.0]
+
+    def tick() -> None:
+        if interval and clock.monotonic() - last_ping[0] >= interval:
+            notifier.watchdog()
+            last_ping[0] = clock.monotonic()
+
+    def ready() -> None:
+        notifier.ready("started")
+
+    def status(text: str) -> None:
+        notifier.status(text)
+
+    def stopping() -> None:
+        notifier.stopping("draining")
+        # a drain may outlast TimeoutStopSec's default: tell systemd how long it can take
+        notifier.extend_timeout(drain_s)
+
+    def reloading() -> None:
+        notifier.reloading("reloading the configuration")
+
+    def reloaded() -> None:
+        notifier.reloaded("configuration reloaded")
+
+    return Hooks(
+        on_ready=ready,
+        on_status=status,
+        on_stopping=stopping,
+        on_tick=tick,
+        on_reloading=reloading,
+        on_reloaded=reloaded,
+        max_sleep_s=interval,
+    )

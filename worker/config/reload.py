@@ -1,0 +1,92 @@
+"""SIGHUP: re-read the configuration and apply what can change while running.
+
+The new settings are loaded exactly as at start (same files, environment and flags). An
+invalid configuration is rejected with one clear log line and the old one stays in
+force: a reload never kills the service. What cannot change live (the database, the
+lease length, the task modules to import) is named in the log: it needs a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+
+import structlog
+
+from cronloop.config.settings import ConfigError, Settings
+from cronloop.definitions.registry import Registry, TaskDefinition, build_registry
+
+log = structlog.get_logger("cronloop.reload")
+
+NEEDS_RESTART = frozenset(
+    {
+        "database_url",
+        "database_password",
+        "database_password_file",
+        "lease_s",
+        "task_modules",
+        "allow_root",
+        "auto_migrate",
+        "startup_db_wait_s",
+        "watchdog_s",
+        "log_format",
+    }
+)
+_NOT_SETTINGS = frozenset({"sources", "param_files", "task_options"})
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    settings: Settings
+    registry: Registry
+    live: list[str]  # setting keys applied now
+    restart: list[str]  # setting keys that only a restart applies
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    keys = [f.name for f in fields(Settings) if f.name not in _NOT_SETTINGS]
+    changed = [k for k in keys if getattr(old, k) != getattr(new, k)]
+    if _options(old) != _options(new):
+        changed.append("task options")
+    return changed
+
+
+def _options(settings: Settings) -> dict[str, dict[str, str]]:
+    return {t: {k: v.value for k, v in opts.items()} for t, opts in settings.task_options.items()}
+
+
+def reload_settings(
+    current: Settings,
+    load: Callable[[], Settings],
+    definitions: Iterable[TaskDefinition],
+) -> Reloaded | None:
+    """Load and validate the new configuration; None (and a log line) if it is invalid."""
+    try:
+        new = load()
+        registry = build_registry(new, definitions)
+    except ConfigError as exc:
+        log.error(
+            "configuration reload rejected; keeping the running configuration",
+            problems=list(exc.problems) if hasattr(exc, "problems") else str(exc),
+        )
+        return None
+    changed = changed_keys(current, new)
+    restart = [k for k in changed if k in NEEDS_RESTART]
+    live = [k for k in changed if k not in NEEDS_RESTART]
+    # keep what only a restart can change, so the running state does not lie about it
+    kept = replace(new, **{k: getattr(current, k) for k in restart})
+    return Reloaded(settings=kept, registry=registry, live=live, restart=restart)
+
+
+def report(result: Reloaded, tasks: Sequence[str]) -> None:
+    log.info(
+        "configuration reloaded",
+        applied=result.live or None,
+        needs_restart=result.restart or None,
+        tasks=len(tasks),
+    )
+    if result.restart:
+        log.warning(
+            "some changes take effect only after a restart (systemctl restart cronloop)",
+            settings=result.restart,
+        )

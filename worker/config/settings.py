@@ -1,0 +1,484 @@
+"""The settings model: defaults, aliases, sources and precedence, validation, masking of secrets.
+
+Sources, lowest to highest precedence:
+
+1. the defaults (the field defaults of ``Settings``);
+2. params files (iTop syntax, ``cronloop.config.params``): ``param_file`` (comma-separated,
+   later files win), else ``$CRONLOOP_PARAM_FILE``, else ``./cronloop.params`` if it exists, else
+   ``/etc/cronloop/cronloop.params`` if it exists. An explicitly named file must exist;
+   an empty name means "no params file";
+3. environment variables ``CRONLOOP_<KEY>`` (``CRONLOOP_POLL_INTERVAL``) and, for per-task
+   options, ``CRONLOOP_<TASK>__<OPTION>``; other ``CRONLOOP_*`` variables are ignored;
+4. command-line overrides (``--key=value``, parsed by the CLI).
+
+iTop's names ``cron_max_execution_time`` and ``cron_sleep`` are aliases of ``max_lifetime``
+and ``poll_interval`` in every source. Keys with a dot (``backup.time``) are per-task options,
+collected unvalidated in ``Settings.task_options`` for the registry to check.
+
+The password has its own ladder: command line > ``CRONLOOP_DATABASE_PASSWORD`` > the systemd
+credential ``$CREDENTIALS_DIRECTORY/database_password`` > ``database_password_file`` > the
+params file's ``database_password``.
+
+``load_settings`` is pure given its inputs (no global state), so SIGHUP can call it again.
+Every problem found is reported at once in one ``ConfigError`` (exit status 78), each naming
+the key and where it came from; no message ever contains a password.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+
+from cronloop.config.params import (
+    ParamsError,
+    ParamValue,
+    is_valid_key,
+    normalize_key,
+    read_params_file,
+)
+from cronloop.config.params import split_file_list as _split_file_list
+from cronloop.config.values import (
+    MASK,
+    Parser,
+    Secret,
+    choice,
+    duration,
+    file_mode_problem,
+    format_value,
+    integer,
+    looks_secret,
+    mask_url,
+    parse_bool,
+    parse_database_url,
+    parse_modules,
+    parse_secret,
+    parse_text,
+    parse_timezone,
+    read_secret_file,
+    url_has_password,
+)
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_PARAM_FILES",
+    "SETTING_KEYS",
+    "ConfigError",
+    "Secret",
+    "Settings",
+    "describe_sources",
+    "load_settings",
+    "state_directory",
+]
+
+DEFAULT_PARAM_FILES: tuple[str, ...] = ("cronloop.params", "/etc/cronloop/cronloop.params")
+"""Searched in order when no params file is named; the first that exists is read."""
+
+ALIASES: Mapping[str, str] = MappingProxyType(
+    {"cron_max_execution_time": "max_lifetime", "cron_sleep": "poll_interval"}
+)
+"""iTop's setting names, accepted everywhere for the canonical key."""
+
+_ENV_PREFIX = "CRONLOOP_"
+_PARAM_FILE_KEY = "param_file"
+_CREDENTIAL_NAME = "database_password"
+_FILE, _ENV, _FLAG = 1, 2, 3  # precedence ranks (0 = default)
+
+_ITOP_ONLY = frozenset({"auth_user", "auth_pwd", "status_only", "debug"})
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; ``problems`` holds one line per problem (exit status 78)."""
+
+    exit_code = 78
+
+    def __init__(self, problems: str | Sequence[str]) -> None:
+        lines = problems.splitlines() if isinstance(problems, str) else problems
+        self.problems: tuple[str, ...] = tuple(lines)
+        super().__init__("\n".join(self.problems))
+
+
+def _no_options() -> Mapping[str, Mapping[str, ParamValue]]:
+    return MappingProxyType({})
+
+
+def _no_sources() -> Mapping[str, str]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """The effective settings. Durations are seconds (floats).
+
+    Constructible directly with defaults (tests of other modules do); ``load_settings``
+    fills ``task_options``, ``sources`` and ``param_files`` as well. ``sources`` is left out
+    of equality so two loads that give the same values compare equal.
+    """
+
+    database_url: str = ""
+    database_password: Secret | None = None
+    database_password_file: str = ""
+    max_lifetime: float = 600.0
+    lifetime_jitter_s: float = 5.0
+    poll_interval: float = 2.0
+    max_concurrency: int = 10
+    task_timeout: float = 300.0
+    grace_s: float = 5.0
+    shutdown_grace: float = 10.0
+    lease_s: float = 30.0
+    timezone: str = ""
+    verbose: bool = False
+    log_level: str = "info"
+    log_format: str = "auto"
+    task_modules: tuple[str, ...] = ()
+    history_retention_days: int = 30
+    auto_migrate: bool = False
+    allow_root: bool = False
+    startup_db_wait_s: float = 60.0
+    retry_max: int = 3
+    retry_delay_s: float = 30.0
+    quarantine_strikes: int = 2
+    quarantine_timeouts: int = 5
+    watchdog_s: float = 30.0
+    backup_dir: str = ""
+    db_pool_size: int = 20
+    # repr=False: option values may be secrets (smtp_password); see describe_sources().
+    task_options: Mapping[str, Mapping[str, ParamValue]] = field(
+        default_factory=_no_options, repr=False
+    )
+    sources: Mapping[str, str] = field(default_factory=_no_sources, compare=False)
+    param_files: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:
+        """The dataclass repr, but with the URL's password masked (the Secret masks itself)."""
+        parts = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                value = mask_url(value) if f.name == "database_url" else value
+                parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    def masked(self) -> dict[str, str]:
+        """Each setting's effective value as text, passwords (also inside the URL) masked."""
+        shown = {key: format_value(getattr(self, key)) for key in SETTING_KEYS}
+        shown["database_url"] = mask_url(self.database_url)
+        shown["database_password"] = MASK if self.database_password is not None else ""
+        return shown
+
+
+_PARSERS: Mapping[str, Parser] = MappingProxyType(
+    {
+        "database_url": parse_database_url,
+        "database_password": parse_secret,
+        "database_password_file": parse_text,
+        "max_lifetime": duration(minimum=0),
+        "lifetime_jitter_s": duration(minimum=0),
+        "poll_interval": duration(minimum=0, above=True, maximum=3600),
+        "max_concurrency": integer(minimum=1),
+        "task_timeout": duration(minimum=0, above=True),
+        "grace_s": duration(minimum=0),
+        "shutdown_grace": duration(minimum=0),
+        "lease_s": duration(minimum=2),
+        "timezone": parse_timezone,
+        "verbose": parse_bool,
+        "log_level": choice("debug", "info", "warning", "error"),
+        "log_format": choice("auto", "console", "plain", "json", "journal"),
+        "task_modules": parse_modules,
+        "history_retention_days": integer(minimum=0),
+        "auto_migrate": parse_bool,
+        "allow_root": parse_bool,
+        "startup_db_wait_s": duration(minimum=0),
+        "retry_max": integer(minimum=0),
+        "retry_delay_s": duration(minimum=0),
+        "quarantine_strikes": integer(minimum=1),
+        "quarantine_timeouts": integer(minimum=1),
+        "watchdog_s": duration(minimum=0, above=True),
+        "backup_dir": parse_text,
+        "db_pool_size": integer(minimum=2, maximum=1000),
+    }
+)
+
+SETTING_KEYS: tuple[str, ...] = tuple(
+    f.name for f in fields(Settings) if f.name not in {"task_options", "sources", "param_files"}
+)
+"""The canonical setting names, in declaration order."""
+
+assert set(SETTING_KEYS) == set(_PARSERS), "every setting needs exactly one parser"
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """A setting's text as given by one source, before parsing."""
+
+    param: ParamValue  # key as written (normalised), value, where
+    rank: int
+
+    @property
+    def where(self) -> str:
+        return _where(self.param)
+
+
+def load_settings(
+    *,
+    param_file: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective ``Settings`` from defaults, params files, environment and flags.
+
+    ``overrides`` are the command line's ``--key=value`` pairs (a ``param_file`` entry there
+    is used when the ``param_file`` argument is None). ``env`` defaults to ``os.environ``.
+    Raises ``ConfigError`` listing every problem.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    flags = {_flag_key(key): value for key, value in (overrides or {}).items()}
+    if param_file is None:
+        param_file = flags.get(_PARAM_FILE_KEY)
+    flags.pop(_PARAM_FILE_KEY, None)
+    problems: list[str] = []
+    paths = _param_file_paths(param_file, environ)
+    file_values = _read_files(paths, problems)
+    loader = _Loader(problems)
+    loader.add_all(file_values, _FILE)
+    loader.add_all(_env_values(environ), _ENV)
+    loader.add_all(_flag_values(flags), _FLAG)
+    loader.resolve_password(environ)
+    values, sources = loader.parse()
+    _apply_verbose(values, sources, loader.raw)
+    _check_file_modes(paths, file_values, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        **values,  # type: ignore[arg-type]  # keys and types checked by _PARSERS
+        task_options=loader.frozen_options(),
+        sources=MappingProxyType(sources),
+        param_files=tuple(paths),
+    )
+
+
+def describe_sources(settings: Settings) -> list[tuple[str, str, str]]:
+    """(key, masked value, source) for ``cronloop check-config``: settings by key, then options.
+
+    Option values whose name looks secret (``smtp_password``) are masked.
+    """
+    shown = settings.masked()
+    rows = [(key, shown[key], settings.sources.get(key, "default")) for key in sorted(shown)]
+    for task in sorted(settings.task_options):
+        options = settings.task_options[task]
+        for option in sorted(options):
+            param = options[option]
+            value = MASK if looks_secret(option) and param.value else param.value
+            rows.append((f"{task}.{option}", value, _where(param)))
+    return rows
+
+
+def state_directory(env: Mapping[str, str] | None = None) -> Path:
+    """Where state lives: systemd's ``$STATE_DIRECTORY`` (first of a colon list) or ``./var``."""
+    environ: Mapping[str, str] = os.environ if env is None else env
+    for entry in environ.get("STATE_DIRECTORY", "").split(":"):
+        if entry:
+            return Path(entry)
+    return Path.cwd() / "var"
+
+
+class _Loader:
+    """Collects raw values by precedence, then parses them; problems go to one list."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        self.raw: dict[str, _Raw] = {}
+        self.options: dict[str, dict[str, ParamValue]] = {}
+
+    def add_all(self, params: list[ParamValue], rank: int) -> None:
+        """Apply one source's values in order; later ones win."""
+        for param in params:
+            self.add(param, rank)
+
+    def add(self, param: ParamValue, rank: int) -> None:
+        if not is_valid_key(param.key):
+            self.problems.append(f"{_where(param)}: invalid key {param.key!r}")
+            return
+        if "." in param.key:
+            task, _, option = param.key.rpartition(".")
+            self.options.setdefault(task, {})[option] = param
+            return
+        key = ALIASES.get(param.key, param.key)
+        if key in _PARSERS:
+            self.raw[key] = _Raw(param, rank)
+        else:
+            self.problems.append(f"{_where(param)}: {_unknown_key(param.key)}")
+
+    def resolve_password(self, environ: Mapping[str, str]) -> None:
+        """Apply the password ladder: flag > env > credentials > password file > params file."""
+        from_file = self._password_from_file()
+        from_credentials = _password_from_credentials(environ, self.problems)
+        current = self.raw.get("database_password")
+        if current is not None and current.rank >= _ENV:
+            return
+        chosen = from_credentials or from_file
+        if chosen is not None:
+            self.raw["database_password"] = _Raw(chosen, _FILE)
+
+    def _password_from_file(self) -> ParamValue | None:
+        """Read ``database_password_file`` whenever it is set: a bad path is always an error."""
+        raw = self.raw.get("database_password_file")
+        if raw is None or not raw.param.value:
+            return None
+        path = raw.param.value
+        where = f"{raw.where}: database_password_file {path!r}"
+        try:
+            text = read_secret_file(Path(path))
+        except ValueError as exc:
+            self.problems.append(f"{where}: {exc}")
+            return None
+        problem = file_mode_problem(path, secret="holds the database password")
+        if problem:
+            self.problems.append(f"{where}: {problem}")
+            return None
+        return ParamValue("database_password", text, f"database_password_file {path}", 0)
+
+    def parse(self) -> tuple[dict[str, object], dict[str, str]]:
+        """Typed values and source texts for every setting given; errors to ``problems``."""
+        values: dict[str, object] = {}
+        sources = dict.fromkeys(SETTING_KEYS, "default")
+        for key, raw in self.raw.items():
+            # A password is taken verbatim (spaces included); a file value is trimmed already.
+            text = raw.param.value if key == "database_password" else raw.param.value.strip()
+            try:
+                values[key] = _PARSERS[key](text)
+            except ValueError as exc:
+                shown = mask_url(raw.param.value) if key == "database_url" else raw.param.value
+                self.problems.append(f"{raw.where}: {raw.param.key} = {shown!r}: {exc}")
+                continue
+            alias = f" (as {raw.param.key})" if raw.param.key != key else ""
+            sources[key] = raw.where + alias
+        return values, sources
+
+    def frozen_options(self) -> Mapping[str, Mapping[str, ParamValue]]:
+        return MappingProxyType(
+            {task: MappingProxyType(dict(opts)) for task, opts in self.options.items()}
+        )
+
+
+def _where(param: ParamValue) -> str:
+    """``file /etc/x:3`` for a params-file value, else the description in ``param.file``."""
+    return f"file {param.origin}" if param.line > 0 else param.file
+
+
+def _unknown_key(key: str) -> str:
+    """The message for an unknown key, with the closest known name as a suggestion."""
+    if key in _ITOP_ONLY:
+        return f"{key!r} is an option of iTop's cron.php that cronloop does not use; remove it"
+    known = [*SETTING_KEYS, *ALIASES]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {key!r}{hint} (per-task options are written task.option)"
+
+
+def _flag_key(key: str) -> str:
+    return normalize_key(key.strip().lstrip("-"))
+
+
+def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> list[str]:
+    """The params files to read: named ones (which must exist) or the first default found."""
+    spec = param_file if param_file is not None else environ.get("CRONLOOP_PARAM_FILE")
+    if spec is not None:
+        return [os.path.abspath(path) for path in _split_file_list(spec)]
+    for candidate in DEFAULT_PARAM_FILES:
+        if os.path.exists(candidate):
+            return [os.path.abspath(candidate)]
+    return []
+
+
+def _read_files(paths: list[str], problems: list[str]) -> list[ParamValue]:
+    errors: list[ParamsError] = []
+    values: list[ParamValue] = []
+    for path in paths:
+        values.extend(read_params_file(path, errors=errors))
+    problems.extend(f"params file {exc}" for exc in errors)
+    return values
+
+
+def _env_values(environ: Mapping[str, str]) -> list[ParamValue]:
+    """``CRONLOOP_<KEY>`` settings and ``CRONLOOP_<TASK>__<OPTION>`` options from the env.
+
+    Unknown names are ignored (the environment is shared with other programs). Aliases
+    come first so that the canonical variable wins when both are set.
+    """
+    found: list[tuple[int, str, ParamValue]] = []
+    for name, value in environ.items():
+        if not name.startswith(_ENV_PREFIX) or name == "CRONLOOP_PARAM_FILE":
+            continue
+        rest = name[len(_ENV_PREFIX) :]
+        task, sep, option = rest.rpartition("__")
+        key = f"{normalize_key(task)}.{normalize_key(option)}" if sep else normalize_key(rest)
+        if not is_valid_key(key) or (not sep and key not in _PARSERS and key not in ALIASES):
+            continue
+        found.append((0 if key in ALIASES else 1, name, ParamValue(key, value, f"env {name}", 0)))
+    return [param for _, _, param in sorted(found, key=lambda item: item[:2])]
+
+
+def _flag_values(flags: Mapping[str, str]) -> list[ParamValue]:
+    return [ParamValue(key, value, "command line", 0) for key, value in flags.items()]
+
+
+def _password_from_credentials(
+    environ: Mapping[str, str], problems: list[str]
+) -> ParamValue | None:
+    """systemd's ``LoadCredential=database_password:...`` file, if the unit provides one."""
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    path = Path(directory) / _CREDENTIAL_NAME
+    if not path.exists():
+        return None
+    try:
+        text = read_secret_file(path)
+    except ValueError as exc:
+        problems.append(f"credentials directory: {str(path)!r}: {exc}")
+        return None
+    return ParamValue("database_password", text, "credentials directory", 0)
+
+
+def _apply_verbose(
+    values: dict[str, object], sources: dict[str, str], raw: dict[str, _Raw]
+) -> None:
+    """iTop's ``verbose = 1`` means debug logging, unless log_level is set at a higher level."""
+    if not values.get("verbose"):
+        return
+    verbose_rank = raw["verbose"].rank
+    level = raw.get("log_level")
+    if level is None or verbose_rank >= level.rank:
+        values["log_level"] = "debug"
+        sources["log_level"] = f"implied by verbose ({sources['verbose']})"
+
+
+def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list[str]) -> None:
+    """Refuse params files others could rewrite, and secret-holding ones others can read.
+
+    Any file writable by others is refused (it decides which code runs: task_modules). A
+    file holding a secret (database_password, a password in database_url, an option named
+    like a password) is also refused when others can read it or its group can write it;
+    group read is allowed for the usual ``root:cronloop 0640``.
+    """
+    for path in dict.fromkeys(paths):
+        secrets = [p for p in params if p.file == path and _is_secret_param(p)]
+        what = f"holds a secret ({secrets[0].key}, line {secrets[0].line})" if secrets else ""
+        problem = file_mode_problem(path, secret=what)
+        if problem:
+            problems.append(f"params file {path}: {problem}")
+
+
+def _is_secret_param(param: ParamValue) -> bool:
+    key = ALIASES.get(param.key, param.key)
+    if not param.value:
+        return False
+    if key == "database_password":
+        return True
+    if key == "database_url":
+        return url_has_password(param.value)
+    return "." in key and looks_secret(key.rpartition(".")[2])

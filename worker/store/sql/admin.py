@@ -1,0 +1,158 @@
+"""The store's operator and reporting verbs: pause, resume, trigger, status, history.
+
+Split from `worker/store.py`, which keeps the hot path (claim, renew, complete); both
+are domain SQL on the same tables, and `TaskStore` offers them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, case, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from cronloop.domain.outcome import TaskStatus
+from cronloop.domain.records import RunEntry, TaskState, TriggerResult, UnknownTask
+from cronloop.store.sql.engine import db_now
+from cronloop.store.sql.tables import runs, tasks
+
+T = tasks.c
+R = runs.c
+
+
+class AdminVerbs:
+    """Mixed into `TaskStore`; needs only its engine (and its SQLite write lock)."""
+
+    engine: AsyncEngine
+    _write_lock: asyncio.Lock | None
+
+    def _now(self, plus_s: float = 0.0) -> Any:
+        return db_now(self.engine.dialect, plus_s)
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. On SQLite, one at a time per process: connections of one
+        pool competing for SQLite's single write lock back off by sleeping, which made a
+        busy worker fall seconds behind; an asyncio lock queues them instead."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    # -- operator verbs -----------------------------------------------------------------
+
+    async def pause(self, name: str) -> str:
+        """Stop scheduling a task (a run in progress finishes). Returns the old status."""
+        return await self._set_status(name, TaskStatus.PAUSED, reason="paused by an operator")
+
+    async def resume(self, name: str) -> str:
+        """Make a paused or quarantined task active again and clear its strike counters."""
+        return await self._set_status(name, TaskStatus.ACTIVE, reason=None)
+
+    async def _set_status(self, name: str, status: TaskStatus, reason: str | None) -> str:
+        async with self._begin() as conn:
+            old = (await conn.execute(select(T.status).where(T.name == name))).scalar_one_or_none()
+            if old is None:
+                raise UnknownTask(name)
+            if old in (TaskStatus.REMOVED, TaskStatus.DISABLED) and status == TaskStatus.ACTIVE:
+                return str(old)  # configuration, not the operator, decides those
+            values: dict[str, Any] = {
+                "status": status,
+                "status_reason": reason,
+                "updated": self._now(),
+            }
+            if status == TaskStatus.ACTIVE:
+                values.update(strikes=0, consecutive_timeouts=0)
+            await conn.execute(update(tasks).where(T.name == name).values(**values))
+        return str(old)
+
+    async def trigger(self, name: str, now: datetime) -> TriggerResult:
+        """Run a task as soon as possible, without moving its regular schedule."""
+        async with self._begin() as conn:
+            status = (
+                await conn.execute(select(T.status).where(T.name == name))
+            ).scalar_one_or_none()
+            if status is None:
+                raise UnknownTask(name)
+            if status != TaskStatus.ACTIVE:
+                return TriggerResult.NOT_ACTIVE
+            await conn.execute(
+                update(tasks)
+                .where(T.name == name)
+                .values(
+                    next_run=case(
+                        (or_(T.next_run.is_(None), T.next_run > now), now), else_=T.next_run
+                    ),
+                    updated=self._now(),
+                )
+            )
+        return TriggerResult.QUEUED
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
+        running = and_(T.lease_token.is_not(None), T.lease_until >= self._now())
+        query = select(tasks, running.label("running")).order_by(T.name)
+        if names:
+            query = query.where(T.name.in_(list(names)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            TaskState(
+                name=r.name,
+                status=r.status,
+                status_reason=r.status_reason,
+                schedule=r.schedule,
+                next_run=r.next_run,
+                latest_run_start=r.latest_run_start,
+                latest_run_end=r.latest_run_end,
+                runs=r.run_count,
+                avg_duration_s=r.avg_duration_s,
+                min_duration_s=r.min_duration_s,
+                max_duration_s=r.max_duration_s,
+                latest_duration_s=r.latest_duration_s,
+                last_outcome=r.last_outcome,
+                last_message=r.last_message,
+                last_error=r.last_error,
+                running=bool(r.running),
+                owner=r.owner if r.running else None,
+                consecutive_failures=r.consecutive_failures,
+                last_user=r.last_user,
+                last_host=r.last_host,
+            )
+            for r in rows
+        ]
+
+    async def history(self, name: str | None = None, limit: int = 50) -> list[RunEntry]:
+        query = select(runs).order_by(R.started.desc(), R.id.desc()).limit(limit)
+        if name is not None:
+            query = query.where(R.task_name == name)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            RunEntry(
+                run_id=r.run_id,
+                task_name=r.task_name,
+                scheduled_for=r.scheduled_for,
+                started=r.started,
+                ended=r.ended,
+                duration_s=r.duration_s,
+                outcome=r.outcome,
+                message=r.message,
+                error=r.error,
+                worker=r.worker,
+                missed=r.missed,
+                triggered=bool(r.triggered),
+            )
+            for r in rows
+        ]
+
+    async def task_names(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(select(T.name).order_by(T.name))).scalars())

@@ -1,0 +1,140 @@
+"""Schema migrations driven from code, safe when several workers start at once.
+
+On MySQL/MariaDB the upgrade runs under the named lock `cronloop_migrate` (GET_LOCK), and
+on SQLite under an exclusive lock file beside the database, so the second worker waits,
+then finds the schema current and does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+import cronloop.migrations as core_migrations
+from cronloop.store.sql.tables import VERSION_TABLE
+
+LOCK_NAME = "cronloop_migrate"
+LOCK_WAIT_S = 300
+
+
+class MigrationLockTimeout(RuntimeError):
+    """Another process held the migration lock for too long."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Revisions applied and revisions this code has (several heads are allowed: the
+    standard tasks' tables may come as independent branches)."""
+
+    applied: frozenset[str]
+    heads: frozenset[str]
+
+    @property
+    def is_current(self) -> bool:
+        return self.applied == self.heads
+
+    @property
+    def current(self) -> str | None:
+        return ",".join(sorted(self.applied)) or None
+
+    @property
+    def head(self) -> str:
+        return ",".join(sorted(self.heads))
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(Path(core_migrations.__file__).parent))
+    config.set_main_option("path_separator", "os")
+    config.set_main_option("version_locations", os.pathsep.join(version_locations()))
+    return config
+
+
+def version_locations() -> list[str]:
+    """The core's revisions, then each plugin's branch (its own folder of revisions)."""
+    core = Path(core_migrations.__file__).parent / "versions"
+    import cronloop.standard.migrations as standard  # TEMPORARY: replaced by plugin entry points
+
+    return [str(core), str(Path(standard.__file__).parent)]
+
+
+def head_revisions() -> frozenset[str]:
+    return frozenset(ScriptDirectory.from_config(alembic_config()).get_heads())
+
+
+async def schema_state(engine: AsyncEngine) -> SchemaState:
+    async with engine.connect() as conn:
+        applied = await conn.run_sync(_applied_revisions)
+    return SchemaState(applied=applied, heads=head_revisions())
+
+
+def _applied_revisions(sync_conn: Any) -> frozenset[str]:
+    context = MigrationContext.configure(sync_conn, opts={"version_table": VERSION_TABLE})
+    return frozenset(context.get_current_heads())
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "heads") -> SchemaState:
+    """Bring the schema to `revision` under the migration lock; a no-op when current."""
+    async with _file_lock(engine), engine.connect() as conn:
+        await _named_lock(conn)
+        try:
+            await conn.run_sync(_upgrade, revision)
+            await conn.commit()
+        finally:
+            await _named_unlock(conn)
+    return await schema_state(engine)
+
+
+def _upgrade(sync_conn: Any, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = sync_conn
+    command.upgrade(config, revision)
+
+
+async def _named_lock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        return
+    got = (await conn.exec_driver_sql(f"SELECT GET_LOCK('{LOCK_NAME}', {LOCK_WAIT_S})")).scalar()
+    await conn.commit()  # do not hold a transaction while migrating (DDL commits anyway)
+    if got != 1:
+        raise MigrationLockTimeout(
+            f"waited {LOCK_WAIT_S}s for lock {LOCK_NAME!r} held by another process"
+        )
+
+
+async def _named_unlock(conn: AsyncConnection) -> None:
+    if conn.dialect.name == "sqlite":
+        return
+    await conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{LOCK_NAME}')")
+    await conn.commit()
+
+
+@asynccontextmanager
+async def _file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """SQLite has no named locks; an flock on `<db>.migrate.lock` serialises processes.
+
+    The wait happens in a thread so the event loop keeps running meanwhile.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    path = Path(database).with_name(Path(database).name + ".migrate.lock")
+    with path.open("a") as handle:
+        await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
