@@ -24,7 +24,7 @@ from cronloop.config.settings import (
 from cronloop.config.values import mask_url
 
 PASSWORD = "Tr0ub4dor&3-unique"  # distinctive, so a leak is easy to find
-EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "cronloop.params.example"
+EXAMPLE = Path(__file__).resolve().parents[3] / "systemd" / "cronloop.params.example"
 
 EXPECTED_DEFAULTS: dict[str, object] = {
     "database_url": "",
