@@ -39,7 +39,9 @@ from cronloop.domain.records import (
 # a run that ended: its claim, how it ended, and whether its lease must be kept
 Ended = tuple[Claim, RunRecord, bool]
 
+# the status reasons and history errors every implementation writes
 ABANDONED_ERROR = "the worker running it was lost (crash or lease expired)"
+DISABLED_BY_CONFIG = "disabled by configuration (enabled = 0)"
 
 
 def timeout_quarantine_reason(limit: int) -> str:

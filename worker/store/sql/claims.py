@@ -176,7 +176,9 @@ class Claims:
         )
         if names is not None:
             available = and_(available, T.name.in_(list(names)))
-        select_due = select(*CLAIM_COLUMNS).where(available).order_by(T.next_run)
+        # a row with no next run is never due (NULL would sort first and stop the claim)
+        ready = and_(available, T.next_run.is_not(None))
+        select_due = select(*CLAIM_COLUMNS).where(ready).order_by(T.next_run)
         select_due = select_due.limit(limit + 1)
         if skip_locked:
             select_due = select_due.with_for_update(skip_locked=True)

@@ -14,12 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cronloop.domain.outcome import TaskStatus
 from cronloop.domain.records import SyncReport, TaskDeclaration
+from cronloop.store.interface import DISABLED_BY_CONFIG
 from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.tables import tasks
 
 T = tasks.c
-
-DISABLED_BY_CONFIG = "disabled by configuration (enabled = 0)"
 
 
 class TaskSet:
