@@ -1,4 +1,4 @@
-"""Claims, leases and the idle probe: the hot path's domain SQL.
+"""Claims and the idle probe: the hot path's domain SQL (leases held: `leases`).
 
 A part of `SqlStore` (see `cronloop.store.interface.Store` for the contract). Every write
 about a run is conditional on the run's lease token (fencing), and every lease time is
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +101,7 @@ def _claim_of(row: Any, token: str) -> Claim:
 
 
 class Claims:
-    """`claim_next`, `renew`, `release`, `free_lease`, `reap_abandoned`, `next_due`."""
+    """`claim_next` / `claim_due`, and `next_due`: what is free to claim, and when."""
 
     def __init__(self, db: Connector, worker_id: str, lease_s: float) -> None:
         self.db = db
@@ -253,75 +253,6 @@ class Claims:
             ]
         )
         await conn.exec_driver_sql(sql, tuple(params))
-
-    async def renew(self, claims: Iterable[Claim]) -> set[str]:
-        """Extend the leases of runs still owned; return the run ids whose lease was lost.
-
-        One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token
-        IN ...` matches only our rows), and a SELECT only if some row did not match."""
-        claims = list(claims)
-        if not claims:
-            return set()
-        ids = [c.task_id for c in claims]
-        tokens = sorted({c.token for c in claims})
-        mine = and_(T.id.in_(ids), T.lease_token.in_(tokens))
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                update(tasks).where(mine).values(lease_until=self.db.now(self.lease_s))
-            )
-            if result.rowcount == len(claims):
-                return set()
-            rows = await conn.execute(select(T.id, T.lease_token).where(mine))
-            held = {(r.id, r.lease_token) for r in rows}
-        return {c.run_id for c in claims if (c.task_id, c.token) not in held}
-
-    async def release(self, claim: Claim) -> bool:
-        """Give a claim back unrun (this worker cannot run that task): free the lease and
-        mark its history row `skipped`; nothing if the lease was lost meanwhile."""
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(T.id == claim.task_id, T.lease_token == claim.token)
-                .values(owner=None, lease_token=None, lease_until=None)
-            )
-            if result.rowcount != 1:  # taken over: its history row says abandoned
-                return False
-            await conn.execute(
-                update(runs)
-                .where(R.run_id == claim.run_id)
-                .values(outcome=Outcome.SKIPPED, ended=self.db.now(), error="released unrun")
-            )
-        return True
-
-    async def free_lease(self, claim: Claim) -> bool:
-        """Free a lease kept by `complete(keep_lease=True)` once the task really ended."""
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(T.id == claim.task_id, T.lease_token == claim.token)
-                .values(owner=None, lease_token=None, lease_until=None)
-            )
-        return result.rowcount == 1
-
-    async def reap_abandoned(self) -> int:
-        """Close history rows of runs whose worker vanished, so history never shows a run
-        as `running` forever, even for a task nobody claims again (paused, removed)."""
-        async with self.db.begin() as conn:
-            stale = (
-                select(T.run_id)
-                .where(T.lease_token.is_not(None), T.lease_until < self.db.now())
-                .scalar_subquery()
-            )
-            result = await conn.execute(
-                update(runs)
-                .where(R.outcome == Outcome.RUNNING, R.run_id.in_(stale))
-                .values(
-                    outcome=Outcome.ABANDONED,
-                    ended=self.db.now(),
-                    error=ABANDONED_ERROR,
-                )
-            )
-        return int(result.rowcount or 0)
 
     async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
         """The earliest next run among active tasks that are not running now, so the loop

@@ -1,9 +1,9 @@
 """What every part of the SQL store shares: the engine, the database clock, the SQLite
 write lock, the server's SKIP LOCKED support and the idle probe's kept connection.
 
-One small holder, so the parts (`taskset`, `claims`, `record`, `quarantine`, `admin`)
-are composed beside each other instead of inheriting from each other. Knows how to open
-transactions, never which rows they touch.
+One small holder, so the parts (`taskset`, `claims`, `leases`, `record`, `quarantine`,
+`admin`) are composed beside each other instead of inheriting from each other. Knows how
+to open transactions, never which rows they touch.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ SQLite write lock, the probe's kept connection) into the parts and offers their 
 `cronloop.store.interface.Store`:
 
 - `taskset.TaskSet`: `sync_tasks`
-- `claims.Claims`: `claim_next`, `claim_due`, `renew`, `release`, `free_lease`,
-  `reap_abandoned`, `next_due`
+- `claims.Claims`: `claim_next`, `claim_due`, `next_due`
+- `leases.Leases`: `renew`, `release`, `free_lease`, `reap_abandoned`
 - `record.Recording`: `complete`, `complete_many` (quarantine on repeated timeouts)
 - `quarantine.Quarantine`: `strike` (the watchdog's road to quarantine)
 - `admin.AdminVerbs`: `pause`, `resume`, `trigger`, `status`, `history`, `task_names`
@@ -40,6 +40,7 @@ from cronloop.store.interface import Ended
 from cronloop.store.sql.admin import AdminVerbs
 from cronloop.store.sql.claims import Claims, make_worker_id
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.leases import Leases
 from cronloop.store.sql.quarantine import Quarantine
 from cronloop.store.sql.record import Recording
 from cronloop.store.sql.taskset import TaskSet
@@ -69,6 +70,7 @@ class SqlStore:
         self._db = Connector(engine)
         self._taskset = TaskSet(self._db)
         self._claims = Claims(self._db, worker_id or make_worker_id(), lease_s)
+        self._leases = Leases(self._db, lease_s)
         who = {"last_user": _os_user(), "last_host": socket.gethostname()}
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
@@ -126,16 +128,16 @@ class SqlStore:
         return await self._claims.claim_due(now, limit, names, takeover=takeover)
 
     async def renew(self, claims: Iterable[Claim]) -> set[str]:
-        return await self._claims.renew(claims)
+        return await self._leases.renew(claims)
 
     async def release(self, claim: Claim) -> bool:
-        return await self._claims.release(claim)
+        return await self._leases.release(claim)
 
     async def free_lease(self, claim: Claim) -> bool:
-        return await self._claims.free_lease(claim)
+        return await self._leases.free_lease(claim)
 
     async def reap_abandoned(self) -> int:
-        return await self._claims.reap_abandoned()
+        return await self._leases.reap_abandoned()
 
     async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
         return await self._claims.next_due(names)
