@@ -10,9 +10,11 @@ heartbeat is older than `watchdog_s` the thread:
    of the tasks that were running;
 2. records a strike against the task that blocked the loop (the running task whose code
    is on the loop thread's stack; all running tasks if that cannot be told), through a
-   short-lived *synchronous* connection, because the asyncio engine belongs to the
-   blocked loop; a task that reaches `quarantine_strikes` is quarantined. This step is
-   bounded by `strike_timeout_s`: a database outage must not keep a wedged process alive;
+   short-lived engine driven by an event loop of its own in a helper thread (the
+   service's engine belongs to the blocked loop), with the store's `strike` verb: a task
+   that reaches `quarantine_strikes` is quarantined there, by the same rule as repeated
+   timeouts. This step is bounded by `strike_timeout_s`: a database outage must not keep
+   a wedged process alive;
 3. exits with code 70 (`EX_SOFTWARE`) via `os._exit`, so systemd restarts the service.
    Leases of the runs in flight expire and other workers take them over (`abandoned`).
 
@@ -37,20 +39,15 @@ from types import CodeType, FrameType
 from typing import Any, TextIO
 
 import structlog
-from sqlalchemy import create_engine as create_sync_engine
-from sqlalchemy import select, update
-from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.engine import URL
 
 from cronloop import exitcodes
-from cronloop.domain.outcome import TaskStatus
-from cronloop.store.sql.engine import db_now
-from cronloop.store.sql.tables import tasks
+from cronloop.store.sql.engine import create_short_lived_engine
+from cronloop.store.sql.store import SqlStore
 
 log = structlog.get_logger("cronloop.watchdog")
 
 STACKS_MAX_CHARS = 20_000  # one log event, not a novel: the faulthandler dump has the rest
-SYNC_DRIVERS = {"mysql+aiomysql": "mysql+pymysql", "sqlite+aiosqlite": "sqlite+pysqlite"}
 
 StallHandler = Callable[[list[str], float], None]
 
@@ -275,70 +272,32 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:300]
 
 
-# -- strikes and quarantine, over a synchronous connection ------------------------------
-
-
-def sync_url(url: URL) -> URL:
-    """The synchronous twin of the service's asyncio URL (same host, credentials, query)."""
-    driver = SYNC_DRIVERS.get(url.drivername, url.drivername)
-    return url.set(drivername=driver)
-
-
-def sync_engine(url: URL, timeout_s: float = 3.0) -> Engine:
-    """A throw-away engine with short timeouts: it is used once, by a dying process."""
-    url = sync_url(url)
-    if url.get_backend_name() == "sqlite":
-        args: dict[str, Any] = {"timeout": timeout_s}
-    else:
-        seconds = max(1, int(timeout_s))
-        args = {"connect_timeout": seconds, "read_timeout": seconds, "write_timeout": seconds}
-    return create_sync_engine(url, connect_args=args, poolclass=NullPool)
+# -- strikes and quarantine, through the store on a private event loop --------------
 
 
 def strike_tasks_sync(
     url: URL, names: Sequence[str], reason: str, quarantine_strikes: int, timeout_s: float = 3.0
 ) -> list[str]:
-    """Add a strike to each task; quarantine those that reached `quarantine_strikes`.
+    """Add a strike to each task; quarantine those that reached `quarantine_strikes`
+    (the store's `strike`: only active tasks, "blocked the event loop for 31 s, 2
+    strikes"). Returns the names quarantined now.
 
-    Returns the names quarantined now. The status reason says what happened and how
-    often ("blocked the event loop for 31 s, 2 strikes"). Only active tasks are
-    quarantined: an operator's pause is left alone. One short transaction.
+    Called from a thread that has no event loop while the service's loop is blocked: it
+    runs its own loop with a throw-away engine whose waits are bounded by `timeout_s`.
     """
     if not names:
         return []
-    engine = sync_engine(url, timeout_s)
-    T = tasks.c
-    quarantined: list[str] = []
-    try:
-        with engine.begin() as conn:
-            if engine.dialect.name != "sqlite":
-                conn.exec_driver_sql(
-                    f"SET SESSION innodb_lock_wait_timeout = {max(1, int(timeout_s))}"
-                )
-            now = db_now(engine.dialect)
-            conn.execute(
-                update(tasks)
-                .where(T.name.in_(list(names)))
-                .values(strikes=T.strikes + 1, updated=now)
-            )
-            due = conn.execute(
-                select(T.name, T.strikes).where(
-                    T.name.in_(list(names)),
-                    T.status == TaskStatus.ACTIVE,
-                    T.strikes >= quarantine_strikes,
-                )
-            ).all()
-            for name, strikes in due:
-                why = f"{reason}, {strikes} strikes; `cronloop resume {name}` to run it again"
-                conn.execute(
-                    update(tasks)
-                    .where(T.name == name, T.status == TaskStatus.ACTIVE)
-                    .values(status=TaskStatus.QUARANTINED, status_reason=why, updated=now)
-                )
-                quarantined.append(name)
-    finally:
-        engine.dispose()
-    return quarantined
+
+    async def strike() -> list[str]:
+        engine = create_short_lived_engine(url, timeout_s)
+        store = SqlStore(engine)
+        try:
+            return await store.strike(names, reason, quarantine_strikes)
+        finally:
+            await store.close()
+            await engine.dispose()
+
+    return asyncio.run(strike())
 
 
 def strike_recorder(url: URL, quarantine_strikes: int, timeout_s: float = 3.0) -> StallHandler:

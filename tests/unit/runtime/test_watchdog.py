@@ -28,7 +28,6 @@ from cronloop.runtime.watchdog import (
     run_bounded,
     strike_recorder,
     strike_tasks_sync,
-    sync_url,
 )
 from cronloop.store.sql.claims import TaskDeclaration, TaskStore
 from cronloop.store.sql.tables import tasks
@@ -256,15 +255,6 @@ def test_real_thread_fires_on_a_blocked_loop() -> None:
 
 
 # -- strikes and quarantine on a real database -------------------------------------------
-
-
-def test_sync_url_swaps_only_the_driver() -> None:
-    url = make_url("mysql+aiomysql://u:secret@db:3307/itop?charset=utf8mb4")
-    out = sync_url(url)
-    assert out.drivername == "mysql+pymysql"
-    assert (out.password, out.host, out.port, out.database) == ("secret", "db", 3307, "itop")
-    assert out.query == {"charset": "utf8mb4"}
-    assert sync_url(make_url("sqlite+aiosqlite:////x.db")).drivername == "sqlite+pysqlite"
 
 
 async def _row(engine: AsyncEngine, name: str) -> Any:

@@ -1,23 +1,20 @@
-"""The store's operator and reporting verbs: pause, resume, trigger, status, history.
+"""The operator and reporting verbs: pause, resume, trigger, status, history.
 
-Split from `worker/store.py`, which keeps the hot path (claim, renew, complete); both
-are domain SQL on the same tables, and `TaskStore` offers them together.
+A part of `SqlStore`, beside the hot path (`claims`, `record`): domain SQL on the same
+tables, for the CLI. Knows nothing of leases beyond "is one held now".
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cronloop.domain.outcome import TaskStatus
 from cronloop.domain.records import RunEntry, TaskState, TriggerResult, UnknownTask
-from cronloop.store.sql.engine import db_now
+from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.tables import runs, tasks
 
 T = tasks.c
@@ -25,25 +22,8 @@ R = runs.c
 
 
 class AdminVerbs:
-    """Mixed into `TaskStore`; needs only its engine (and its SQLite write lock)."""
-
-    engine: AsyncEngine
-    _write_lock: asyncio.Lock | None
-
-    def _now(self, plus_s: float = 0.0) -> Any:
-        return db_now(self.engine.dialect, plus_s)
-
-    @asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction. On SQLite, one at a time per process: connections of one
-        pool competing for SQLite's single write lock back off by sleeping, which made a
-        busy worker fall seconds behind; an asyncio lock queues them instead."""
-        if self._write_lock is None:
-            async with self.engine.begin() as conn:
-                yield conn
-            return
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+    def __init__(self, db: Connector) -> None:
+        self.db = db
 
     # -- operator verbs -----------------------------------------------------------------
 
@@ -56,7 +36,7 @@ class AdminVerbs:
         return await self._set_status(name, TaskStatus.ACTIVE, reason=None)
 
     async def _set_status(self, name: str, status: TaskStatus, reason: str | None) -> str:
-        async with self._begin() as conn:
+        async with self.db.begin() as conn:
             old = (await conn.execute(select(T.status).where(T.name == name))).scalar_one_or_none()
             if old is None:
                 raise UnknownTask(name)
@@ -65,7 +45,7 @@ class AdminVerbs:
             values: dict[str, Any] = {
                 "status": status,
                 "status_reason": reason,
-                "updated": self._now(),
+                "updated": self.db.now(),
             }
             if status == TaskStatus.ACTIVE:
                 values.update(strikes=0, consecutive_timeouts=0)
@@ -74,7 +54,7 @@ class AdminVerbs:
 
     async def trigger(self, name: str, now: datetime) -> TriggerResult:
         """Run a task as soon as possible, without moving its regular schedule."""
-        async with self._begin() as conn:
+        async with self.db.begin() as conn:
             status = (
                 await conn.execute(select(T.status).where(T.name == name))
             ).scalar_one_or_none()
@@ -89,7 +69,7 @@ class AdminVerbs:
                     next_run=case(
                         (or_(T.next_run.is_(None), T.next_run > now), now), else_=T.next_run
                     ),
-                    updated=self._now(),
+                    updated=self.db.now(),
                 )
             )
         return TriggerResult.QUEUED
@@ -97,11 +77,11 @@ class AdminVerbs:
     # -- reading ------------------------------------------------------------------------
 
     async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
-        running = and_(T.lease_token.is_not(None), T.lease_until >= self._now())
+        running = and_(T.lease_token.is_not(None), T.lease_until >= self.db.now())
         query = select(tasks, running.label("running")).order_by(T.name)
         if names:
             query = query.where(T.name.in_(list(names)))
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             TaskState(
@@ -133,7 +113,7 @@ class AdminVerbs:
         query = select(runs).order_by(R.started.desc(), R.id.desc()).limit(limit)
         if name is not None:
             query = query.where(R.task_name == name)
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [
             RunEntry(
@@ -154,5 +134,5 @@ class AdminVerbs:
         ]
 
     async def task_names(self) -> list[str]:
-        async with self.engine.connect() as conn:
+        async with self.db.connect() as conn:
             return list((await conn.execute(select(T.name).order_by(T.name))).scalars())

@@ -9,8 +9,9 @@ SQLAlchemy construct with thousands of parameters would cost more to compile tha
 and the values go through the columns' own bind processors, so they are stored exactly as
 the ORM-free single-row path stores them.
 
-The task row's new values are computed here from what the claim read (see `Claim`): the
-lease makes the row this worker's until the run is recorded.
+The task row's new values come from `cronloop.store.rows` (shared with the in-memory
+store), computed from what the claim read: the lease makes the row this worker's until the
+run is recorded.
 """
 
 from __future__ import annotations
@@ -21,54 +22,8 @@ from typing import Any
 
 from sqlalchemy import Column, Dialect, Table
 
-from cronloop.domain.outcome import Outcome
-from cronloop.domain.records import Claim, RunRecord
-
 # one statement carries at most this many rows: SQLite allows 32,766 parameters, MySQL 65,535
 MAX_BATCH = 200
-
-
-def task_values(claim: Claim, record: RunRecord, *, keep_lease: bool) -> dict[str, Any]:
-    """The task row after `record`, as plain values (statistics from the claim's)."""
-    values: dict[str, Any] = {
-        "latest_run_start": record.started,
-        "latest_run_end": record.ended,
-        "last_outcome": record.outcome.value,
-        "last_message": record.message,
-        "last_error": record.error,
-        "next_run": record.next_run,
-        "planned_run": record.planned_run,
-        "first_run": claim.first_run or record.started,
-    }
-    if not keep_lease:
-        values.update(owner=None, lease_token=None, lease_until=None)
-    if record.outcome != Outcome.INTERRUPTED:  # a shutdown's cut is not a run
-        d = record.duration_s
-        n = claim.run_count
-        timed_out = record.outcome == Outcome.TIMED_OUT
-        values.update(
-            latest_duration_s=d,
-            min_duration_s=d if claim.min_duration_s is None else min(claim.min_duration_s, d),
-            max_duration_s=d if claim.max_duration_s is None else max(claim.max_duration_s, d),
-            avg_duration_s=((claim.avg_duration_s or 0.0) * n + d) / (n + 1),
-            consecutive_failures=claim.consecutive_failures + 1 if record.outcome.is_failure else 0,
-            consecutive_timeouts=claim.consecutive_timeouts + 1 if timed_out else 0,
-            run_count=n + 1,
-        )
-    return values
-
-
-def history_values(record: RunRecord) -> dict[str, Any]:
-    """The history row's end."""
-    return {
-        "started": record.started,
-        "ended": record.ended,
-        "duration_s": record.duration_s,
-        "outcome": record.outcome.value,
-        "message": record.message,
-        "error": record.error,
-        "missed": record.missed,
-    }
 
 
 _SAFE_TEXT = re.compile(r"[0-9A-Za-z_-]{1,64}")

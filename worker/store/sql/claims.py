@@ -1,29 +1,22 @@
-"""All of cronloop's domain SQL, spoken as verbs.
+"""Claims and the idle probe: the hot path's domain SQL (leases held: `leases`).
 
-The supervisor and the CLI never write SQL; they call `sync_tasks`, `claim_next`, `renew`,
-`complete_many`, `pause`, `trigger`... This module has the task set, claims, leases and
-the idle probe; recording is in `store_record.py`, the operator verbs in
-`store_admin.py`, the batch statements' SQL text in `store_batch.py`. Every write about a
-run is conditional on the run's lease token (fencing), and every lease time is the
-database's clock, so a worker that lost its lease, or whose clock is wrong, cannot
-overwrite the new owner's state.
+A part of `SqlStore` (see `cronloop.store.interface.Store` for the contract). Every write
+about a run is conditional on the run's lease token (fencing), and every lease time is
+the database's clock, so a worker that lost its lease, or whose clock is wrong, cannot
+overwrite the new owner's state. Knows nothing of asyncio tasks or deadlines.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import getpass
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, and_, bindparam, cast, func, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import String, and_, bindparam, cast, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.records import (
@@ -37,17 +30,18 @@ from cronloop.domain.records import (
     TriggerResult,
     UnknownTask,
 )
-from cronloop.store.sql.batch import (
-    CaseUpdate,
-    MultiInsert,
-)
-from cronloop.store.sql.engine import db_now, server_supports_skip_locked
-from cronloop.store.sql.record import RecordVerbs
+from cronloop.store.interface import ABANDONED_ERROR
+from cronloop.store.sql.batch import MultiInsert
+from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.tables import UTCDateTime, runs, tasks
+
+if TYPE_CHECKING:  # the old home of these names, until every importer uses cronloop.store
+    from cronloop.store.sql.store import TaskStore
 
 __all__ = [
     "Claim",
     "ClaimBatch",
+    "Claims",
     "RunEntry",
     "RunRecord",
     "SyncReport",
@@ -106,121 +100,15 @@ def _claim_of(row: Any, token: str) -> Claim:
     )
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (containers with arbitrary UIDs)
-        return str(os.getuid())
+class Claims:
+    """`claim_next` / `claim_due`, and `next_due`: what is free to claim, and when."""
 
-
-class TaskStore(RecordVerbs):
-    """The SQLAlchemy implementation, for SQLite and MySQL/MariaDB."""
-
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        worker_id: str | None = None,
-        lease_s: float = 30.0,
-        quarantine_timeouts: int = 0,
-    ):
-        self.engine = engine
-        self.worker_id = worker_id or make_worker_id()
+    def __init__(self, db: Connector, worker_id: str, lease_s: float) -> None:
+        self.db = db
+        self.worker_id = worker_id
         self.lease_s = lease_s
-        # quarantine a task after this many timeouts in a row (0: never)
-        self.quarantine_timeouts = quarantine_timeouts
-        self._dialect = engine.dialect
-        self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
-        self._skip_locked: bool | None = None
-        self._user = _os_user()
-        self._host = socket.gethostname()
-        self._who = {"last_user": self._user, "last_host": self._host}
-        self._task_update = CaseUpdate(tasks, "id", engine.dialect)
-        self._run_insert = MultiInsert(runs, engine.dialect)
-        self._run_update = CaseUpdate(runs, "run_id", engine.dialect)
-        self._stamp: list[str] | None = None
-        self._probe: AsyncConnection | None = None  # see next_due
+        self._run_insert = MultiInsert(runs, db.dialect)
         self._claim_sql: dict[Any, tuple[Any, Any]] = {}  # see _claim_statements
-
-    def _now(self, plus_s: float = 0.0) -> Any:
-        return db_now(self._dialect, plus_s)
-
-    async def database_now(self) -> datetime:
-        """The database's clock, for lease arithmetic that must agree across hosts."""
-        async with self.engine.connect() as conn:
-            value: datetime = (await conn.execute(select(self._now()))).scalar_one()
-        return value
-
-    # -- the task set -------------------------------------------------------------
-
-    async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
-        """Make the table match the tasks this worker knows (iTop's resync).
-
-        New tasks get a row; rows whose code vanished become `removed`; tasks that come
-        back become `active` again; operator states (paused, quarantined) are kept. A
-        concurrent worker inserting the same row first is not an error: we retry once.
-        """
-        decls = {d.name: d for d in declared}
-        for attempt in range(2):
-            try:
-                async with self._begin() as conn:
-                    return await self._sync(conn, decls)
-            except IntegrityError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _sync(self, conn: AsyncConnection, decls: dict[str, TaskDeclaration]) -> SyncReport:
-        now = self._now()
-        rows = {
-            r.name: r
-            for r in (await conn.execute(select(T.name, T.status, T.schedule, T.timeout_s)))
-        }
-        report = SyncReport([], [], [], [], [])
-        for name, d in decls.items():
-            row = rows.get(name)
-            target = TaskStatus.ACTIVE if d.error is None and d.enabled else TaskStatus.DISABLED
-            reason = d.error or (None if d.enabled else "disabled by configuration (enabled = 0)")
-            if row is None:
-                await conn.execute(
-                    insert(tasks).values(
-                        name=name,
-                        status=target,
-                        status_reason=reason,
-                        schedule=d.schedule,
-                        timeout_s=d.timeout_s,
-                        next_run=d.first_run,
-                        planned_run=d.first_run,
-                        created=now,
-                        updated=now,
-                    )
-                )
-                report.added.append(name)
-                continue
-            values: dict[str, Any] = {}
-            if row.status in (TaskStatus.ACTIVE, TaskStatus.REMOVED, TaskStatus.DISABLED):
-                if row.status != target or target == TaskStatus.DISABLED:
-                    values.update(status=target, status_reason=reason)
-                if row.status != target:
-                    bucket = (
-                        report.disabled if target == TaskStatus.DISABLED else report.reactivated
-                    )
-                    bucket.append(name)
-            if row.schedule != d.schedule and d.first_run is not None:
-                values.update(schedule=d.schedule, next_run=d.first_run, planned_run=d.first_run)
-                report.replanned.append(name)
-            if row.timeout_s != d.timeout_s:
-                values["timeout_s"] = d.timeout_s
-            if values:
-                values["updated"] = now
-                await conn.execute(update(tasks).where(T.name == name).values(**values))
-        gone = [n for n, r in rows.items() if n not in decls and r.status != TaskStatus.REMOVED]
-        if gone:
-            await conn.execute(
-                update(tasks).where(T.name.in_(gone)).values(status=TaskStatus.REMOVED, updated=now)
-            )
-            report.removed.extend(gone)
-        return report
 
     # -- claiming and running -------------------------------------------------------
 
@@ -260,10 +148,9 @@ class TaskStore(RecordVerbs):
         """
         if limit <= 0:
             return ClaimBatch([], None)
-        if self._skip_locked is None:
-            self._skip_locked = await server_supports_skip_locked(self.engine)
-        select_due, take = self._claim_statements(limit, takeover, names)
-        async with self._begin() as conn:
+        skip_locked = await self.db.skip_locked()
+        select_due, take = self._claim_statements(limit, takeover, names, skip_locked)
+        async with self.db.begin() as conn:
             rows = (await conn.execute(select_due)).all()
             due = [row for row in rows[:limit] if row.next_run <= now]
             rest = rows[len(due) :]
@@ -275,7 +162,7 @@ class TaskStore(RecordVerbs):
         return ClaimBatch(claims, next_due)
 
     def _claim_statements(
-        self, limit: int, takeover: bool, names: Sequence[str] | None
+        self, limit: int, takeover: bool, names: Sequence[str] | None, skip_locked: bool
     ) -> tuple[Any, Any]:
         """The claim's SELECT and UPDATE, built once per shape and reused: building and
         hashing a statement costs SQLAlchemy more than sending it, at every wake-up."""
@@ -283,15 +170,17 @@ class TaskStore(RecordVerbs):
         cached = self._claim_sql.get(key)
         if cached is not None:
             return cached
-        lease_free = or_(T.lease_until.is_(None), T.lease_until < self._now())
+        lease_free = or_(T.lease_until.is_(None), T.lease_until < self.db.now())
         available = and_(
             T.status == TaskStatus.ACTIVE, lease_free if takeover else T.lease_until.is_(None)
         )
         if names is not None:
             available = and_(available, T.name.in_(list(names)))
-        select_due = select(*CLAIM_COLUMNS).where(available).order_by(T.next_run)
+        # a row with no next run is never due (NULL would sort first and stop the claim)
+        ready = and_(available, T.next_run.is_not(None))
+        select_due = select(*CLAIM_COLUMNS).where(ready).order_by(T.next_run)
         select_due = select_due.limit(limit + 1)
-        if self._skip_locked:
+        if skip_locked:
             select_due = select_due.with_for_update(skip_locked=True)
         take = (
             update(tasks)
@@ -303,7 +192,7 @@ class TaskStore(RecordVerbs):
             .values(
                 owner=self.worker_id,
                 lease_token=bindparam("token", type_=String()),
-                lease_until=self._now(self.lease_s),
+                lease_until=self.db.now(self.lease_s),
                 run_id=bindparam("prefix", type_=String()) + cast(T.id, String),
                 run_scheduled_for=T.next_run,
             )
@@ -345,8 +234,8 @@ class TaskStore(RecordVerbs):
                 .where(R.run_id.in_(abandoned), R.outcome == Outcome.RUNNING)
                 .values(
                     outcome=Outcome.ABANDONED,
-                    ended=self._now(),
-                    error="the worker running it was lost (crash or lease expired)",
+                    ended=self.db.now(),
+                    error=ABANDONED_ERROR,
                 )
             )
         sql, params = self._run_insert.build(
@@ -365,73 +254,6 @@ class TaskStore(RecordVerbs):
         )
         await conn.exec_driver_sql(sql, tuple(params))
 
-    async def renew(self, claims: Iterable[Claim]) -> set[str]:
-        """Extend the leases of runs still owned; return the run ids whose lease was lost.
-
-        One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token
-        IN ...` matches only our rows), and a SELECT only if some row did not match."""
-        claims = list(claims)
-        if not claims:
-            return set()
-        ids = [c.task_id for c in claims]
-        tokens = sorted({c.token for c in claims})
-        mine = and_(T.id.in_(ids), T.lease_token.in_(tokens))
-        async with self._begin() as conn:
-            result = await conn.execute(
-                update(tasks).where(mine).values(lease_until=self._now(self.lease_s))
-            )
-            if result.rowcount == len(claims):
-                return set()
-            rows = await conn.execute(select(T.id, T.lease_token).where(mine))
-            held = {(r.id, r.lease_token) for r in rows}
-        return {c.run_id for c in claims if (c.task_id, c.token) not in held}
-
-    async def release(self, claim: Claim) -> bool:
-        """Give a claim back unrun (this worker cannot run that task): free the lease and
-        mark its history row `skipped`."""
-        async with self._begin() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(T.id == claim.task_id, T.lease_token == claim.token)
-                .values(owner=None, lease_token=None, lease_until=None)
-            )
-            await conn.execute(
-                update(runs)
-                .where(R.run_id == claim.run_id)
-                .values(outcome=Outcome.SKIPPED, ended=self._now(), error="released unrun")
-            )
-        return result.rowcount == 1
-
-    async def free_lease(self, claim: Claim) -> bool:
-        """Free a lease kept by `complete(keep_lease=True)` once the task really ended."""
-        async with self._begin() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(T.id == claim.task_id, T.lease_token == claim.token)
-                .values(owner=None, lease_token=None, lease_until=None)
-            )
-        return result.rowcount == 1
-
-    async def reap_abandoned(self) -> int:
-        """Close history rows of runs whose worker vanished, so history never shows a run
-        as `running` forever, even for a task nobody claims again (paused, removed)."""
-        async with self._begin() as conn:
-            stale = (
-                select(T.run_id)
-                .where(T.lease_token.is_not(None), T.lease_until < self._now())
-                .scalar_subquery()
-            )
-            result = await conn.execute(
-                update(runs)
-                .where(R.outcome == Outcome.RUNNING, R.run_id.in_(stale))
-                .values(
-                    outcome=Outcome.ABANDONED,
-                    ended=self._now(),
-                    error="the worker running it was lost (crash or lease expired)",
-                )
-            )
-        return int(result.rowcount or 0)
-
     async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
         """The earliest next run among active tasks that are not running now, so the loop
         can sleep until then (a running task's past `next_run` must not wake it).
@@ -443,35 +265,27 @@ class TaskStore(RecordVerbs):
         """
         query = select(func.min(T.next_run)).where(
             T.status == TaskStatus.ACTIVE,
-            or_(T.lease_token.is_(None), T.lease_until < self._now()),
+            or_(T.lease_token.is_(None), T.lease_until < self.db.now()),
         )
         if names is not None:
             query = query.where(T.name.in_(list(names)))
         for attempt in (1, 2):
-            conn = await self._probe_connection()
+            conn = await self.db.probe()
             try:
                 value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
                 return value
             except Exception:
-                await self._drop_probe()
+                await self.db.drop_probe()
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    async def _probe_connection(self) -> AsyncConnection:
-        if self._probe is None:
-            conn = await self.engine.connect()
-            self._probe = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        return self._probe
 
-    async def _drop_probe(self) -> None:
-        conn, self._probe = self._probe, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
+def __getattr__(name: str) -> Any:
+    """`TaskStore` moved to `cronloop.store.sql.store`; this keeps the old import working
+    while the runtime and the CLI move to `cronloop.store` (lazy: no import cycle)."""
+    if name == "TaskStore":
+        from cronloop.store.sql.store import TaskStore
 
-    async def close(self) -> None:
-        """Return the kept connection; the engine is disposed by its owner."""
-        await self._drop_probe()
+        return TaskStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

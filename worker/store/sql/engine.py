@@ -1,7 +1,7 @@
 """The thin connector: an engine from the settings, and the database clock.
 
-Domain SQL lives in `worker/store.py`; this module only knows how to reach a database and
-what differs between dialects at the connection level.
+Domain SQL lives in the store's parts (`claims`, `record`, ...); this module only knows how
+to reach a database and what differs between dialects at the connection level.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from cronloop.config.settings import ConfigError, Settings, state_directory
@@ -127,7 +128,23 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise sa_exc.DisconnectionError("stale pooled connection") from exc
 
 
-def _sqlite_tuning(engine: AsyncEngine) -> None:
+def create_short_lived_engine(url: URL, timeout_s: float) -> AsyncEngine:
+    """An engine used once, by a dying process (the watchdog's strike): no pool, and
+    every wait (connect, busy database, row lock) bounded by about `timeout_s`, because
+    an outage must not keep a wedged process alive."""
+    seconds = max(1, int(timeout_s))
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, connect_args={"timeout": seconds}, poolclass=NullPool)
+        _sqlite_tuning(engine, busy_timeout_ms=seconds * 1000)
+        return engine
+    args = {
+        "connect_timeout": seconds,
+        "init_command": f"SET SESSION innodb_lock_wait_timeout = {seconds}",
+    }
+    return create_async_engine(url, connect_args=args, poolclass=NullPool)
+
+
+def _sqlite_tuning(engine: AsyncEngine, busy_timeout_ms: int = 30000) -> None:
     """Serialise writers with BEGIN IMMEDIATE so a claim's read-then-update is atomic
     across processes, and let readers (`cronloop status`) run beside a writer (WAL)."""
 
@@ -137,7 +154,7 @@ def _sqlite_tuning(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -1,7 +1,8 @@
-"""The store's recording verbs: how runs ended, many per transaction.
+"""Recording how runs ended, many per transaction: a part of `SqlStore`.
 
-Split from `worker/store.py` (claims, leases, the probe); `TaskStore` offers both. Every
-write is fenced by the run's lease token: a run whose lease was lost writes nothing.
+Every write is fenced by the run's lease token: a run whose lease was lost writes
+nothing. The values come from `cronloop.store.rows`, the batch SQL text from `batch`, the
+quarantine on repeated timeouts from `quarantine`. Knows nothing of when runs end.
 """
 
 from __future__ import annotations
@@ -9,31 +10,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import case, update
-from sqlalchemy.engine import Dialect
+from sqlalchemy import update
 
-from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.records import Claim, RunRecord
-from cronloop.store.sql.admin import AdminVerbs
-from cronloop.store.sql.batch import MAX_BATCH, CaseUpdate, history_values, task_values
+from cronloop.store.interface import Ended, timeout_quarantine_reason
+from cronloop.store.rows import history_values, quarantines, task_values
+from cronloop.store.sql.batch import MAX_BATCH, CaseUpdate
+from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.quarantine import quarantine_assignments
 from cronloop.store.sql.tables import runs, tasks
 
 T = tasks.c
 R = runs.c
 
-# a run that ended: its claim, how it ended, and whether its lease must be kept
-Ended = tuple[Claim, RunRecord, bool]
 
+class Recording:
+    """`complete` and `complete_many`. `who` is the last_user/last_host stamp;
+    `quarantine_timeouts` may be changed live (0: never quarantine)."""
 
-class RecordVerbs(AdminVerbs):
-    """`TaskStore`'s recording half (with the operator verbs of `AdminVerbs` below it)."""
-
-    quarantine_timeouts: int
-    _dialect: Dialect
-    _who: dict[str, str]
-    _task_update: CaseUpdate
-    _run_update: CaseUpdate
-    _stamp: list[str] | None
+    def __init__(self, db: Connector, who: dict[str, str], quarantine_timeouts: int) -> None:
+        self.db = db
+        self.quarantine_timeouts = quarantine_timeouts
+        self._who = who
+        self._task_update = CaseUpdate(tasks, "id", db.dialect)
+        self._run_update = CaseUpdate(runs, "run_id", db.dialect)
+        self._stamp: list[str] | None = None
 
     async def complete(self, claim: Claim, record: RunRecord, *, keep_lease: bool = False) -> bool:
         """Write a run's outcome, statistics and next run, and free its lease.
@@ -65,13 +66,7 @@ class RecordVerbs(AdminVerbs):
         return [written[claim.run_id] for claim, _, _ in ended]
 
     def _quarantines(self, claim: Claim, record: RunRecord) -> bool:
-        """This timeout is the task's `quarantine_timeouts`-th in a row."""
-        limit = self.quarantine_timeouts
-        return bool(
-            limit
-            and record.outcome == Outcome.TIMED_OUT
-            and claim.consecutive_timeouts + 1 >= limit
-        )
+        return quarantines(claim, record, self.quarantine_timeouts)
 
     async def _write_batch(self, chunk: Sequence[Ended]) -> bool:
         """All of `chunk` in one transaction, or nothing (False) if any lease was lost."""
@@ -83,7 +78,7 @@ class RecordVerbs(AdminVerbs):
         sql_runs, params_runs = self._run_update.build(
             {c.run_id: history_values(r) for c, r, _ in chunk}
         )
-        async with self._begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.exec_driver_sql(sql_tasks, tuple(params_tasks))
             if result.rowcount != len(chunk):
                 await conn.rollback()
@@ -94,18 +89,21 @@ class RecordVerbs(AdminVerbs):
     def _stamp_sql(self) -> list[str]:
         """`updated = <the database clock>`, as SQL text for the batch statement."""
         if self._stamp is None:
-            now = self._now().compile(dialect=self._dialect, compile_kwargs={"literal_binds": True})
-            self._stamp = [f"{self._dialect.identifier_preparer.quote('updated')} = {now}"]
+            dialect = self.db.dialect
+            now = self.db.now().compile(dialect=dialect, compile_kwargs={"literal_binds": True})
+            self._stamp = [f"{dialect.identifier_preparer.quote('updated')} = {now}"]
         return self._stamp
 
     async def _write_one(self, claim: Claim, record: RunRecord, keep_lease: bool) -> bool:
         values: dict[str, Any] = task_values(claim, record, keep_lease=keep_lease)
-        values.update(self._who, updated=self._now())
+        values.update(self._who, updated=self.db.now())
         assignments: list[tuple[Any, Any]] = []
         if self._quarantines(claim, record):
-            assignments = self._quarantine()
+            assignments = quarantine_assignments(
+                timeout_quarantine_reason(self.quarantine_timeouts)
+            )
         assignments += [(T[name], value) for name, value in values.items()]
-        async with self._begin() as conn:
+        async with self.db.begin() as conn:
             result = await conn.execute(
                 update(tasks)
                 .where(T.id == claim.task_id, T.lease_token == claim.token)
@@ -118,18 +116,3 @@ class RecordVerbs(AdminVerbs):
                 update(runs).where(R.run_id == claim.run_id).values(**history_values(record))
             )
         return True
-
-    def _quarantine(self) -> list[tuple[Any, Any]]:
-        """Status assignments that quarantine the task, unless an operator changed its
-        status meanwhile. The reason comes first: MySQL evaluates an UPDATE's
-        assignments left to right, with the new values."""
-        limit = self.quarantine_timeouts
-        active = T.status == TaskStatus.ACTIVE
-        reason = (
-            f"timed out {limit} times in a row; fix the task or raise its timeout, then "
-            "`cronloop resume` it"
-        )
-        return [
-            (T.status_reason, case((active, reason), else_=T.status_reason)),
-            (T.status, case((active, TaskStatus.QUARANTINED.value), else_=T.status)),
-        ]

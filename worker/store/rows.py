@@ -1,0 +1,66 @@
+"""A task row and a history row after a run ended, as plain column values.
+
+Both stores write exactly these values (the SQL store through its batch statements, the
+in-memory store into its rows), so the statistics cannot differ between them. Computed
+from what the claim read: the lease makes the row this worker's until the run is recorded.
+Knows no SQL and no storage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cronloop.domain.outcome import Outcome
+from cronloop.domain.records import Claim, RunRecord
+
+
+def task_values(claim: Claim, record: RunRecord, *, keep_lease: bool) -> dict[str, Any]:
+    """The task row after `record`, as plain values (statistics from the claim's)."""
+    values: dict[str, Any] = {
+        "latest_run_start": record.started,
+        "latest_run_end": record.ended,
+        "last_outcome": record.outcome.value,
+        "last_message": record.message,
+        "last_error": record.error,
+        "next_run": record.next_run,
+        "planned_run": record.planned_run,
+        "first_run": claim.first_run or record.started,
+    }
+    if not keep_lease:
+        values.update(owner=None, lease_token=None, lease_until=None)
+    if record.outcome != Outcome.INTERRUPTED:  # a shutdown's cut is not a run
+        d = record.duration_s
+        n = claim.run_count
+        timed_out = record.outcome == Outcome.TIMED_OUT
+        values.update(
+            latest_duration_s=d,
+            min_duration_s=d if claim.min_duration_s is None else min(claim.min_duration_s, d),
+            max_duration_s=d if claim.max_duration_s is None else max(claim.max_duration_s, d),
+            avg_duration_s=((claim.avg_duration_s or 0.0) * n + d) / (n + 1),
+            consecutive_failures=claim.consecutive_failures + 1 if record.outcome.is_failure else 0,
+            consecutive_timeouts=claim.consecutive_timeouts + 1 if timed_out else 0,
+            run_count=n + 1,
+        )
+    return values
+
+
+def history_values(record: RunRecord) -> dict[str, Any]:
+    """The history row's end."""
+    return {
+        "started": record.started,
+        "ended": record.ended,
+        "duration_s": record.duration_s,
+        "outcome": record.outcome.value,
+        "message": record.message,
+        "error": record.error,
+        "missed": record.missed,
+    }
+
+
+def quarantines(claim: Claim, record: RunRecord, quarantine_timeouts: int) -> bool:
+    """This timeout is the task's `quarantine_timeouts`-th in a row (0: never)."""
+    return bool(
+        quarantine_timeouts
+        and record.outcome == Outcome.TIMED_OUT
+        and claim.consecutive_timeouts + 1 >= quarantine_timeouts
+    )

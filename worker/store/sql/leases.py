@@ -1,0 +1,98 @@
+"""Leases held: renewing them, giving a claim back, freeing a kept lease, and closing
+the history of runs whose worker vanished. A part of `SqlStore`.
+
+Every write is conditional on (task id, lease token): a worker that lost its lease
+changes nothing. Lease times are the database's clock. Knows nothing of when to renew.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import and_, select, update
+
+from cronloop.domain.outcome import Outcome
+from cronloop.domain.records import Claim
+from cronloop.store.interface import ABANDONED_ERROR
+from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.tables import runs, tasks
+
+T = tasks.c
+R = runs.c
+
+
+class Leases:
+    """`renew`, `release`, `free_lease`, `reap_abandoned`."""
+
+    def __init__(self, db: Connector, lease_s: float) -> None:
+        self.db = db
+        self.lease_s = lease_s
+
+    async def renew(self, claims: Iterable[Claim]) -> set[str]:
+        """Extend the leases of runs still owned; return the run ids whose lease was lost.
+
+        One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token
+        IN ...` matches only our rows), and a SELECT only if some row did not match."""
+        claims = list(claims)
+        if not claims:
+            return set()
+        ids = [c.task_id for c in claims]
+        tokens = sorted({c.token for c in claims})
+        mine = and_(T.id.in_(ids), T.lease_token.in_(tokens))
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(tasks).where(mine).values(lease_until=self.db.now(self.lease_s))
+            )
+            if result.rowcount == len(claims):
+                return set()
+            rows = await conn.execute(select(T.id, T.lease_token).where(mine))
+            held = {(r.id, r.lease_token) for r in rows}
+        return {c.run_id for c in claims if (c.task_id, c.token) not in held}
+
+    async def release(self, claim: Claim) -> bool:
+        """Give a claim back unrun (this worker cannot run that task): free the lease and
+        mark its history row `skipped`; nothing if the lease was lost meanwhile."""
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(T.id == claim.task_id, T.lease_token == claim.token)
+                .values(owner=None, lease_token=None, lease_until=None)
+            )
+            if result.rowcount != 1:  # taken over: its history row says abandoned
+                return False
+            await conn.execute(
+                update(runs)
+                .where(R.run_id == claim.run_id)
+                .values(outcome=Outcome.SKIPPED, ended=self.db.now(), error="released unrun")
+            )
+        return True
+
+    async def free_lease(self, claim: Claim) -> bool:
+        """Free a lease kept by `complete(keep_lease=True)` once the task really ended."""
+        async with self.db.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(T.id == claim.task_id, T.lease_token == claim.token)
+                .values(owner=None, lease_token=None, lease_until=None)
+            )
+        return result.rowcount == 1
+
+    async def reap_abandoned(self) -> int:
+        """Close history rows of runs whose worker vanished, so history never shows a run
+        as `running` forever, even for a task nobody claims again (paused, removed)."""
+        async with self.db.begin() as conn:
+            stale = (
+                select(T.run_id)
+                .where(T.lease_token.is_not(None), T.lease_until < self.db.now())
+                .scalar_subquery()
+            )
+            result = await conn.execute(
+                update(runs)
+                .where(R.outcome == Outcome.RUNNING, R.run_id.in_(stale))
+                .values(
+                    outcome=Outcome.ABANDONED,
+                    ended=self.db.now(),
+                    error=ABANDONED_ERROR,
+                )
+            )
+        return int(result.rowcount or 0)

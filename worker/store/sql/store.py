@@ -1,0 +1,179 @@
+"""The SQL store (SQLite, MySQL/MariaDB): one class composed of parts.
+
+`SqlStore` keeps no SQL of its own: it wires one `Connector` (engine, database clock,
+SQLite write lock, the probe's kept connection) into the parts and offers their verbs as
+`cronloop.store.interface.Store`:
+
+- `taskset.TaskSet`: `sync_tasks`
+- `claims.Claims`: `claim_next`, `claim_due`, `next_due`
+- `leases.Leases`: `renew`, `release`, `free_lease`, `reap_abandoned`
+- `record.Recording`: `complete`, `complete_many` (quarantine on repeated timeouts)
+- `quarantine.Quarantine`: `strike` (the watchdog's road to quarantine)
+- `admin.AdminVerbs`: `pause`, `resume`, `trigger`, `status`, `history`, `task_names`
+
+Knows nothing of asyncio tasks, deadlines or the loop.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cronloop.domain.records import (
+    Claim,
+    ClaimBatch,
+    RunEntry,
+    RunRecord,
+    SyncReport,
+    TaskDeclaration,
+    TaskState,
+    TriggerResult,
+)
+from cronloop.store.interface import Ended
+from cronloop.store.sql.admin import AdminVerbs
+from cronloop.store.sql.claims import Claims, make_worker_id
+from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.leases import Leases
+from cronloop.store.sql.quarantine import Quarantine
+from cronloop.store.sql.record import Recording
+from cronloop.store.sql.taskset import TaskSet
+
+__all__ = ["SqlStore", "TaskStore"]
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (containers with arbitrary UIDs)
+        return str(os.getuid())
+
+
+class SqlStore:
+    """`Store` over an SQLAlchemy asyncio engine; the engine's owner disposes it."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        quarantine_timeouts: int = 0,
+    ) -> None:
+        self.engine = engine
+        self._db = Connector(engine)
+        self._taskset = TaskSet(self._db)
+        self._claims = Claims(self._db, worker_id or make_worker_id(), lease_s)
+        self._leases = Leases(self._db, lease_s)
+        who = {"last_user": _os_user(), "last_host": socket.gethostname()}
+        self._recording = Recording(self._db, who, quarantine_timeouts)
+        self._quarantine = Quarantine(self._db)
+        self._admin = AdminVerbs(self._db)
+
+    @property
+    def worker_id(self) -> str:
+        return self._claims.worker_id
+
+    @property
+    def lease_s(self) -> float:
+        return self._claims.lease_s
+
+    @property
+    def quarantine_timeouts(self) -> int:
+        """Timeouts in a row that quarantine a task (0: never); settable live."""
+        return self._recording.quarantine_timeouts
+
+    @quarantine_timeouts.setter
+    def quarantine_timeouts(self, value: int) -> None:
+        self._recording.quarantine_timeouts = value
+
+    async def database_now(self) -> datetime:
+        async with self._db.connect() as conn:
+            value: datetime = (await conn.execute(select(self._db.now()))).scalar_one()
+        return value
+
+    async def close(self) -> None:
+        """Return the probe's kept connection."""
+        await self._db.drop_probe()
+
+    # -- the verbs, as the parts implement them (contracts: `Store`) ----------------------
+
+    async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
+        return await self._taskset.sync_tasks(declared)
+
+    async def claim_next(
+        self,
+        now: datetime,
+        limit: int,
+        names: Sequence[str] | None = None,
+        *,
+        takeover: bool = True,
+    ) -> ClaimBatch:
+        return await self._claims.claim_next(now, limit, names, takeover=takeover)
+
+    async def claim_due(
+        self,
+        now: datetime,
+        limit: int,
+        names: Sequence[str] | None = None,
+        *,
+        takeover: bool = True,
+    ) -> list[Claim]:
+        return await self._claims.claim_due(now, limit, names, takeover=takeover)
+
+    async def renew(self, claims: Iterable[Claim]) -> set[str]:
+        return await self._leases.renew(claims)
+
+    async def release(self, claim: Claim) -> bool:
+        return await self._leases.release(claim)
+
+    async def free_lease(self, claim: Claim) -> bool:
+        return await self._leases.free_lease(claim)
+
+    async def reap_abandoned(self) -> int:
+        return await self._leases.reap_abandoned()
+
+    async def next_due(self, names: Sequence[str] | None = None) -> datetime | None:
+        return await self._claims.next_due(names)
+
+    async def complete(self, claim: Claim, record: RunRecord, *, keep_lease: bool = False) -> bool:
+        return await self._recording.complete(claim, record, keep_lease=keep_lease)
+
+    async def complete_many(self, ended: Sequence[Ended]) -> list[bool]:
+        return await self._recording.complete_many(ended)
+
+    async def strike(self, names: Sequence[str], reason: str, quarantine_strikes: int) -> list[str]:
+        return await self._quarantine.strike(names, reason, quarantine_strikes)
+
+    async def pause(self, name: str) -> str:
+        return await self._admin.pause(name)
+
+    async def resume(self, name: str) -> str:
+        return await self._admin.resume(name)
+
+    async def trigger(self, name: str, now: datetime) -> TriggerResult:
+        return await self._admin.trigger(name, now)
+
+    async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
+        return await self._admin.status(names)
+
+    async def history(self, name: str | None = None, limit: int = 50) -> list[RunEntry]:
+        return await self._admin.history(name, limit)
+
+    async def task_names(self) -> list[str]:
+        return await self._admin.task_names()
+
+
+# the name the runtime and the CLI know it by
+TaskStore = SqlStore
+
+if TYPE_CHECKING:  # mypy proves the implementation keeps the contract
+    from cronloop.store.interface import Store
+
+    _conforms: type[Store] = SqlStore
