@@ -184,12 +184,23 @@ def _parse_line(line: str, file: str, number: int) -> ParamValue | None:
     key = normalize_key(key_text)
     if not is_valid_key(key):
         raise ParamsError(
-            f"invalid key {key_text.strip()!r} (expected letters, digits, '_', '-', "
+            f"invalid key{_key_problem(key_text)} (expected letters, digits, '_', '-', "
             "and dots between non-empty parts)",
             file=file,
             line=number,
         )
     return ParamValue(key, _parse_value(rest, file, number), file, number)
+
+
+def _key_problem(key_text: str) -> str:
+    """What is wrong with a key, without quoting it: text before an ``=`` may be a password
+    whose line lost its own ``=`` (``database_password s3cr=t``)."""
+    text = key_text.strip()
+    if not text:
+        return ": nothing before the '='"
+    if any(c.isspace() for c in text):
+        return ": it has a space in it (is an '=' missing?)"
+    return ""
 
 
 def _parse_value(rest: str, file: str, number: int) -> str:

@@ -49,6 +49,7 @@ from cronloop.config.values import (
     duration,
     file_mode_problem,
     format_value,
+    holds_secret,
     integer,
     looks_secret,
     mask_url,
@@ -59,7 +60,6 @@ from cronloop.config.values import (
     parse_text,
     parse_timezone,
     read_secret_file,
-    url_has_password,
 )
 
 __all__ = [
@@ -271,7 +271,7 @@ def describe_sources(settings: Settings) -> list[tuple[str, str, str]]:
         options = settings.task_options[task]
         for option in sorted(options):
             param = options[option]
-            value = MASK if looks_secret(option) and param.value else param.value
+            value = MASK if looks_secret(option) and param.value else mask_url(param.value)
             rows.append((f"{task}.{option}", value, _where(param)))
     return rows
 
@@ -351,7 +351,7 @@ class _Loader:
             try:
                 values[key] = _PARSERS[key](text)
             except ValueError as exc:
-                shown = mask_url(raw.param.value) if key == "database_url" else raw.param.value
+                shown = mask_url(raw.param.value)  # any value may be a URL with a password
                 self.problems.append(f"{raw.where}: {raw.param.key} = {shown!r}: {exc}")
                 continue
             alias = f" (as {raw.param.key})" if raw.param.key != key else ""
@@ -474,11 +474,4 @@ def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list
 
 
 def _is_secret_param(param: ParamValue) -> bool:
-    key = ALIASES.get(param.key, param.key)
-    if not param.value:
-        return False
-    if key == "database_password":
-        return True
-    if key == "database_url":
-        return url_has_password(param.value)
-    return "." in key and looks_secret(key.rpartition(".")[2])
+    return holds_secret(ALIASES.get(param.key, param.key), param.value)

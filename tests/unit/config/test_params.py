@@ -121,6 +121,16 @@ def test_invalid_keys_are_errors(tmp_path: Path, line: str) -> None:
     assert info.value.line == 1
 
 
+def test_an_invalid_key_is_not_echoed_it_may_be_a_password(tmp_path: Path) -> None:
+    f = write(tmp_path / "a.params", "a = 1\ndatabase_password hunter2=x\nHunt3r!2 = 1\n")
+    errors: list[ParamsError] = []
+    read_params_file(f, errors=errors)
+    assert [(e.file, e.line) for e in errors] == [(str(f), 2), (str(f), 3)]
+    assert "an '=' missing" in str(errors[0])
+    for error in errors:
+        assert "unt3r" not in str(error) and "hunter2" not in str(error)
+
+
 def test_errors_list_collects_every_bad_line_and_keeps_good_ones(tmp_path: Path) -> None:
     f = write(tmp_path / "a.params", "a = 1\nbad one\nb = 2\nbad two\n")
     errors: list[ParamsError] = []
