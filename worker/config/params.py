@@ -61,6 +61,11 @@ class ParamValue:
         """``path:line`` for a file value, else the description held in ``file``."""
         return f"{self.file}:{self.line}" if self.line > 0 else self.file
 
+    @property
+    def where(self) -> str:
+        """``file /etc/x:3`` for a params-file value, else the description held in ``file``."""
+        return f"file {self.origin}" if self.line > 0 else self.file
+
 
 class ParamsError(ValueError):
     """A params file cannot be read or has a malformed line.
