@@ -17,12 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from cronloop.systemd.journald import (
-    JournalRenderer,
-    fallback_line,
-    journal_fields,
-    stream_is_journal,
-)
+from cronloop.systemd.entries import JournalRenderer, fallback_line, journal_fields
+from cronloop.systemd.journald import stream_is_journal
 
 LEVELS = {
     "debug": logging.DEBUG,

@@ -244,15 +244,16 @@ def test_failed_status_is_retried_and_socket_reconnects(tmp_path: Path) -> None:
 
 def test_one_nonblocking_cloexec_socket_is_reused(manager: Manager, notifier: Notifier) -> None:
     notifier.ready()
-    sock = notifier._sock
+    assert notifier._channel is not None
+    sock = notifier._channel.sock
     assert sock is not None
     notifier.status("a")
     notifier.status("b")
-    assert notifier._sock is sock
+    assert notifier._channel.sock is sock
     assert sock.getblocking() is False
     assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     notifier.close()
-    assert notifier._sock is None
+    assert notifier._channel.sock is None
     assert notifier.status("c")  # usable after close(): reconnects
     assert [manager.recv() for _ in range(4)] == ["READY=1", "STATUS=a", "STATUS=b", "STATUS=c"]
 
