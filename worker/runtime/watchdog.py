@@ -46,6 +46,7 @@ from cronloop import exitcodes
 from cronloop.domain.outcome import TaskStatus
 from cronloop.store.sql.engine import db_now
 from cronloop.store.sql.tables import tasks
+from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.watchdog")
 
@@ -268,11 +269,6 @@ def run_bounded(action: Callable[[], Any], timeout_s: float, what: str) -> bool:
 def _log_error(event: str, **kw: Any) -> None:
     with contextlib.suppress(Exception):
         log.error(event, **kw)
-
-
-def _short(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"[:300]
 
 
 # -- strikes and quarantine, over a synchronous connection ------------------------------

@@ -69,6 +69,16 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     return chosen
 
 
+def short_error(exc: BaseException) -> str:
+    """An error as one short log value: ``TypeName: first line`` cut to 300 characters.
+
+    A driver's message can run to pages (the statement, its parameters); a log line needs
+    the kind and the gist, and the traceback, when wanted, is logged on its own.
+    """
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
 def _drop_empty(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     """Leave out keys whose value is None, so lines carry only what is known."""
     return {k: v for k, v in event_dict.items() if v is not None}
