@@ -35,7 +35,6 @@ __all__ = [
     "normalize_key",
     "parse_params_text",
     "read_params_file",
-    "read_params_files",
     "split_file_list",
 ]
 
@@ -120,22 +119,9 @@ def read_params_file(
     return values
 
 
-def read_params_files(
-    spec: str | Sequence[str], *, errors: list[ParamsError] | None = None
-) -> list[ParamValue]:
-    """Read several params files and return all their values, in order.
-
-    ``spec`` is iTop's comma-separated list (``"base.params,local.params"``) or a sequence of
-    paths. Later values win: the caller takes the last value of each key.
-    """
-    values: list[ParamValue] = []
-    for path in split_file_list(spec):
-        values.extend(read_params_file(path, errors=errors))
-    return values
-
-
 def split_file_list(spec: str | Sequence[str]) -> list[str]:
-    """The paths of a comma-separated list (or a sequence), trimmed, empty entries dropped."""
+    """The paths of iTop's comma-separated list (``"base.params,local.params"``) or of a
+    sequence, trimmed, empty entries dropped; later files win (the caller's rule)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     return [item.strip() for item in items if item.strip()]
 

@@ -181,20 +181,6 @@ class Notifier:
             seconds = 0.0
         return self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
-    def notify(self, **fields: str) -> bool:
-        """Send arbitrary assignments, e.g. ``notify(STATUS="x", ERRNO="5")``.
-
-        Values are made single-line (see module doc); the keyword names are sent as given,
-        so pass them upper-case as sd_notify(3) spells them.
-        """
-        if not fields:
-            return False
-        clean = {name: _one_line(value) for name, value in fields.items()}
-        sent = self._send("\n".join(f"{name}={value}" for name, value in clean.items()))
-        if sent and "STATUS" in clean:
-            self._last_status = clean["STATUS"]
-        return sent
-
     # -- plumbing ---------------------------------------------------------------------
 
     def _send_state(self, head: str | None, status: str | None) -> bool:

@@ -92,9 +92,6 @@ def test_every_message(manager: Manager, notifier: Notifier) -> None:
     assert manager.recv() == "EXTEND_TIMEOUT_USEC=1500000"
     assert notifier.extend_timeout(-3)
     assert manager.recv() == "EXTEND_TIMEOUT_USEC=0"
-    assert notifier.notify(MAINPID="42", ERRNO="5")
-    assert manager.recv() == "MAINPID=42\nERRNO=5"
-    assert notifier.notify() is False
     assert manager.nothing_pending()
 
 
@@ -116,11 +113,11 @@ def test_status_is_deduplicated(manager: Manager, notifier: Notifier) -> None:
     assert manager.recv() == "STATUS=3 running"
     assert notifier.status("2 running")
     assert manager.recv() == "STATUS=2 running"
-    # ready(), stopping() and notify(STATUS=) count as the last status sent, too.
+    # ready() and stopping() count as the last status sent, too.
     notifier.ready("idle")
     manager.recv()
     assert notifier.status("idle") is False
-    notifier.notify(STATUS="busy")
+    notifier.stopping("busy")
     manager.recv()
     assert notifier.status("busy") is False
     assert manager.nothing_pending()
@@ -134,7 +131,7 @@ def test_newlines_in_status_become_spaces(manager: Manager, notifier: Notifier) 
     assert notifier.ready("a\nb")
     assert manager.recv() == "READY=1\nSTATUS=a b"
     # No value can inject a second assignment.
-    assert notifier.notify(STATUS="x\nREADY=1")
+    assert notifier.status("x\nREADY=1")
     assert manager.recv() == "STATUS=x READY=1"
 
 
@@ -192,7 +189,6 @@ def test_no_op_without_usable_notify_socket(
                 n.reloaded(),
                 n.watchdog(),
                 n.extend_timeout(5),
-                n.notify(STATUS="x"),
             ]
             n.close()
         assert results == [False] * len(results)
