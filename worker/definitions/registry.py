@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, Settings
-from cronloop.config.values import MASK, duration, looks_secret, parse_bool
+from cronloop.config.values import MASK, duration, looks_secret, mask_url, parse_bool
 from cronloop.definitions.decorator import (
     COMMON_OPTIONS,
     SCHEDULE_OPTIONS,
@@ -146,7 +146,7 @@ def _spec_from(
         try:
             options[key] = _convert_like(d.options[key], pv.value)
         except ValueError as exc:
-            shown = MASK if looks_secret(key) else repr(pv.value)
+            shown = MASK if looks_secret(key) else repr(mask_url(pv.value))
             problems.append(f"{pv.origin}: {d.name}.{key} = {shown}: {exc}")
     enabled = d.enabled
     if "enabled" in values:

@@ -237,7 +237,7 @@ def test_option_values_are_converted_with_the_settings_parsers(
         """
         from cronloop import task
 
-        @task(every=5, options={"dry_run": False, "smtp_password_len": 8})
+        @task(every=5, options={"dry_run": False, "smtp_password_len": 8, "port": 25})
         async def mail(ctx):
             return None
     """,
@@ -251,4 +251,7 @@ def test_option_values_are_converted_with_the_settings_parsers(
     assert "maybe" in str(info.value)
     with pytest.raises(ConfigError, match=r"mail.smtp_password_len = \*{8}: expected") as info:
         build_registry(_settings(tmp_path, "mail.smtp_password_len = hunter2\n"), definitions)  # type: ignore[arg-type]
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"mail.port = 'smtp://u:\*{8}@h': expected") as info:
+        build_registry(_settings(tmp_path, "mail.port = smtp://u:hunter2@h\n"), definitions)  # type: ignore[arg-type]
     assert "hunter2" not in str(info.value)
