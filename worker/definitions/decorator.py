@@ -2,18 +2,22 @@
 
 Definitions are checked when the decorator runs, so a malformed task is an error at
 import (start-up) that names the task, never a crash at its first run. The decorator
-keeps nothing anywhere but on the function itself (``__cronloop_task__``): which tasks a
-worker runs is decided by discovery (`cronloop.definitions.discovery`), which reads that
-attribute from the modules it imports. This module never knows about settings, the
-database or the loop.
+keeps a definition in two places only: on the function (``__cronloop_task__``, for
+``cronloop.testing``) and in the list ``__cronloop_tasks__`` of the module that defines
+the function, so tasks made in a loop or inside a function count too. There is no global
+list: which tasks a worker runs is decided by discovery (`cronloop.definitions.discovery`),
+which reads those lists from the modules it imports; a module imported afresh starts
+with an empty one. This module never knows about settings, the database or the loop.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from types import ModuleType
 from typing import Any, TypeVar, overload
 from zoneinfo import ZoneInfo
 
@@ -22,15 +26,18 @@ from cronloop.domain.schedule import ScheduleError, parse_schedule
 __all__ = [
     "ATTRIBUTE",
     "COMMON_OPTIONS",
+    "MODULE_ATTRIBUTE",
     "SCHEDULE_OPTIONS",
     "TaskDefinition",
     "TaskDefinitionError",
-    "definition_of",
+    "defined_in",
     "task",
 ]
 
 #: The function attribute where the decorator leaves the checked definition.
 ATTRIBUTE = "__cronloop_task__"
+#: The module attribute listing the definitions made by that module's code, in order.
+MODULE_ATTRIBUTE = "__cronloop_tasks__"
 SCHEDULE_OPTIONS = frozenset({"every", "at", "time", "days", "week_days", "cron"})
 COMMON_OPTIONS = SCHEDULE_OPTIONS | {"enabled", "timeout"}
 
@@ -62,15 +69,18 @@ class TaskDefinition:
         return str(self.func.__module__)
 
 
-def definition_of(value: object) -> TaskDefinition | None:
-    """The definition `@task` attached to ``value``, or None if it is not a task."""
-    if not callable(value):
-        return None
-    try:
-        found = getattr(value, ATTRIBUTE, None)
-    except Exception:  # an object with a strange __getattr__ is simply not a task
-        return None
-    return found if isinstance(found, TaskDefinition) else None
+def defined_in(module: ModuleType) -> list[TaskDefinition]:
+    """The definitions the code of ``module`` made (its ``__cronloop_tasks__``), in order."""
+    found = vars(module).get(MODULE_ATTRIBUTE, ())
+    return [d for d in found if isinstance(d, TaskDefinition)]
+
+
+def _add_to_module(definition: TaskDefinition) -> None:
+    """Append to the defining module's list; a function with no importable module (code
+    run by ``exec`` without ``__name__``) is still a task, just not a discoverable one."""
+    module = sys.modules.get(getattr(definition.func, "__module__", None) or "")
+    if module is not None:
+        vars(module).setdefault(MODULE_ATTRIBUTE, []).append(definition)
 
 
 @overload
@@ -109,8 +119,9 @@ def task(
     """Declare a background task. Exactly one of `every=`, `at=` (with `days=`), `cron=`.
 
     `options` declares the task's own settings and their defaults; the params file sets
-    them as `<name>.<option> = value`, and the task reads them from `ctx.options`. A task
-    is a module-level function: discovery finds it among its module's attributes.
+    them as `<name>.<option> = value`, and the task reads them from `ctx.options`. It may
+    also be called as a function (`task(fn, every=60, name=f"sync_{i}")`, in a loop, or
+    inside a function): the task belongs to the module that defines `fn`.
     """
 
     def decorate(fn: F) -> F:
@@ -123,6 +134,7 @@ def task(
             options=dict(options or {}),
         )
         setattr(fn, ATTRIBUTE, definition)
+        _add_to_module(definition)
         return fn
 
     return decorate(func) if func is not None else decorate

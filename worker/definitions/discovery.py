@@ -1,11 +1,11 @@
 """Which task modules a worker loads, and the tasks each of them defines.
 
 Discovery is explicit: it imports the modules named by the entry-point group
-``cronloop.tasks`` and the ``task_modules`` setting, then reads the definitions that
-`@task` left on each module's functions (``__cronloop_task__``), and those of the
-submodules a package imported. Nothing is collected at import time into a global list,
-so what one caller (or one test) decorated never leaks into another's discovery, and a
-module imported afresh contributes only what it defines now. This module never knows
+``cronloop.tasks`` and the ``task_modules`` setting, then reads the definitions each
+module's code made (the module's ``__cronloop_tasks__``, filled by `@task`), and those of
+the submodules a package imported. Nothing is collected into a global list, so what one
+caller (or one test) decorated never leaks into another's discovery, and a module
+imported afresh contributes only what it defines now. This module never knows
 about settings values, the database or the loop.
 """
 
@@ -17,7 +17,7 @@ from importlib.metadata import entry_points
 from types import ModuleType
 
 from cronloop.config.settings import ConfigError
-from cronloop.definitions.decorator import TaskDefinition, TaskDefinitionError, definition_of
+from cronloop.definitions.decorator import TaskDefinition, TaskDefinitionError, defined_in
 
 __all__ = ["ENTRY_POINT_GROUP", "collect", "discover"]
 
@@ -51,20 +51,15 @@ def discover(task_modules: Iterable[str], *, use_entry_points: bool = True) -> l
 
 
 def collect(module: ModuleType) -> list[TaskDefinition]:
-    """The tasks defined in ``module`` and in the submodules it has imported, in order.
+    """The tasks defined by ``module``'s code and by the submodules it imported, in order.
 
-    Only functions whose own module is ``module`` or below it count: a task imported
-    from elsewhere (``from other import job``) belongs to ``other``. The same function
-    reached twice (a package re-exporting its submodule's task) is listed once.
+    A task imported from elsewhere (``from other import job``) belongs to ``other``: each
+    definition is listed by the module whose code defines its function.
     """
-    prefix = module.__name__
-    found: dict[int, TaskDefinition] = {}
-    for each in _modules_below(module, prefix):
-        for value in list(vars(each).values()):
-            definition = definition_of(value)
-            if definition is not None and _in_module(definition.module, prefix):
-                found.setdefault(id(definition.func), definition)
-    return list(found.values())
+    found: list[TaskDefinition] = []
+    for each in _modules_below(module, module.__name__):
+        found.extend(defined_in(each))
+    return found
 
 
 def _modules_below(module: ModuleType, prefix: str) -> Iterator[ModuleType]:

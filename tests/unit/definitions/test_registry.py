@@ -199,12 +199,44 @@ def test_a_module_imported_afresh_contributes_only_what_it_defines_now(
     assert [d.name for d in discover([mod], use_entry_points=False)] == ["second"]  # not twice
 
 
-def test_a_task_decorated_in_a_test_leaks_into_no_discovery() -> None:
+def test_tasks_made_in_a_loop_or_inside_a_function_are_discovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_programmatic",
+        """
+        from cronloop import task
+
+        async def noop(ctx):
+            return None
+
+        for i in range(3):
+            task(noop, every=60, name=f"sync_{i}")
+
+        def define():
+            async def inner(ctx):
+                return None
+
+            task(every=5, name="inner")(inner)
+
+        define()
+    """,
+    )
+    names = [d.name for d in discover([mod], use_entry_points=False)]
+    assert names == ["sync_0", "sync_1", "sync_2", "inner"]
+
+
+def test_a_task_decorated_in_a_test_reaches_no_other_modules_discovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @task(every=10)
     async def reg_local_only(ctx: object) -> None: ...
 
-    found = {d.name for d in discover([__name__, "cronloop"], use_entry_points=True)}
-    assert "reg_local_only" not in found
+    mod = _module(tmp_path, monkeypatch, "reg_plain", "from cronloop import task\n")
+    found = {d.name for d in discover([mod], use_entry_points=True)}
+    assert "reg_local_only" not in found and found
 
 
 def test_a_package_contributes_its_submodules_tasks_and_not_imported_ones(
@@ -214,7 +246,7 @@ def test_a_package_contributes_its_submodules_tasks_and_not_imported_ones(
     pkg.mkdir()
     (pkg / "__init__.py").write_text("from reg_pkg import jobs\nfrom reg_other import borrowed\n")
     (pkg / "jobs.py").write_text(
-        "from cronloop import task\n@task(every=1)\nasync def inner(ctx): pass\nalias = inner\n"
+        "from cronloop import task\n@task(every=1)\nasync def inner(ctx): pass\n"
     )
     (tmp_path / "reg_other.py").write_text(
         "from cronloop import task\n@task(every=1)\nasync def borrowed(ctx): pass\n"
