@@ -22,6 +22,7 @@ from cronloop.domain.clock import Clock
 from cronloop.store.sql.claims import SyncReport, TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import create_engine, session_factory
 from cronloop.store.sql.migrate import schema_state, upgrade
+from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.app")
 
@@ -141,8 +142,3 @@ async def sync(db: Database, registry: Registry, clock: Clock) -> SyncReport:
     if details:
         log.info("task table synchronised", **details)
     return report
-
-
-def _short(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"[:300]

@@ -14,12 +14,13 @@ from collections.abc import Awaitable, Sequence
 from typing import NoReturn
 
 import structlog
-from sqlalchemy.engine import make_url
 
 from cronloop import exitcodes
 from cronloop.cli.admin import COMMANDS
 from cronloop.cli.bootstrap import ExitError
+from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
+from cronloop.config.values import holds_secret, is_secret_key
 from cronloop.store.sql.claims import UnknownTask
 from cronloop.systemd import logs
 
@@ -70,7 +71,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, dict[str, st
     items = iter(argv)
     for token in items:
         key, eq, value = token[2:].partition("=")
-        norm = key.replace("-", "_")
+        norm = normalize_key(key)  # setting names are case-insensitive everywhere
         if token in ("--param-file", "--param_file"):
             param_file = next(items, None)
             if param_file is None:
@@ -84,6 +85,8 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, dict[str, st
         elif token.startswith("--") and eq and norm not in COMMAND_OPTIONS:
             _refuse_secret_in_argv(norm, value)
             overrides[norm] = value
+        elif token.startswith("--") and is_secret_key(norm):
+            _refuse_secret_in_argv(norm, "")  # `--database-password pw`: argparse would echo pw
         else:
             rest.append(token)
     return rest, param_file, overrides
@@ -91,20 +94,12 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], str | None, dict[str, st
 
 def _refuse_secret_in_argv(key: str, value: str) -> None:
     """Any user can read a process's argv (`ps`); secrets belong in a file or a credential."""
-    secret = key == "database_password" or (key == "database_url" and _url_has_password(value))
-    if secret or (key.rpartition(".")[2].endswith(("password", "passwd"))):
+    if is_secret_key(key) or holds_secret(key, value):
         raise ConfigError(
             f"--{key}: do not put a password on the command line (other users can read it "
             "with ps); use the params file (chmod 600), CRONLOOP_DATABASE_PASSWORD, or the "
             "systemd credential database_password"
         )
-
-
-def _url_has_password(value: str) -> bool:
-    try:
-        return make_url(value).password is not None
-    except Exception:
-        return ":" in value.partition("@")[0].partition("://")[2] and "@" in value
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:

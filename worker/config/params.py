@@ -35,7 +35,6 @@ __all__ = [
     "normalize_key",
     "parse_params_text",
     "read_params_file",
-    "read_params_files",
     "split_file_list",
 ]
 
@@ -60,6 +59,11 @@ class ParamValue:
     def origin(self) -> str:
         """``path:line`` for a file value, else the description held in ``file``."""
         return f"{self.file}:{self.line}" if self.line > 0 else self.file
+
+    @property
+    def where(self) -> str:
+        """``file /etc/x:3`` for a params-file value, else the description held in ``file``."""
+        return f"file {self.origin}" if self.line > 0 else self.file
 
 
 class ParamsError(ValueError):
@@ -115,22 +119,9 @@ def read_params_file(
     return values
 
 
-def read_params_files(
-    spec: str | Sequence[str], *, errors: list[ParamsError] | None = None
-) -> list[ParamValue]:
-    """Read several params files and return all their values, in order.
-
-    ``spec`` is iTop's comma-separated list (``"base.params,local.params"``) or a sequence of
-    paths. Later values win: the caller takes the last value of each key.
-    """
-    values: list[ParamValue] = []
-    for path in split_file_list(spec):
-        values.extend(read_params_file(path, errors=errors))
-    return values
-
-
 def split_file_list(spec: str | Sequence[str]) -> list[str]:
-    """The paths of a comma-separated list (or a sequence), trimmed, empty entries dropped."""
+    """The paths of iTop's comma-separated list (``"base.params,local.params"``) or of a
+    sequence, trimmed, empty entries dropped; later files win (the caller's rule)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     return [item.strip() for item in items if item.strip()]
 
@@ -184,12 +175,23 @@ def _parse_line(line: str, file: str, number: int) -> ParamValue | None:
     key = normalize_key(key_text)
     if not is_valid_key(key):
         raise ParamsError(
-            f"invalid key {key_text.strip()!r} (expected letters, digits, '_', '-', "
+            f"invalid key{_key_problem(key_text)} (expected letters, digits, '_', '-', "
             "and dots between non-empty parts)",
             file=file,
             line=number,
         )
     return ParamValue(key, _parse_value(rest, file, number), file, number)
+
+
+def _key_problem(key_text: str) -> str:
+    """What is wrong with a key, without quoting it: text before an ``=`` may be a password
+    whose line lost its own ``=`` (``database_password s3cr=t``)."""
+    text = key_text.strip()
+    if not text:
+        return ": nothing before the '='"
+    if any(c.isspace() for c in text):
+        return ": it has a space in it (is an '=' missing?)"
+    return ""
 
 
 def _parse_value(rest: str, file: str, number: int) -> str:

@@ -1,4 +1,4 @@
-"""The settings model: defaults, aliases, sources and precedence, validation, masking of secrets.
+"""Where settings come from and which wins: ``load_settings``, validation, file permissions.
 
 Sources, lowest to highest precedence:
 
@@ -22,45 +22,40 @@ params file's ``database_password``.
 ``load_settings`` is pure given its inputs (no global state), so SIGHUP can call it again.
 Every problem found is reported at once in one ``ConfigError`` (exit status 78), each naming
 the key and where it came from; no message ever contains a password.
+
+The model (``Settings``, its keys and parsers, masking) is ``cronloop.config.model``; its
+names are re-exported here, the one import path callers use. This module never knows
+databases or tasks.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from cronloop.config.model import (
+    ALIASES,
+    PARSERS,
+    SETTING_KEYS,
+    ConfigError,
+    Secret,
+    Settings,
+    describe_sources,
+    state_directory,
+)
 from cronloop.config.params import (
     ParamsError,
     ParamValue,
     is_valid_key,
     normalize_key,
     read_params_file,
+    split_file_list,
 )
-from cronloop.config.params import split_file_list as _split_file_list
-from cronloop.config.values import (
-    MASK,
-    Parser,
-    Secret,
-    choice,
-    duration,
-    file_mode_problem,
-    format_value,
-    integer,
-    looks_secret,
-    mask_url,
-    parse_bool,
-    parse_database_url,
-    parse_modules,
-    parse_secret,
-    parse_text,
-    parse_timezone,
-    read_secret_file,
-    url_has_password,
-)
+from cronloop.config.values import file_mode_problem, holds_secret, mask_url, read_secret_file
 
 __all__ = [
     "ALIASES",
@@ -77,10 +72,6 @@ __all__ = [
 DEFAULT_PARAM_FILES: tuple[str, ...] = ("cronloop.params", "/etc/cronloop/cronloop.params")
 """Searched in order when no params file is named; the first that exists is read."""
 
-ALIASES: Mapping[str, str] = MappingProxyType(
-    {"cron_max_execution_time": "max_lifetime", "cron_sleep": "poll_interval"}
-)
-"""iTop's setting names, accepted everywhere for the canonical key."""
 
 _ENV_PREFIX = "CRONLOOP_"
 _PARAM_FILE_KEY = "param_file"
@@ -88,126 +79,6 @@ _CREDENTIAL_NAME = "database_password"
 _FILE, _ENV, _FLAG = 1, 2, 3  # precedence ranks (0 = default)
 
 _ITOP_ONLY = frozenset({"auth_user", "auth_pwd", "status_only", "debug"})
-
-
-class ConfigError(Exception):
-    """The configuration is wrong; ``problems`` holds one line per problem (exit status 78)."""
-
-    exit_code = 78
-
-    def __init__(self, problems: str | Sequence[str]) -> None:
-        lines = problems.splitlines() if isinstance(problems, str) else problems
-        self.problems: tuple[str, ...] = tuple(lines)
-        super().__init__("\n".join(self.problems))
-
-
-def _no_options() -> Mapping[str, Mapping[str, ParamValue]]:
-    return MappingProxyType({})
-
-
-def _no_sources() -> Mapping[str, str]:
-    return MappingProxyType({})
-
-
-@dataclass(frozen=True, repr=False)
-class Settings:
-    """The effective settings. Durations are seconds (floats).
-
-    Constructible directly with defaults (tests of other modules do); ``load_settings``
-    fills ``task_options``, ``sources`` and ``param_files`` as well. ``sources`` is left out
-    of equality so two loads that give the same values compare equal.
-    """
-
-    database_url: str = ""
-    database_password: Secret | None = None
-    database_password_file: str = ""
-    max_lifetime: float = 600.0
-    lifetime_jitter_s: float = 5.0
-    poll_interval: float = 2.0
-    max_concurrency: int = 10
-    task_timeout: float = 300.0
-    grace_s: float = 5.0
-    shutdown_grace: float = 10.0
-    lease_s: float = 30.0
-    timezone: str = ""
-    verbose: bool = False
-    log_level: str = "info"
-    log_format: str = "auto"
-    task_modules: tuple[str, ...] = ()
-    history_retention_days: int = 30
-    auto_migrate: bool = False
-    allow_root: bool = False
-    startup_db_wait_s: float = 60.0
-    retry_max: int = 3
-    retry_delay_s: float = 30.0
-    quarantine_strikes: int = 2
-    quarantine_timeouts: int = 5
-    watchdog_s: float = 30.0
-    backup_dir: str = ""
-    db_pool_size: int = 20
-    # repr=False: option values may be secrets (smtp_password); see describe_sources().
-    task_options: Mapping[str, Mapping[str, ParamValue]] = field(
-        default_factory=_no_options, repr=False
-    )
-    sources: Mapping[str, str] = field(default_factory=_no_sources, compare=False)
-    param_files: tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        """The dataclass repr, but with the URL's password masked (the Secret masks itself)."""
-        parts = []
-        for f in fields(self):
-            if f.repr:
-                value = getattr(self, f.name)
-                value = mask_url(value) if f.name == "database_url" else value
-                parts.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(parts)})"
-
-    def masked(self) -> dict[str, str]:
-        """Each setting's effective value as text, passwords (also inside the URL) masked."""
-        shown = {key: format_value(getattr(self, key)) for key in SETTING_KEYS}
-        shown["database_url"] = mask_url(self.database_url)
-        shown["database_password"] = MASK if self.database_password is not None else ""
-        return shown
-
-
-_PARSERS: Mapping[str, Parser] = MappingProxyType(
-    {
-        "database_url": parse_database_url,
-        "database_password": parse_secret,
-        "database_password_file": parse_text,
-        "max_lifetime": duration(minimum=0),
-        "lifetime_jitter_s": duration(minimum=0),
-        "poll_interval": duration(minimum=0, above=True, maximum=3600),
-        "max_concurrency": integer(minimum=1),
-        "task_timeout": duration(minimum=0, above=True),
-        "grace_s": duration(minimum=0),
-        "shutdown_grace": duration(minimum=0),
-        "lease_s": duration(minimum=2),
-        "timezone": parse_timezone,
-        "verbose": parse_bool,
-        "log_level": choice("debug", "info", "warning", "error"),
-        "log_format": choice("auto", "console", "plain", "json", "journal"),
-        "task_modules": parse_modules,
-        "history_retention_days": integer(minimum=0),
-        "auto_migrate": parse_bool,
-        "allow_root": parse_bool,
-        "startup_db_wait_s": duration(minimum=0),
-        "retry_max": integer(minimum=0),
-        "retry_delay_s": duration(minimum=0),
-        "quarantine_strikes": integer(minimum=1),
-        "quarantine_timeouts": integer(minimum=1),
-        "watchdog_s": duration(minimum=0, above=True),
-        "backup_dir": parse_text,
-        "db_pool_size": integer(minimum=2, maximum=1000),
-    }
-)
-
-SETTING_KEYS: tuple[str, ...] = tuple(
-    f.name for f in fields(Settings) if f.name not in {"task_options", "sources", "param_files"}
-)
-"""The canonical setting names, in declaration order."""
-
-assert set(SETTING_KEYS) == set(_PARSERS), "every setting needs exactly one parser"
 
 
 @dataclass(frozen=True)
@@ -219,7 +90,7 @@ class _Raw:
 
     @property
     def where(self) -> str:
-        return _where(self.param)
+        return self.param.where
 
 
 def load_settings(
@@ -253,36 +124,11 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     return Settings(
-        **values,  # type: ignore[arg-type]  # keys and types checked by _PARSERS
+        **values,  # type: ignore[arg-type]  # keys and types checked by PARSERS
         task_options=loader.frozen_options(),
         sources=MappingProxyType(sources),
         param_files=tuple(paths),
     )
-
-
-def describe_sources(settings: Settings) -> list[tuple[str, str, str]]:
-    """(key, masked value, source) for ``cronloop check-config``: settings by key, then options.
-
-    Option values whose name looks secret (``smtp_password``) are masked.
-    """
-    shown = settings.masked()
-    rows = [(key, shown[key], settings.sources.get(key, "default")) for key in sorted(shown)]
-    for task in sorted(settings.task_options):
-        options = settings.task_options[task]
-        for option in sorted(options):
-            param = options[option]
-            value = MASK if looks_secret(option) and param.value else param.value
-            rows.append((f"{task}.{option}", value, _where(param)))
-    return rows
-
-
-def state_directory(env: Mapping[str, str] | None = None) -> Path:
-    """Where state lives: systemd's ``$STATE_DIRECTORY`` (first of a colon list) or ``./var``."""
-    environ: Mapping[str, str] = os.environ if env is None else env
-    for entry in environ.get("STATE_DIRECTORY", "").split(":"):
-        if entry:
-            return Path(entry)
-    return Path.cwd() / "var"
 
 
 class _Loader:
@@ -300,17 +146,17 @@ class _Loader:
 
     def add(self, param: ParamValue, rank: int) -> None:
         if not is_valid_key(param.key):
-            self.problems.append(f"{_where(param)}: invalid key {param.key!r}")
+            self.problems.append(f"{param.where}: invalid key {param.key!r}")
             return
         if "." in param.key:
             task, _, option = param.key.rpartition(".")
             self.options.setdefault(task, {})[option] = param
             return
         key = ALIASES.get(param.key, param.key)
-        if key in _PARSERS:
+        if key in PARSERS:
             self.raw[key] = _Raw(param, rank)
         else:
-            self.problems.append(f"{_where(param)}: {_unknown_key(param.key)}")
+            self.problems.append(f"{param.where}: {_unknown_key(param.key)}")
 
     def resolve_password(self, environ: Mapping[str, str]) -> None:
         """Apply the password ladder: flag > env > credentials > password file > params file."""
@@ -349,9 +195,9 @@ class _Loader:
             # A password is taken verbatim (spaces included); a file value is trimmed already.
             text = raw.param.value if key == "database_password" else raw.param.value.strip()
             try:
-                values[key] = _PARSERS[key](text)
+                values[key] = PARSERS[key](text)
             except ValueError as exc:
-                shown = mask_url(raw.param.value) if key == "database_url" else raw.param.value
+                shown = mask_url(raw.param.value)  # any value may be a URL with a password
                 self.problems.append(f"{raw.where}: {raw.param.key} = {shown!r}: {exc}")
                 continue
             alias = f" (as {raw.param.key})" if raw.param.key != key else ""
@@ -362,11 +208,6 @@ class _Loader:
         return MappingProxyType(
             {task: MappingProxyType(dict(opts)) for task, opts in self.options.items()}
         )
-
-
-def _where(param: ParamValue) -> str:
-    """``file /etc/x:3`` for a params-file value, else the description in ``param.file``."""
-    return f"file {param.origin}" if param.line > 0 else param.file
 
 
 def _unknown_key(key: str) -> str:
@@ -387,7 +228,7 @@ def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> lis
     """The params files to read: named ones (which must exist) or the first default found."""
     spec = param_file if param_file is not None else environ.get("CRONLOOP_PARAM_FILE")
     if spec is not None:
-        return [os.path.abspath(path) for path in _split_file_list(spec)]
+        return [os.path.abspath(path) for path in split_file_list(spec)]
     for candidate in DEFAULT_PARAM_FILES:
         if os.path.exists(candidate):
             return [os.path.abspath(candidate)]
@@ -416,7 +257,7 @@ def _env_values(environ: Mapping[str, str]) -> list[ParamValue]:
         rest = name[len(_ENV_PREFIX) :]
         task, sep, option = rest.rpartition("__")
         key = f"{normalize_key(task)}.{normalize_key(option)}" if sep else normalize_key(rest)
-        if not is_valid_key(key) or (not sep and key not in _PARSERS and key not in ALIASES):
+        if not is_valid_key(key) or (not sep and key not in PARSERS and key not in ALIASES):
             continue
         found.append((0 if key in ALIASES else 1, name, ParamValue(key, value, f"env {name}", 0)))
     return [param for _, _, param in sorted(found, key=lambda item: item[:2])]
@@ -474,11 +315,4 @@ def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list
 
 
 def _is_secret_param(param: ParamValue) -> bool:
-    key = ALIASES.get(param.key, param.key)
-    if not param.value:
-        return False
-    if key == "database_password":
-        return True
-    if key == "database_url":
-        return url_has_password(param.value)
-    return "." in key and looks_secret(key.rpartition(".")[2])
+    return holds_secret(ALIASES.get(param.key, param.key), param.value)

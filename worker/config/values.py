@@ -15,6 +15,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote_plus
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.engine import make_url
@@ -27,7 +28,9 @@ __all__ = [
     "duration",
     "file_mode_problem",
     "format_value",
+    "holds_secret",
     "integer",
+    "is_secret_key",
     "looks_secret",
     "mask_url",
     "parse_bool",
@@ -51,6 +54,9 @@ _DURATION_RE = re.compile(rf"({_NUMBER})\s*([smhd]?)", re.IGNORECASE)
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _URL_USERINFO_RE = re.compile(r"(://[^/@:]*:)(.*)@")
+# a query parameter's value runs to the next `&name=` (or `;name=`): a password written with
+# a bare `&` in it is still masked whole
+_QUERY_PARAM_RE = re.compile(r"([^=&;#]+)=(.*?)(?=[&;][^=&;#]+=|$)")
 _SECRET_NAME_RE = re.compile(r"pass|pwd|secret|token|api_key|credential")
 
 
@@ -196,27 +202,65 @@ def parse_database_url(text: str) -> str:
 
 
 def url_has_password(url: str) -> bool:
-    """Whether a database URL carries a non-empty password (so the file holding it is secret)."""
-    try:
-        return bool(make_url(url).password)
-    except Exception:
-        return bool(_URL_USERINFO_RE.search(url))
+    """Whether a URL carries a password: in its userinfo (``u:pw@``) or as a query parameter
+    named like one (``?password=``, ``?passwd=``, ``?api_token=``).
+
+    One rule for every use: such a value is refused on the command line, masked wherever it
+    is shown, and makes the file holding it a secret file.
+    """
+    return mask_url(url) != url
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password, if any, replaced by ``********``."""
+    """The URL with its password, if any, replaced by ``********``: the userinfo password
+    and the value of every query parameter whose name looks secret (see ``looks_secret``)."""
     try:
         parsed = make_url(url)
     except Exception:
-        return _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
-    if parsed.password is None:
+        masked = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
+    else:
+        masked = (
+            url
+            if not parsed.password
+            else parsed.render_as_string(hide_password=True).replace(":***@", f":{MASK}@", 1)
+        )
+    return _mask_query(masked)
+
+
+def _mask_query(url: str) -> str:
+    head, sep, query = url.partition("?")
+    if not sep:
         return url
-    return parsed.render_as_string(hide_password=True).replace(":***@", f":{MASK}@", 1)
+
+    def mask(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        if value and looks_secret(unquote_plus(name).lower()):
+            return f"{name}={MASK}"
+        return match.group(0)
+
+    return head + sep + _QUERY_PARAM_RE.sub(mask, query)
 
 
 def looks_secret(name: str) -> bool:
     """Whether an option name (``smtp_password``, ``api_token``) suggests a secret value."""
     return bool(_SECRET_NAME_RE.search(name))
+
+
+def holds_secret(key: str, value: str) -> bool:
+    """Whether a setting or option (normalised ``key``) given ``value`` is a secret.
+
+    ``database_password``, an option named like a password (``email.smtp_password``), or any
+    value that is a URL carrying a password. The one judgement behind the argv refusal, the
+    masking of option values, and the permission check of params files.
+    """
+    return bool(value) and (is_secret_key(key) or url_has_password(value))
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a normalised setting or option name always holds a secret, whatever its value."""
+    if "." in key:
+        return looks_secret(key.rpartition(".")[2])
+    return key == "database_password"
 
 
 def format_value(value: object) -> str:

@@ -82,7 +82,6 @@ class TaskContext:
     _clock: Clock
     _deadline_mono: float
     _stop: StopSignal
-    _loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def should_stop(self) -> bool:

@@ -31,6 +31,7 @@ from cronloop.runtime.due import DueTracker
 from cronloop.runtime.leases import LeaseKeeper
 from cronloop.runtime.runner import RunEnvironment, Runner, db_timeout_s
 from cronloop.store.sql.claims import Claim
+from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.supervisor")
 T = TypeVar("T")
@@ -504,8 +505,3 @@ class _ReportingHealth(DbHealth):
 
     def ok(self) -> None:
         self.supervisor._db_ok()
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:300]

@@ -44,6 +44,7 @@ from sqlalchemy.engine import URL
 from cronloop import exitcodes
 from cronloop.store.sql.engine import create_short_lived_engine
 from cronloop.store.sql.store import SqlStore
+from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.watchdog")
 
@@ -265,11 +266,6 @@ def run_bounded(action: Callable[[], Any], timeout_s: float, what: str) -> bool:
 def _log_error(event: str, **kw: Any) -> None:
     with contextlib.suppress(Exception):
         log.error(event, **kw)
-
-
-def _short(exc: BaseException) -> str:
-    first = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {first}"[:300]
 
 
 # -- strikes and quarantine, through the store on a private event loop --------------

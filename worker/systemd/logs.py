@@ -17,12 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
-from cronloop.systemd.journald import (
-    JournalRenderer,
-    fallback_line,
-    journal_fields,
-    stream_is_journal,
-)
+from cronloop.systemd.entries import JournalRenderer, fallback_line, journal_fields
+from cronloop.systemd.journald import stream_is_journal
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -71,6 +67,16 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         cache_logger_on_first_use=False,
     )
     return chosen
+
+
+def short_error(exc: BaseException) -> str:
+    """An error as one short log value: ``TypeName: first line`` cut to 300 characters.
+
+    A driver's message can run to pages (the statement, its parameters); a log line needs
+    the kind and the gist, and the traceback, when wanted, is logged on its own.
+    """
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}"[:300]
 
 
 def _drop_empty(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
 
 import structlog
+
+from cronloop.systemd.datagram import UnixDatagram
 
 __all__ = ["Notifier"]
 
@@ -79,9 +80,9 @@ class Notifier:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         environ: Mapping[str, str] = os.environ if env is None else env
-        self._address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
+        address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
+        self._channel = UnixDatagram(address) if address is not None else None
         self._watchdog_usec = self._parse_watchdog(environ)
-        self._sock: socket.socket | None = None
         self._last_status: str | None = None
         self._clock = clock
         self._last_error_log: float | None = None
@@ -115,7 +116,7 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """True when running under a service manager that listens for notifications."""
-        return self._address is not None
+        return self._channel is not None
 
     @property
     def watchdog_interval_s(self) -> float | None:
@@ -180,20 +181,6 @@ class Notifier:
             seconds = 0.0
         return self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
-    def notify(self, **fields: str) -> bool:
-        """Send arbitrary assignments, e.g. ``notify(STATUS="x", ERRNO="5")``.
-
-        Values are made single-line (see module doc); the keyword names are sent as given,
-        so pass them upper-case as sd_notify(3) spells them.
-        """
-        if not fields:
-            return False
-        clean = {name: _one_line(value) for name, value in fields.items()}
-        sent = self._send("\n".join(f"{name}={value}" for name, value in clean.items()))
-        if sent and "STATUS" in clean:
-            self._last_status = clean["STATUS"]
-        return sent
-
     # -- plumbing ---------------------------------------------------------------------
 
     def _send_state(self, head: str | None, status: str | None) -> bool:
@@ -209,27 +196,12 @@ class Notifier:
 
     def _send(self, message: str) -> bool:
         """One datagram; returns whether it was sent. Never raises."""
-        if self._address is None:
+        if self._channel is None:
             return False
         try:
-            if self._sock is None:
-                # Non-blocking: a stalled manager must not stall the event loop (the
-                # datagram is dropped and logged instead). Close-on-exec: a task's child
-                # process must not inherit a channel to PID 1.
-                sock = socket.socket(
-                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-                )
-                try:
-                    sock.connect(self._address)
-                except OSError:
-                    sock.close()
-                    raise
-                self._sock = sock
-            self._sock.send(message.encode("utf-8", "backslashreplace"))
+            # After a manager re-exec or a transient error the channel reconnects.
+            self._channel.send(message.encode("utf-8", "backslashreplace"))
         except OSError as exc:
-            # Drop the socket: after a manager re-exec or a transient error the next
-            # message reconnects from scratch.
-            self._drop_socket()
             self._log_error(exc, message)
             return False
         return True
@@ -250,14 +222,10 @@ class Notifier:
         self._last_error_log = now
         self._suppressed_errors = 0
 
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
     def close(self) -> None:
         """Release the socket. The notifier stays usable: the next send reconnects."""
-        self._drop_socket()
+        if self._channel is not None:
+            self._channel.close()
 
     def __enter__(self) -> Notifier:
         return self

@@ -12,7 +12,7 @@ from cronloop.config.params import (
     normalize_key,
     parse_params_text,
     read_params_file,
-    read_params_files,
+    split_file_list,
 )
 
 
@@ -121,6 +121,16 @@ def test_invalid_keys_are_errors(tmp_path: Path, line: str) -> None:
     assert info.value.line == 1
 
 
+def test_an_invalid_key_is_not_echoed_it_may_be_a_password(tmp_path: Path) -> None:
+    f = write(tmp_path / "a.params", "a = 1\ndatabase_password hunter2=x\nHunt3r!2 = 1\n")
+    errors: list[ParamsError] = []
+    read_params_file(f, errors=errors)
+    assert [(e.file, e.line) for e in errors] == [(str(f), 2), (str(f), 3)]
+    assert "an '=' missing" in str(errors[0])
+    for error in errors:
+        assert "unt3r" not in str(error) and "hunter2" not in str(error)
+
+
 def test_errors_list_collects_every_bad_line_and_keeps_good_ones(tmp_path: Path) -> None:
     f = write(tmp_path / "a.params", "a = 1\nbad one\nb = 2\nbad two\n")
     errors: list[ParamsError] = []
@@ -175,29 +185,10 @@ def test_unreadable_file_goes_to_errors_list_when_given(tmp_path: Path) -> None:
     assert [e.reason for e in errors] == ["no such file"]
 
 
-def test_several_files_comma_separated_later_wins(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.params", "x = 1\ny = a\n")
-    b = write(tmp_path / "b.params", "x = 2\n")
-    values = read_params_files(f"{a}, {b}")
-    assert [(v.key, v.value, v.file) for v in values] == [
-        ("x", "1", str(a)),
-        ("y", "a", str(a)),
-        ("x", "2", str(b)),
-    ]
-    assert as_dict(values) == {"x": "2", "y": "a"}
-    assert as_dict(read_params_files([str(b), str(a)])) == {"x": "1", "y": "a"}
-
-
-def test_several_files_a_missing_one_is_an_error(tmp_path: Path) -> None:
-    a = write(tmp_path / "a.params", "x = 1\n")
-    with pytest.raises(ParamsError) as info:
-        read_params_files(f"{a},{tmp_path / 'missing.params'}")
-    assert info.value.file == str(tmp_path / "missing.params")
-
-
-def test_empty_spec_reads_nothing() -> None:
-    assert read_params_files("") == []
-    assert read_params_files(" , ") == []
+def test_a_file_list_is_comma_separated_and_trimmed() -> None:
+    assert split_file_list(" a.params, ,b.params ") == ["a.params", "b.params"]
+    assert split_file_list(["x", " "]) == ["x"]
+    assert split_file_list("") == [] and split_file_list(" , ") == []
 
 
 def test_origin_for_values_not_from_a_file() -> None:

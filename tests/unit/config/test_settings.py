@@ -681,6 +681,18 @@ def test_bad_database_url_error_masks_its_password() -> None:
         ("mysql+aiomysql://cronloop@db.example/itop", "mysql+aiomysql://cronloop@db.example/itop"),
         ("sqlite+aiosqlite:////var/lib/x.db", "sqlite+aiosqlite:////var/lib/x.db"),
         ("mysql://u:s3cret@h:bad/db", "mysql://u:********@h:bad/db"),
+        (
+            "mysql://u@h/db?password=s3cret&charset=utf8",
+            "mysql://u@h/db?password=********&charset=utf8",
+        ),
+        (
+            "mysql://u@h/db?charset=utf8&PASSWD=s3cret",
+            "mysql://u@h/db?charset=utf8&PASSWD=********",
+        ),
+        ("smtp://h?api_token=s3cret", "smtp://h?api_token=********"),
+        ("mysql://u@h/db?password=", "mysql://u@h/db?password="),
+        ("mysql://u@h/db?charset=utf8", "mysql://u@h/db?charset=utf8"),
+        ("23:30", "23:30"),
         ("", ""),
     ],
 )
@@ -713,6 +725,10 @@ def test_masked_formats_every_setting() -> None:
         (f"database_password = {PASSWORD}\n", 0o640, False),
         (f"database_url = mysql://u:{PASSWORD}@h/db\n", 0o644, True),
         ("database_url = mysql://u@h/db\n", 0o644, False),
+        (f"database_url = mysql://u@h/db?password={PASSWORD}\n", 0o644, True),
+        (f"DATABASE_URL = mysql://u@h/db?passwd={PASSWORD}\n", 0o644, True),
+        (f"email.relay = smtp://u:{PASSWORD}@h\n", 0o644, True),
+        (f"Email.Smtp_Password = {PASSWORD}\n", 0o644, True),
         (f"email.smtp_password = {PASSWORD}\n", 0o644, True),
         ("database_password =\n", 0o644, False),
         ("poll_interval = 3\n", 0o664, False),
@@ -728,6 +744,21 @@ def test_params_file_permissions(tmp_path: Path, text: str, mode: int, refused: 
     assert problem.startswith(f"params file {f}: ")
     assert "chmod" in problem
     assert f"{mode:04o}" in problem
+    assert PASSWORD not in problem
+
+
+def test_a_url_password_is_masked_in_every_view(tmp_path: Path) -> None:
+    url = f"mysql+aiomysql://u@h/db?password={PASSWORD}"
+    f = params(
+        tmp_path / "a.params", f"database_url = {url}\nemail.relay = smtp://u:{PASSWORD}@h\n"
+    )
+    s = load(f)
+    assert s.database_url == url
+    rows = {key: value for key, value, _ in describe_sources(s)}
+    assert rows["database_url"].endswith("?password=********")
+    assert rows["email.relay"] == "smtp://u:********@h"
+    assert PASSWORD not in repr(s) and PASSWORD not in str(s.masked())
+    (problem,) = problems_of(overrides={"database_url": f"mysql://h:bad:port/db?pwd={PASSWORD}"})
     assert PASSWORD not in problem
 
 

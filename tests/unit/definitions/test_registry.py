@@ -174,8 +174,116 @@ def test_the_standard_tasks_come_from_the_entry_point() -> None:
     assert names and all(n.startswith("cronloop.standard.") for n in names)
 
 
-def test_isolate_is_refused_until_it_is_built() -> None:
-    with pytest.raises(TaskDefinitionError, match="isolate=True"):
+def test_isolate_is_gone_and_passing_it_names_the_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_isolate",
+        "from cronloop import task\n@task(every=10, isolate=True)\nasync def sep(ctx): pass\n",
+    )
+    with pytest.raises(ConfigError, match=r"reg_isolate.*unexpected keyword argument 'isolate'"):
+        discover([mod], use_entry_points=False)
 
-        @task(every=10, isolate=True)
-        async def separate(ctx: object) -> None: ...
+
+def test_a_module_imported_afresh_contributes_only_what_it_defines_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body = "from cronloop import task\n@task(every=1)\nasync def {name}(ctx): pass\n"
+    mod = _module(tmp_path, monkeypatch, "reg_fresh", body.format(name="first"))
+    assert [d.name for d in discover([mod], use_entry_points=False)] == ["first"]
+    mod = _module(tmp_path, monkeypatch, "reg_fresh", body.format(name="second"))
+    assert [d.name for d in discover([mod], use_entry_points=False)] == ["second"]
+    mod = _module(tmp_path, monkeypatch, "reg_fresh", body.format(name="second"))
+    assert [d.name for d in discover([mod], use_entry_points=False)] == ["second"]  # not twice
+
+
+def test_tasks_made_in_a_loop_or_inside_a_function_are_discovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_programmatic",
+        """
+        from cronloop import task
+
+        async def noop(ctx):
+            return None
+
+        for i in range(3):
+            task(noop, every=60, name=f"sync_{i}")
+
+        def define():
+            async def inner(ctx):
+                return None
+
+            task(every=5, name="inner")(inner)
+
+        define()
+    """,
+    )
+    names = [d.name for d in discover([mod], use_entry_points=False)]
+    assert names == ["sync_0", "sync_1", "sync_2", "inner"]
+
+
+def test_a_task_decorated_in_a_test_reaches_no_other_modules_discovery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @task(every=10)
+    async def reg_local_only(ctx: object) -> None: ...
+
+    mod = _module(tmp_path, monkeypatch, "reg_plain", "from cronloop import task\n")
+    found = {d.name for d in discover([mod], use_entry_points=True)}
+    assert "reg_local_only" not in found and found
+
+
+def test_a_package_contributes_its_submodules_tasks_and_not_imported_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pkg = tmp_path / "reg_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from reg_pkg import jobs\nfrom reg_other import borrowed\n")
+    (pkg / "jobs.py").write_text(
+        "from cronloop import task\n@task(every=1)\nasync def inner(ctx): pass\n"
+    )
+    (tmp_path / "reg_other.py").write_text(
+        "from cronloop import task\n@task(every=1)\nasync def borrowed(ctx): pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("reg_pkg", "reg_pkg.jobs", "reg_other"):
+        sys.modules.pop(name, None)
+    assert [d.name for d in discover(["reg_pkg"], use_entry_points=False)] == ["inner"]
+    both = discover(["reg_pkg", "reg_other"], use_entry_points=False)
+    assert sorted(d.name for d in both) == ["borrowed", "inner"]
+
+
+def test_option_values_are_converted_with_the_settings_parsers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = _module(
+        tmp_path,
+        monkeypatch,
+        "reg_opts",
+        """
+        from cronloop import task
+
+        @task(every=5, options={"dry_run": False, "smtp_password_len": 8, "port": 25})
+        async def mail(ctx):
+            return None
+    """,
+    )
+    definitions = discover([mod], use_entry_points=False)
+    text = "mail.dry_run = ON\nmail.timeout = 2m\nmail.enabled = no\n"
+    spec = build_registry(_settings(tmp_path, text), definitions)["mail"]  # type: ignore[arg-type]
+    assert spec.options["dry_run"] is True and spec.timeout_s == 120.0 and not spec.enabled
+    with pytest.raises(ConfigError, match="expected a boolean") as info:
+        build_registry(_settings(tmp_path, "mail.dry_run = maybe\n"), definitions)  # type: ignore[arg-type]
+    assert "maybe" in str(info.value)
+    with pytest.raises(ConfigError, match=r"mail.smtp_password_len = \*{8}: expected") as info:
+        build_registry(_settings(tmp_path, "mail.smtp_password_len = hunter2\n"), definitions)  # type: ignore[arg-type]
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"mail.port = 'smtp://u:\*{8}@h': expected") as info:
+        build_registry(_settings(tmp_path, "mail.port = smtp://u:hunter2@h\n"), definitions)  # type: ignore[arg-type]
+    assert "hunter2" not in str(info.value)

@@ -1,4 +1,4 @@
-"""worker/journald.py against a real AF_UNIX datagram socket standing in for journald."""
+"""cronloop.systemd.journald and .entries against a real AF_UNIX socket standing in for journald."""
 
 from __future__ import annotations
 
@@ -17,15 +17,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from cronloop.systemd.journald import (
-    TRUNCATE_AT,
-    JournalRenderer,
-    JournalSender,
-    fallback_line,
-    field_name,
-    journal_fields,
-    stream_is_journal,
-)
+from cronloop.systemd.entries import JournalRenderer, fallback_line, journal_fields
+from cronloop.systemd.journald import TRUNCATE_AT, JournalSender, field_name, stream_is_journal
 
 MARKER = "…[truncated]".encode()
 

@@ -92,9 +92,6 @@ def test_every_message(manager: Manager, notifier: Notifier) -> None:
     assert manager.recv() == "EXTEND_TIMEOUT_USEC=1500000"
     assert notifier.extend_timeout(-3)
     assert manager.recv() == "EXTEND_TIMEOUT_USEC=0"
-    assert notifier.notify(MAINPID="42", ERRNO="5")
-    assert manager.recv() == "MAINPID=42\nERRNO=5"
-    assert notifier.notify() is False
     assert manager.nothing_pending()
 
 
@@ -116,11 +113,11 @@ def test_status_is_deduplicated(manager: Manager, notifier: Notifier) -> None:
     assert manager.recv() == "STATUS=3 running"
     assert notifier.status("2 running")
     assert manager.recv() == "STATUS=2 running"
-    # ready(), stopping() and notify(STATUS=) count as the last status sent, too.
+    # ready() and stopping() count as the last status sent, too.
     notifier.ready("idle")
     manager.recv()
     assert notifier.status("idle") is False
-    notifier.notify(STATUS="busy")
+    notifier.stopping("busy")
     manager.recv()
     assert notifier.status("busy") is False
     assert manager.nothing_pending()
@@ -134,7 +131,7 @@ def test_newlines_in_status_become_spaces(manager: Manager, notifier: Notifier) 
     assert notifier.ready("a\nb")
     assert manager.recv() == "READY=1\nSTATUS=a b"
     # No value can inject a second assignment.
-    assert notifier.notify(STATUS="x\nREADY=1")
+    assert notifier.status("x\nREADY=1")
     assert manager.recv() == "STATUS=x READY=1"
 
 
@@ -192,7 +189,6 @@ def test_no_op_without_usable_notify_socket(
                 n.reloaded(),
                 n.watchdog(),
                 n.extend_timeout(5),
-                n.notify(STATUS="x"),
             ]
             n.close()
         assert results == [False] * len(results)
@@ -244,15 +240,16 @@ def test_failed_status_is_retried_and_socket_reconnects(tmp_path: Path) -> None:
 
 def test_one_nonblocking_cloexec_socket_is_reused(manager: Manager, notifier: Notifier) -> None:
     notifier.ready()
-    sock = notifier._sock
+    assert notifier._channel is not None
+    sock = notifier._channel.sock
     assert sock is not None
     notifier.status("a")
     notifier.status("b")
-    assert notifier._sock is sock
+    assert notifier._channel.sock is sock
     assert sock.getblocking() is False
     assert fcntl.fcntl(sock.fileno(), fcntl.F_GETFD) & fcntl.FD_CLOEXEC
     notifier.close()
-    assert notifier._sock is None
+    assert notifier._channel.sock is None
     assert notifier.status("c")  # usable after close(): reconnects
     assert [manager.recv() for _ in range(4)] == ["READY=1", "STATUS=a", "STATUS=b", "STATUS=c"]
 
