@@ -58,7 +58,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             registry,
             env,
             once=args.once,
-            hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
+            hooks=_systemd_hooks(notifier, clock, lambda: _drain_s(env.settings)),
             reloader=reloader,
             side_loops=[("watchdog heartbeat", watchdog.beat)],
         )
@@ -106,7 +106,12 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:
+def _drain_s(settings: Settings) -> float:
+    """How long a drain may take, with the settings in force (a reload may change them)."""
+    return settings.shutdown_grace + settings.grace_s + 15
+
+
+def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: Callable[[], float]) -> Hooks:
     interval = notifier.watchdog_interval_s
     last_ping = [0.0]
 
@@ -124,7 +129,7 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Ho
     def stopping() -> None:
         notifier.stopping("draining")
         # a drain may outlast TimeoutStopSec's default: tell systemd how long it can take
-        notifier.extend_timeout(drain_s)
+        notifier.extend_timeout(drain_s())
 
     def reloading() -> None:
         notifier.reloading("reloading the configuration")

@@ -279,7 +279,8 @@ class Supervisor:
             return
         end = task.result()
         was_full = len(self.runners) + 1 >= self.settings.max_concurrency
-        if self.due.ended(end.next_run) or was_full:
+        # --once ends when nothing runs: let it see that now
+        if self.due.ended(end.next_run) or was_full or self.once:
             self.wake_event.set()  # plan the sleep again / use the freed slot
         if end.straggler is not None and not end.straggler.done():
             self.stragglers.keep(runner.claim, runner.name, runner.log, end.straggler)

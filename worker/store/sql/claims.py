@@ -134,7 +134,8 @@ class TaskStore(RecordVerbs):
         self._skip_locked: bool | None = None
         self._user = _os_user()
         self._host = socket.gethostname()
-        self._who = {"last_user": self._user, "last_host": self._host}
+        # bounded to their columns: a long USER must not make every recording refused
+        self._who = {"last_user": self._user[:64], "last_host": self._host[:255]}
         self._task_update = CaseUpdate(tasks, "id", engine.dialect)
         self._run_insert = MultiInsert(runs, engine.dialect)
         self._run_update = CaseUpdate(runs, "run_id", engine.dialect)
