@@ -12,20 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
 
 import structlog
 
 from cronloop import exitcodes
 from cronloop.config.settings import Settings
-from cronloop.definitions.context import StopReason
 from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import Clock
+from cronloop.runtime.control import Control, Lifetime
 from cronloop.runtime.dbhealth import DatabaseFailure
 from cronloop.runtime.due import DueTracker
 from cronloop.runtime.leases import LeaseKeeper
@@ -35,7 +32,6 @@ from cronloop.runtime.stragglers import Stragglers
 from cronloop.store.sql.claims import Claim
 
 log = structlog.get_logger("cronloop.supervisor")
-T = TypeVar("T")
 
 CLAIM_BATCH = 100  # rows per claim: a bigger one would delay the first run of a burst
 CLAIM_BATCH_MORE = 200  # rows per claim while more runs are due than one claim took
@@ -73,21 +69,20 @@ class Supervisor:
         self.clock: Clock = self.env.clock
         self.store = self.env.store
         self.health = self.env.health  # the one owner of database-error policy
-        self.stop_event = asyncio.Event()
-        self.reload_event = asyncio.Event()
-        self.abort_event = asyncio.Event()
-        self.wake_event = asyncio.Event()
-        self.exit_code = exitcodes.OK
+        self.control = Control()
+        self.stop_event = self.control.stop_event
+        self.reload_event = self.control.reload_event
+        self.abort_event = self.control.abort_event
+        self.wake_event = self.control.wake_event
         self.runners: dict[str, Runner] = {}
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
         self._names_stale = False
         self.due = DueTracker(self.settings.poll_interval)
         self._tasks: set[asyncio.Future[RunEnd]] = set()
-        self._background: set[asyncio.Future[None]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s, self.health)
         self.stragglers = Stragglers(
-            self.store, self.leases, self.health, self._spawn, self._snapshot_running
+            self.store, self.leases, self.health, self.control.spawn, self._snapshot_running
         )
         self.status = StatusLine(self.clock, self.hooks.on_status)
         # the loop may be in a long backoff when the database comes back
@@ -100,39 +95,25 @@ class Supervisor:
         """The settings in force; a SIGHUP reload swaps them in `env` for every new run."""
         return self.env.settings
 
-    # -- control -------------------------------------------------------------------------
+    @property
+    def exit_code(self) -> int:
+        return self.control.exit_code
 
     def request_stop(self, code: int = exitcodes.OK) -> None:
         """First request drains; a second one cancels running tasks at once."""
-        if self.stop_event.is_set():
-            self.abort_event.set()
-            return
-        self.exit_code = code
-        self.stop_event.set()
+        self.control.request_stop(code)
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-
-    def _on_hangup(self) -> None:
-        self.reload_event.set()
-        self.wake_event.set()
-
-    def _on_signal(self, signum: int) -> None:
-        log.info(
-            "signal received",
-            signal=signal.Signals(signum).name,
-            action="abort" if self.stop_event.is_set() else "drain",
-        )
-        self.request_stop(exitcodes.OK)
+        self.control.install_signal_handlers()
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        lifetime_s = self._lifetime_s()
-        started = self.clock.monotonic()
+        settings = self.settings
+        lifetime = Lifetime(
+            self.clock, settings.max_lifetime, settings.lifetime_jitter_s, once=self.once
+        )
+        lifetime_s = lifetime.seconds
         self._once_cutoff = self.clock.now() if self.once else None
         log.info(
             "worker started",
@@ -144,7 +125,7 @@ class Supervisor:
         )
         self.hooks.on_ready()
         side = [
-            asyncio.ensure_future(self._supervised(name, loop))
+            asyncio.ensure_future(self.control.supervised(name, loop))
             for name, loop in (
                 ("lease keeper", self.leases.run),
                 ("housekeeping", self._housekeeping_loop),
@@ -153,7 +134,7 @@ class Supervisor:
         ]
         try:
             while not self.stop_event.is_set():
-                if lifetime_s and self.clock.monotonic() - started >= lifetime_s:
+                if lifetime.reached():
                     log.info(
                         "max lifetime reached; draining for a planned restart",
                         lifetime_s=round(lifetime_s, 1),
@@ -165,7 +146,7 @@ class Supervisor:
                 idle = await self._tick()
                 if self.once and idle and not self.runners:
                     break
-                await self._sleep(self._until_lifetime(started, lifetime_s))
+                await self._sleep(lifetime.remaining_s())
             await self._drain()
         finally:
             for task in side:
@@ -175,17 +156,6 @@ class Supervisor:
             await self.store.close()  # the loop's probe connection
         log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)
         return self.exit_code
-
-    def _lifetime_s(self) -> float:
-        base = self.settings.max_lifetime
-        if not base or self.once:
-            return 0.0
-        return base + random.uniform(0, self.settings.lifetime_jitter_s)
-
-    def _until_lifetime(self, started: float, lifetime_s: float) -> float | None:
-        if not lifetime_s:
-            return None
-        return max(0.0, started + lifetime_s - self.clock.monotonic())
 
     async def _tick(self) -> bool:
         """Claim and start what is due. Returns True if nothing was due."""
@@ -201,7 +171,7 @@ class Supervisor:
         mono = self.clock.monotonic()
         if not self.due.fresh(mono) and not self.due.more:
             try:
-                next_due = await self._call(self.store.next_due, "the probe")
+                next_due = await self.health.call(self.store.next_due, what="the probe")
             except DatabaseFailure:
                 return False
             self.due.learn(next_due, mono)
@@ -211,8 +181,8 @@ class Supervisor:
             return True
         takeover = self._may_take_over()
         try:
-            batch = await self._call(
-                lambda: self.store.claim_next(at, capacity, takeover=takeover), "claiming"
+            batch = await self.health.call(
+                lambda: self.store.claim_next(at, capacity, takeover=takeover), what="claiming"
             )
         except DatabaseFailure:
             self.due.forget()
@@ -257,7 +227,7 @@ class Supervisor:
         spec = self.registry.specs.get(claim.name)
         if spec is None or not spec.runnable:
             log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
-            self._spawn(self._quietly(lambda: self.store.release(claim), "releasing"))
+            self.control.spawn(self._quietly(lambda: self.store.release(claim), "releasing"))
             return
         runner = Runner(spec, claim, self.env, self.leases.track(claim, claimed_mono))
         self.runners[claim.run_id] = runner
@@ -275,7 +245,7 @@ class Supervisor:
             self.leases.forget(runner.claim)
             error = "cancelled" if task.cancelled() else repr(task.exception())
             log.error("runner crashed; stopping the worker", task=runner.name, error=error)
-            self._crashed()
+            self.control.crashed()
             return
         end = task.result()
         was_full = len(self.runners) + 1 >= self.settings.max_concurrency
@@ -308,18 +278,9 @@ class Supervisor:
             await asyncio.sleep(0)
             return
         log.debug("sleeping", seconds=round(delay, 3), running=len(self.runners) or None)
-        await self._wait_first(
+        await self.control.wait_first(
             self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait()
         )
-
-    @staticmethod
-    async def _wait_first(*aws: Awaitable[object]) -> None:
-        futures = [asyncio.ensure_future(a) for a in aws]
-        try:
-            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in futures:
-                fut.cancel()
 
     async def _reload(self) -> None:
         """Apply a new configuration between two ticks; a failure keeps the old one."""
@@ -341,37 +302,10 @@ class Supervisor:
 
     # -- database calls -----------------------------------------------------------------
 
-    async def _call(self, op: Callable[[], Awaitable[T]], what: str) -> T:
-        """A store call of the loop's own, through the database-error policy: raises
-        `DatabaseFailure` (handled by the caller: back off, try next tick)."""
-        return await self.health.call(op, what=what)
-
     async def _quietly(self, op: Callable[[], Awaitable[object]], what: str) -> None:
         """A store call whose failure (outage, conflict, refusal) the next round mends."""
         with contextlib.suppress(DatabaseFailure):
             await self.health.call(op, what=what)
-
-    def _spawn(self, call: Awaitable[Any]) -> None:
-        """Run `call` in the background; a bug in it stops the worker, as in a side loop."""
-        fut = asyncio.ensure_future(self._supervised("background call", lambda: call))
-        self._background.add(fut)
-        fut.add_done_callback(self._background.discard)
-
-    def _crashed(self) -> None:
-        self.request_stop(exitcodes.SOFTWARE)
-        self.abort_event.set()
-
-    # -- side loops ------------------------------------------------------------------------
-
-    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """A side loop that dies stops the worker loudly instead of leaving it half alive."""
-        try:
-            await loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("side loop crashed; stopping the worker", loop=name)
-            self._crashed()
 
     async def _housekeeping_loop(self) -> None:
         """Close history rows of runs whose worker vanished, off the hot path: at start,
@@ -383,34 +317,7 @@ class Supervisor:
             await self._quietly(self.store.reap_abandoned, "reaping")
             await self.clock.sleep(self.settings.lease_s * REAP_EVERY_LEASES)
 
-    # -- shutdown -------------------------------------------------------------------------
-
     async def _drain(self) -> None:
         self.hooks.on_stopping()
-        if not self.runners:
-            return
-        grace = self.settings.shutdown_grace
-        log.info("draining", running=len(self.runners), grace_s=grace)
-        for runner in list(self.runners.values()):
-            runner.stop(StopReason.SHUTDOWN)
-        await self._wait_runners(grace)
-        for runner in list(self.runners.values()):
-            runner.log.warning("still running after the shutdown grace; cancelling it")
-            runner.abort(StopReason.SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-
-    async def _wait_runners(self, timeout_s: float) -> None:
-        """Wait for runs to end, at most `timeout_s`, or until a second signal."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        aborter = asyncio.ensure_future(self.abort_event.wait())
-        try:
-            while self._tasks and not self.abort_event.is_set():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                waiting: set[asyncio.Future[Any]] = {*self._tasks, aborter}
-                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            aborter.cancel()
+        if self.runners:
+            await self.control.drain(self.runners, self._tasks, self.settings.shutdown_grace)
