@@ -143,7 +143,12 @@ class Supervisor:
                     break
                 if self.reload_event.is_set():
                     await self._reload()
-                idle = await self._tick()
+                try:
+                    idle = await self._tick()
+                except Exception:  # a bug (the policy raises nothing else): exit 70
+                    log.exception("the loop crashed; stopping the worker")
+                    self.control.crashed()
+                    break
                 if self.once and idle and not self.runners:
                     break
                 await self._sleep(lifetime.remaining_s())
