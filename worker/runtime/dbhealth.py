@@ -74,6 +74,10 @@ class DbHealth:
         self._last_reminder = 0.0
         self._recovered: list[Callable[[], None]] = []
 
+    def errors_total(self) -> dict[str, int]:
+        """Failures seen per kind since start (`cronloop_database_errors_total{kind}`)."""
+        return {kind.value: self.counts[kind] for kind in ErrorKind}
+
     @property
     def down(self) -> bool:
         return self.down_since is not None

@@ -1,10 +1,10 @@
-"""The loop: claim what is due, start runners, keep leases, drain and exit on time.
+"""The loop, and only the loop: claim what is due, start runners, hear how they ended.
 
 It wakes at the earliest next run (so a due task starts within milliseconds), but at
 least every `poll_interval` so that pauses, triggers and other workers' changes are seen.
-Signal handlers only set events; the loop decides what to do. Shutdown has phases: stop
-claiming and ask runs to stop at their next checkpoint, wait `shutdown_grace`, then cancel
-what is left with a reason, and record every outcome before exiting.
+Each run reports its end (`RunEnd`); leases are the `LeaseKeeper`'s, database failures
+the `DbHealth` policy's, stragglers `Stragglers`', signals, drain phases and lifetime
+`Control`'s, the STATUS line `StatusLine`'s. It never holds SQL text nor times a run.
 """
 
 from __future__ import annotations

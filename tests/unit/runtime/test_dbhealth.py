@@ -200,3 +200,35 @@ def test_backoff_is_capped_and_jittered() -> None:
     assert all(d <= 10.0 for d in delays) and max(delays) > 5.0
     assert 0.25 <= delays[0] <= 0.5
     assert len({round(health.backoff_s(4.0, 3), 6) for _ in range(20)}) > 1  # jitter
+
+
+def test_counters_per_kind_are_readable_for_metrics() -> None:
+    health = DbHealth(FakeClock(), lambda: 5.0)
+    assert health.errors_total() == {"conflict": 0, "outage": 0, "refused": 0, "bug": 0}
+    health.counts[ErrorKind.OUTAGE] += 2
+    assert health.errors_total()["outage"] == 2
+
+
+async def test_the_start_up_wait_backs_off_through_the_policy_then_exits_75() -> None:
+    from cronloop import exitcodes
+    from cronloop.cli.bootstrap import ExitError, wait_for_database
+
+    clock = FakeClock()
+    engine = create_async_engine("mysql+aiomysql://root@127.0.0.1:1/test")
+    try:
+        with capture_logs() as logs:
+            waiting = asyncio.ensure_future(wait_for_database(engine, 30, clock))
+            for _ in range(400):
+                if waiting.done():
+                    break
+                await asyncio.sleep(0.005)
+                clock.advance(0.5)
+            with pytest.raises(ExitError) as exited:
+                await asyncio.wait_for(waiting, 5)
+    finally:
+        await engine.dispose()
+    assert exited.value.exit_code == exitcodes.TEMPFAIL
+    assert "unreachable for 30s" in str(exited.value)
+    errors = [e["event"] for e in logs if e["log_level"] == "error"]
+    assert errors == ["database unreachable; retrying with backoff"], errors  # once
+    assert clock.monotonic() - 1000 <= 31  # gave up at the deadline, not after it
