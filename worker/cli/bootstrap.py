@@ -6,7 +6,6 @@ schema check and the same task set.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,13 +17,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cronloop import exitcodes
 from cronloop.config.settings import ConfigError, Settings
 from cronloop.definitions.registry import Registry, build_registry, discover
-from cronloop.domain.clock import Clock
+from cronloop.domain.clock import Clock, SystemClock
+from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
 from cronloop.store.sql.claims import SyncReport, TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import create_engine, session_factory
+from cronloop.store.sql.errors import ErrorKind
 from cronloop.store.sql.migrate import schema_state, upgrade
-from cronloop.systemd.logs import short_error as _short
+from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.app")
+
+CONNECT_TIMEOUT_S = 10.0  # one connection attempt at start
+STARTUP_RETRY_BASE_S = 0.5  # doubling to the policy's cap (10 s)
 
 
 class ExitError(Exception):
@@ -94,30 +98,40 @@ async def open_database(
     return Database(engine=engine, store=store, sessions=session_factory(engine))
 
 
-async def wait_for_database(engine: AsyncEngine, wait_s: float) -> None:
+async def wait_for_database(engine: AsyncEngine, wait_s: float, clock: Clock | None = None) -> None:
     """Retry an unreachable database for `wait_s`, then give up with exit 75 so systemd
-    tries again later: an outage at boot is not a reason for a traceback."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait_s
-    delay = 0.5
-    first = True
+    tries again later: an outage at boot is not a reason for a traceback. What a failure
+    means, the logging and the backoff are the runtime's database-error policy; a failure
+    that is not an outage (a wrong password, an unknown database) does not get better by
+    waiting: exit 78 at once, naming it."""
+    clock = clock or SystemClock()
+    health = DbHealth(clock, lambda: CONNECT_TIMEOUT_S)
+    deadline = clock.monotonic() + wait_s
+    attempt = 0
     while True:
+        attempt += 1
         try:
-            async with engine.connect() as conn:
-                await conn.exec_driver_sql("SELECT 1")
+            await health.call(lambda: _ping(engine), what="connecting at start")
             return
-        except Exception as exc:
-            if loop.time() + delay > deadline:
+        except DatabaseFailure as failure:
+            error = short(failure.error)
+            if failure.kind is ErrorKind.REFUSED:
                 raise ExitError(
-                    f"database unreachable for {wait_s:g}s: {_short(exc)}", exitcodes.TEMPFAIL
+                    f"the database refused to start: {error}", exitcodes.CONFIG
                 ) from None
-            if first:
-                log.error(
-                    "database unreachable at start; retrying", error=_short(exc), wait_s=wait_s
-                )
-                first = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = health.backoff_s(STARTUP_RETRY_BASE_S, attempt)
+            if clock.monotonic() + delay > deadline:
+                raise ExitError(
+                    f"database unreachable for {wait_s:g}s: {error}", exitcodes.TEMPFAIL
+                ) from None
+            await clock.sleep(delay)
+        except Exception as exc:  # a bug by the policy's rules: not worth waiting for
+            raise ExitError(f"cannot use the database: {short(exc)}", exitcodes.CONFIG) from None
+
+
+async def _ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
 
 
 def declarations(registry: Registry, clock: Clock) -> Iterable[TaskDeclaration]:

@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import CodeType
 from typing import NoReturn
 
@@ -21,7 +20,6 @@ from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import SystemClock
-from cronloop.domain.planning import RetryPolicy
 from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Hooks, Supervisor
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
@@ -38,19 +36,10 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     # waiting for the database and migrating may outlast TimeoutStartSec
     notifier.extend_timeout(settings.startup_db_wait_s + 120)
     db = await open_database(settings, wait=True)
-    executor = ThreadPoolExecutor(
-        max_workers=settings.max_concurrency, thread_name_prefix="cronloop-task"
-    )
+    # its thread pool follows max_concurrency, its retry policy retry_max/retry_delay_s
+    env = RunEnvironment(store=db.store, settings=settings, clock=clock, db=db.sessions)
     try:
         await sync(db, registry, clock)
-        env = RunEnvironment(
-            store=db.store,
-            settings=settings,
-            clock=clock,
-            db=db.sessions,
-            executor=executor,
-            retry=RetryPolicy(settings.retry_max, settings.retry_delay_s),
-        )
 
         async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
             def load() -> Settings:
@@ -69,7 +58,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             registry,
             env,
             once=args.once,
-            hooks=_systemd_hooks(notifier, clock, settings.shutdown_grace + settings.grace_s + 15),
+            hooks=_systemd_hooks(notifier, clock, lambda: _drain_s(env.settings)),
             reloader=reloader,
             side_loops=[("watchdog heartbeat", watchdog.beat)],
         )
@@ -87,7 +76,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
         return code
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        env.close()
         notifier.close()
         await db.close()
 
@@ -117,7 +106,12 @@ def _exit_now(code: int) -> NoReturn:
     os._exit(code)
 
 
-def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Hooks:
+def _drain_s(settings: Settings) -> float:
+    """How long a drain may take, with the settings in force (a reload may change them)."""
+    return settings.shutdown_grace + settings.grace_s + 15
+
+
+def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: Callable[[], float]) -> Hooks:
     interval = notifier.watchdog_interval_s
     last_ping = [0.0]
 
@@ -135,7 +129,7 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: float) -> Ho
     def stopping() -> None:
         notifier.stopping("draining")
         # a drain may outlast TimeoutStopSec's default: tell systemd how long it can take
-        notifier.extend_timeout(drain_s)
+        notifier.extend_timeout(drain_s())
 
     def reloading() -> None:
         notifier.reloading("reloading the configuration")

@@ -2,8 +2,10 @@
 
 The new settings are loaded exactly as at start (same files, environment and flags). An
 invalid configuration is rejected with one clear log line and the old one stays in
-force: a reload never kills the service. What cannot change live (the database, the
-lease length, the task modules to import) is named in the log: it needs a restart.
+force: a reload never kills the service. Each setting is either applied live (`LIVE`) or
+named in the log as needing a restart (`NEEDS_RESTART`, and kept at its running value so
+the running state does not lie about it); a setting in neither list is a restart too, so
+the log never claims more than was applied.
 """
 
 from __future__ import annotations
@@ -18,18 +20,46 @@ from cronloop.definitions.registry import Registry, TaskDefinition, build_regist
 
 log = structlog.get_logger("cronloop.reload")
 
+# Settings read once at start-up, and so applied only by a restart. Every other setting is
+# applied live: the supervisor reads it at each tick (`poll_interval`, `max_concurrency`,
+# `shutdown_grace`), each new run reads it (`grace_s`, `retry_max`, `retry_delay_s`, the
+# thread pool's size from `max_concurrency`, what tasks see in `ctx.settings`), or the
+# rebuilt registry carries it (`task_timeout`, `timezone`, task options); the reloader
+# re-configures logging (`log_level`, `verbose`). tests/unit/config/test_reload.py holds
+# this list against every field of `Settings`.
 NEEDS_RESTART = frozenset(
     {
         "database_url",
         "database_password",
         "database_password_file",
-        "lease_s",
+        "db_pool_size",  # the engine's pool, built at start
+        "lease_s",  # leases already taken were sized by it
         "task_modules",
         "allow_root",
         "auto_migrate",
         "startup_db_wait_s",
         "watchdog_s",
+        "quarantine_strikes",  # the watchdog's strike recorder, built at start
+        "quarantine_timeouts",  # the store's quarantine rule, built at start
+        "max_lifetime",  # the lifetime is drawn once, at start
+        "lifetime_jitter_s",
         "log_format",
+    }
+)
+LIVE = frozenset(
+    {
+        "poll_interval",
+        "max_concurrency",
+        "task_timeout",
+        "grace_s",
+        "shutdown_grace",
+        "timezone",
+        "verbose",
+        "log_level",
+        "history_retention_days",
+        "retry_max",
+        "retry_delay_s",
+        "backup_dir",
     }
 )
 _NOT_SETTINGS = frozenset({"sources", "param_files", "task_options"})
@@ -71,8 +101,8 @@ def reload_settings(
         )
         return None
     changed = changed_keys(current, new)
-    restart = [k for k in changed if k in NEEDS_RESTART]
-    live = [k for k in changed if k not in NEEDS_RESTART]
+    live = [k for k in changed if k in LIVE or k == "task options"]
+    restart = [k for k in changed if k not in live]
     # keep what only a restart can change, so the running state does not lie about it
     kept = replace(new, **{k: getattr(current, k) for k in restart})
     return Reloaded(settings=kept, registry=registry, live=live, restart=restart)

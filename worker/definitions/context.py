@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -50,11 +50,11 @@ class StopSignal:
     """
 
     reason: StopReason | None = None
-    # monotonic time after which this worker can no longer prove it owns the run's lease
-    # (set by the lease keeper); a checkpoint past it stops the run as LEASE_LOST, even
-    # if the loop or the database kept the lease keeper from noticing (SIGSTOP, hung
-    # renewal), so a run never goes on once another worker may have taken it over
-    lease_valid_until: float = math.inf
+    # the monotonic time after which this worker can no longer prove it owns the run's
+    # lease, asked of the lease keeper (its one owner); a checkpoint past it stops the run
+    # as LEASE_LOST, even if the loop or the database kept the lease keeper from noticing
+    # (SIGSTOP, hung renewal), so a run never goes on once another worker may own it
+    lease_valid_until: Callable[[], float] = lambda: math.inf
 
     def set(self, reason: StopReason) -> None:
         """Record the first reason only: a deadline that passes during a shutdown stays a
@@ -119,7 +119,7 @@ class TaskContext:
     def _check_deadline(self) -> None:
         if self._stop.is_set():
             return
-        if self._clock.monotonic() >= self._stop.lease_valid_until:
+        if self._clock.monotonic() >= self._stop.lease_valid_until():
             self._stop.set(StopReason.LEASE_LOST)
         elif self.time_left() <= 0:
             self._stop.set(StopReason.DEADLINE)

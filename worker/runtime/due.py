@@ -52,6 +52,12 @@ class DueTracker:
         self.next_due = next_due
         self.learned_mono = mono
 
+    def after_claim(self, next_due: datetime | None, at: datetime, mono: float) -> None:
+        """A claim for `at` said when the next available run is due; if that is due at
+        `at` already, more was due than one claim took, and the next claim is bigger."""
+        self.learn(next_due, mono)
+        self.more = next_due is not None and next_due <= at
+
     def forget(self) -> None:
         """A database call failed: ask again before trusting anything."""
         self.learned_mono = None

@@ -1,96 +1,138 @@
-"""Keeps the leases of running tasks alive, and stops a task that cannot keep its lease.
+"""The one owner of lease validity: renews the leases of running runs, and stops a run
+that cannot keep its lease.
 
 A lease is renewed every `lease_s / 3`. If renewals fail (database unreachable, loop
-starved) the task is aborted once a third of the lease is left, measured on this
-worker's monotonic clock from the last successful renewal; since that renewal was sent
-before the database stamped it, the local view is always the pessimistic one. So a worker
-that cannot prove it still owns a run stops it before another worker may take it over.
+starved) the run is stopped once a third of the lease is left, measured on this worker's
+monotonic clock from the last successful renewal; since that renewal was sent before the
+database stamped it, the local view is always the pessimistic one. So a worker that
+cannot prove it still owns a run stops it before another worker may take it over.
+
+Each run gets a `Lease` when it is claimed. The run reads it (`valid_until`, which its
+checkpoints ask, from a thread too) and tells it when its end is being written
+(`recording`); only the keeper changes what it knows. Failures go through `DbHealth`.
 """
 
 from __future__ import annotations
 
-import asyncio
+import math
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from cronloop.definitions.context import StopReason
 from cronloop.domain.clock import Clock
-from cronloop.runtime.dbhealth import DbHealth
-from cronloop.runtime.runner import Runner, db_timeout_s
+from cronloop.domain.records import Claim
+from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
 from cronloop.store.sql.claims import TaskStore
 
 log = structlog.get_logger("cronloop.leases")
 
 
+class Lease:
+    """One run's lease as this worker knows it. Read by the run; changed by the keeper."""
+
+    __slots__ = ("_confirmed_mono", "_margin_s", "_recording", "_stop", "claim", "log")
+
+    def __init__(self, claim: Claim, confirmed_mono: float, margin_s: float) -> None:
+        self.claim = claim
+        self.log: Any = log
+        self._confirmed_mono = confirmed_mono
+        self._margin_s = margin_s
+        self._stop: Callable[[StopReason], None] = lambda reason: None
+        self._recording = False
+
+    def attach(self, stop: Callable[[StopReason], None], run_log: Any) -> None:
+        """The run says how the keeper stops it when the lease is lost."""
+        self._stop = stop
+        self.log = run_log
+
+    def valid_until(self) -> float:
+        """The monotonic time after which this worker can no longer prove it owns the run."""
+        return self._confirmed_mono + self._margin_s
+
+    @property
+    def confirmed_mono(self) -> float:
+        return self._confirmed_mono
+
+    @property
+    def is_recording(self) -> bool:
+        return self._recording
+
+    def recording(self, active: bool) -> None:
+        """The run says its end is being written (True), or that it keeps its lease after
+        all (False: a task left behind). While written, the write itself may clear the
+        token at any moment, and that write is fenced: the run is not stopped for it."""
+        self._recording = active
+
+
 class LeaseKeeper:
-    def __init__(
-        self, store: TaskStore, clock: Clock, lease_s: float, health: DbHealth | None = None
-    ) -> None:
+    def __init__(self, store: TaskStore, clock: Clock, lease_s: float, health: DbHealth) -> None:
         self.store = store
         self.clock = clock
         self.lease_s = lease_s
-        self.health = health or DbHealth()
-        self.renewed_mono: dict[str, float] = {}  # run id -> when its lease was last confirmed
-        self._failing_since: float | None = None  # renewals fail: say so once, not every round
+        self.health = health
+        self._leases: dict[str, Lease] = {}  # run id -> its lease
 
     @property
     def interval_s(self) -> float:
         return self.lease_s / 3
 
-    def track(self, runner: Runner, claimed_mono: float) -> None:
-        self._confirmed(runner, claimed_mono)
+    @property
+    def margin_s(self) -> float:
+        """How long a confirmed lease may be relied on: two thirds of it."""
+        return self.lease_s * 2 / 3
 
-    def _confirmed(self, runner: Runner, sent_mono: float) -> None:
-        """The lease was good when `sent_mono` was read: the run may go on until a third
-        of the lease is left, which its checkpoints enforce by themselves."""
-        self.renewed_mono[runner.claim.run_id] = sent_mono
-        runner.signal.lease_valid_until = sent_mono + self.lease_s * 2 / 3
+    def track(self, claim: Claim, claimed_mono: float) -> Lease:
+        """A run starts: its lease was good when `claimed_mono` was read."""
+        lease = Lease(claim, claimed_mono, self.margin_s)
+        self._leases[claim.run_id] = lease
+        return lease
 
-    def forget(self, runner: Runner) -> None:
-        self.renewed_mono.pop(runner.claim.run_id, None)
+    def forget(self, claim: Claim) -> None:
+        """The run ended and its lease was freed (or taken over): renew it no more."""
+        self._leases.pop(claim.run_id, None)
 
-    async def renew(self, runners: list[Runner]) -> None:
-        """One round: renew every lease, abort runs whose lease is lost or about to be."""
-        if not runners:
+    async def run(self) -> None:
+        """The side loop: a round every `interval_s`."""
+        while True:
+            await self.clock.sleep(self.interval_s)
+            await self.renew()
+
+    async def renew(self) -> None:
+        """One round: renew every lease, stop runs whose lease is lost or about to be."""
+        leases = list(self._leases.values())
+        if not leases:
             return
         sent_mono = self.clock.monotonic()
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-            async with asyncio.timeout(db_timeout_s(self.lease_s)):
-                lost = await self.store.renew([r.claim for r in runners])
-        except Exception as exc:
-            self.health.failed(exc)
-            if self._failing_since is None:
-                self._failing_since = sent_mono
-                log.warning("lease renewal failed", error=repr(exc), runs=len(runners))
-            self._abort_expiring(runners)
-            return
-        self.health.ok()
-        if self._failing_since is not None:
-            log.info(
-                "lease renewal works again", failed_s=round(sent_mono - self._failing_since, 1)
+            lost = await self.health.call(
+                lambda: self.store.renew([lease.claim for lease in leases]), what="lease renewal"
             )
-            self._failing_since = None
-        for runner in runners:
-            if runner.claim.run_id not in self.renewed_mono:
+        except DatabaseFailure:
+            self._stop_expiring(leases)
+            return
+        for lease in leases:
+            if lease.claim.run_id not in self._leases:
                 continue  # it ended during the round
-            if runner.claim.run_id in lost and runner.recording:
-                continue  # its own write just cleared the token (and that write is fenced)
-            if runner.claim.run_id in lost:
-                runner.log.error("lease lost: another worker may own this task now; stopping it")
-                runner.abort(StopReason.LEASE_LOST)
+            if lease.claim.run_id in lost:
+                if lease.is_recording:
+                    continue  # its own write just cleared the token (and that write is fenced)
+                lease.log.error("lease lost: another worker may own this task now; stopping it")
+                lease._confirmed_mono = -math.inf
+                lease._stop(StopReason.LEASE_LOST)
             else:
-                self._confirmed(runner, sent_mono)
+                lease._confirmed_mono = sent_mono
 
-    def _abort_expiring(self, runners: list[Runner]) -> None:
+    def _stop_expiring(self, leases: list[Lease]) -> None:
         now = self.clock.monotonic()
-        for runner in runners:
-            if runner.recording:
+        for lease in leases:
+            if lease.is_recording:
                 continue  # its task has ended; its (fenced) write is retried until it lands
-            age = now - self.renewed_mono.get(runner.claim.run_id, now)
-            if age >= self.lease_s * 2 / 3:
-                runner.log.error(
+            age = now - lease.confirmed_mono
+            if age >= self.margin_s:
+                lease.log.error(
                     "cannot renew the lease; stopping the task before it expires",
                     lease_age_s=round(age, 3),
                 )
-                runner.abort(StopReason.LEASE_LOST)
+                lease._stop(StopReason.LEASE_LOST)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import traceback
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,9 @@ from cronloop.definitions.registry import TaskSpec
 from cronloop.domain.clock import Clock
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.planning import RetryPolicy, plan_next
-from cronloop.runtime.recording import Recorder
+from cronloop.runtime.dbhealth import DbHealth
+from cronloop.runtime.leases import Lease
+from cronloop.runtime.recording import Recorder, Written
 from cronloop.store.sql.claims import Claim, RunRecord, TaskStore
 
 log = structlog.get_logger("cronloop.runner")
@@ -42,7 +45,6 @@ _REASON_OUTCOME = {
     StopReason.LEASE_LOST: Outcome.ABANDONED,
 }
 CANCEL_WAIT_S = 2.0  # how long a cancelled task may take to unwind before it is left behind
-RECORD_RETRY_MAX_S = 1.0  # so a recovered database hears from the owner before any takeover
 
 
 def db_timeout_s(lease_s: float) -> float:
@@ -52,24 +54,73 @@ def db_timeout_s(lease_s: float) -> float:
     return max(2.0, lease_s / 3)
 
 
-@dataclass
 class RunEnvironment:
-    """What every run shares; passed as one object instead of a long argument list."""
+    """What every run shares; passed as one object instead of a long argument list.
 
-    store: TaskStore
-    settings: Settings
-    clock: Clock
-    db: Any  # async_sessionmaker for ctx.db
-    # the bounded pool blocking=True tasks run in
-    executor: Executor = field(
-        default_factory=lambda: ThreadPoolExecutor(thread_name_prefix="cronloop-task")
-    )
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # writes how runs ended, many per transaction
-    recorder: Recorder = field(init=False)
+    It follows the settings in force: `apply` (a SIGHUP reload) swaps them, and with them
+    the retry policy and the size of the thread pool `blocking=True` tasks run in."""
 
-    def __post_init__(self) -> None:
-        self.recorder = Recorder(self.store, lambda: db_timeout_s(self.settings.lease_s))
+    def __init__(
+        self,
+        store: TaskStore,
+        settings: Settings,
+        clock: Clock,
+        db: Any,  # async_sessionmaker for ctx.db
+        executor: Executor | None = None,  # a fixed pool (tests); else one sized to settings
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.db = db
+        self._settings = settings
+        self._fixed_executor = executor
+        self._pools: list[ThreadPoolExecutor] = []  # the last one is in use
+        self._pool_size = 0
+        # the one owner of database-error policy, for every call the runtime makes
+        self.health = DbHealth(clock, lambda: db_timeout_s(self._settings.lease_s))
+        # writes how runs ended, many per transaction
+        self.recorder = Recorder(store, self.health)
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self._settings.retry_max, self._settings.retry_delay_s)
+
+    @property
+    def executor(self) -> Executor:
+        """The bounded pool new `blocking=True` runs are submitted to: `max_concurrency`
+        threads, as many as runs may be in flight."""
+        if self._fixed_executor is not None:
+            return self._fixed_executor
+        size = self._settings.max_concurrency
+        if not self._pools or self._pool_size != size:
+            if self._pools:  # resized: the old pool ends once its running tasks end
+                self._pools[-1].shutdown(wait=False)
+            self._pools.append(ThreadPoolExecutor(size, thread_name_prefix="cronloop-task"))
+            self._pool_size = size
+        return self._pools[-1]
+
+    def apply(self, settings: Settings) -> None:
+        """Use `settings` for every run started from now on (a reload)."""
+        self._settings = settings
+
+    def close(self) -> None:
+        """Stop the pools without waiting: a stuck thread must not hold up the exit."""
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """What a run reports when it ends, to whoever started it."""
+
+    outcome: Outcome
+    next_run: datetime | None  # when its task runs next, once recorded; None if unknown
+    written: Written
+    # set when the task could not be stopped: what ends when it really ends
+    straggler: asyncio.Future[Any] | None = None
 
 
 @dataclass
@@ -84,23 +135,23 @@ class Ending:
 class Runner:
     """Runs `spec` for `claim`; `stop()` and `abort()` are how the supervisor steers it."""
 
-    def __init__(self, spec: TaskSpec, claim: Claim, env: RunEnvironment) -> None:
+    def __init__(
+        self, spec: TaskSpec, claim: Claim, env: RunEnvironment, lease: Lease | None = None
+    ) -> None:
         self.spec = spec
         self.claim = claim
         self.env = env
-        self.signal = StopSignal()
+        # the lease keeper's view of this run's lease; untracked (valid for ever) in tests
+        self.lease = lease or Lease(claim, math.inf, 0.0)
+        self.signal = StopSignal(lease_valid_until=self.lease.valid_until)
         # done once the run must be cancelled now; a plain future, not an Event, so that
         # waiting on it costs no extra task per run
         self._abort: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started_mono = env.clock.monotonic()
         self.log = bind_run_logger(spec.name, claim.run_id)
+        self.lease.attach(self.abort, self.log)
         self._thread: Future[Any] | None = None  # a blocking task's thread
-        # its end is being written: the lease token may be cleared by that write any moment
-        self.recording = False
-        # set when the task could not be stopped: what to watch until it really ends
-        self.straggler: asyncio.Future[Any] | None = None
         self._stepped = False  # the task had its first step before any timer was set
-        self.next_run: datetime | None = None  # once recorded: when the task runs next
 
     @property
     def name(self) -> str:
@@ -116,8 +167,11 @@ class Runner:
         if not self._abort.done():
             self._abort.set_result(None)
 
-    async def run(self) -> Outcome:
-        """Run the task to its end and record it; never raises for the task's faults."""
+    async def run(self) -> RunEnd:
+        """Run the task to its end and record it; never raises for the task's faults.
+
+        A failure to record that is a bug (not an outage, nor a refused row) is raised:
+        the supervisor stops the worker loudly for it."""
         started = self.env.clock.now()
         ctx = self._context(started)
         self.log.debug(
@@ -128,9 +182,9 @@ class Runner:
         )
         inner = asyncio.ensure_future(self._invoke(ctx))
         ending = await self._drive(inner)
-        if ending.left_behind:
-            self.straggler = self._still_running(inner)
-        return await asyncio.shield(self._record(started, ending))
+        straggler = self._still_running(inner) if ending.left_behind else None
+        outcome, next_run, written = await asyncio.shield(self._record(started, ending))
+        return RunEnd(outcome, next_run, written, straggler)
 
     def _still_running(self, inner: asyncio.Future[Any]) -> asyncio.Future[Any]:
         """What ends when the task has really stopped: its thread, or its coroutine."""
@@ -230,7 +284,9 @@ class Runner:
         self.log.error("task raised", exc_type=type(exc).__name__, exception=text)
         return Ending(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
 
-    async def _record(self, started: Any, ending: Ending) -> Outcome:
+    async def _record(
+        self, started: Any, ending: Ending
+    ) -> tuple[Outcome, datetime | None, Written]:
         ended = self.env.clock.now()
         duration_s = self.env.clock.monotonic() - self.started_mono
         outcome = ending.outcome
@@ -250,11 +306,16 @@ class Runner:
             error=ending.error,
             missed=plan.missed if plan else 0,
         )
-        self.recording = True
-        written = await self._write(record, keep_lease=ending.left_behind)
-        if written:
-            self.next_run = record.next_run
-        self.recording = not ending.left_behind  # a kept lease is renewed (and checked) again
+        self.lease.recording(True)
+        written = await self.env.recorder.complete(
+            self.claim,
+            record,
+            keep_lease=ending.left_behind,
+            give_up=self._abort.done,
+            run_log=self.log,
+        )
+        if ending.left_behind:
+            self.lease.recording(False)  # a kept lease is renewed (and checked) again
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(
             "run finished",
@@ -264,47 +325,9 @@ class Runner:
             message=ending.message,
             error=ending.error,
             missed=record.missed or None,
-            recorded=written or None,
+            recorded=written.value,
         )
-        return outcome
-
-    async def _write(self, record: RunRecord, *, keep_lease: bool = False) -> bool:
-        """Write the outcome; False if the lease was lost (another worker owns the row).
-
-        The write is fenced by the lease token, so it is safe at any time: it lands if
-        nobody took the run over, even after a database outage longer than the lease, and
-        is refused otherwise. So a failing write is retried, every second at most, until it
-        lands or is refused; giving up would let the finished run be taken over and run
-        again. Only a shutdown past its grace (abort) ends the retries.
-        """
-        delay = 0.25
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                # bounded by db_timeout_s inside the recorder
-                written = await self.env.recorder.complete(
-                    self.claim, record, keep_lease=keep_lease
-                )
-                break
-            except Exception as exc:
-                if self._abort.done():
-                    self.log.error(
-                        "could not record the run; its lease will expire and it will run again",
-                        error=repr(exc),
-                    )
-                    return False
-                if attempts == 1:
-                    self.log.warning(
-                        "recording the run failed; retrying until it lands", error=repr(exc)
-                    )
-                await self.env.clock.sleep(delay)
-                delay = min(delay * 2, RECORD_RETRY_MAX_S)
-        if attempts > 1:
-            self.log.info("run recorded after retries", attempts=attempts, written=written)
-        if not written:
-            self.log.warning("lease lost before the run was recorded; another worker owns the task")
-        return written
+        return outcome, record.next_run if written.landed else None, written
 
 
 def _quietly(fut: asyncio.Future[Any]) -> None:

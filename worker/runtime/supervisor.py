@@ -1,46 +1,41 @@
-"""The loop: claim what is due, start runners, keep leases, drain and exit on time.
+"""The loop, and only the loop: claim what is due, start runners, hear how they ended.
 
 It wakes at the earliest next run (so a due task starts within milliseconds), but at
 least every `poll_interval` so that pauses, triggers and other workers' changes are seen.
-Signal handlers only set events; the loop decides what to do. Shutdown has phases: stop
-claiming and ask runs to stop at their next checkpoint, wait `shutdown_grace`, then cancel
-what is left with a reason, and record every outcome before exiting.
+Each run reports its end (`RunEnd`); leases are the `LeaseKeeper`'s, database failures
+the `DbHealth` policy's, stragglers `Stragglers`', signals, drain phases and lifetime
+`Control`'s, the STATUS line `StatusLine`'s. It never holds SQL text nor times a run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import random
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
 
 import structlog
 
 from cronloop import exitcodes
 from cronloop.config.settings import Settings
-from cronloop.definitions.context import StopReason
 from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import Clock
-from cronloop.domain.outcome import Outcome
-from cronloop.runtime.dbhealth import DbHealth
+from cronloop.runtime.control import Control, Lifetime
+from cronloop.runtime.dbhealth import DatabaseFailure
 from cronloop.runtime.due import DueTracker
 from cronloop.runtime.leases import LeaseKeeper
-from cronloop.runtime.runner import RunEnvironment, Runner, db_timeout_s
+from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
+from cronloop.runtime.status import StatusLine
+from cronloop.runtime.stragglers import Stragglers
 from cronloop.store.sql.claims import Claim
-from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.supervisor")
-T = TypeVar("T")
 
 CLAIM_BATCH = 100  # rows per claim: a bigger one would delay the first run of a burst
 CLAIM_BATCH_MORE = 200  # rows per claim while more runs are due than one claim took
 REAP_EVERY_LEASES = 10
-MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
-REMINDER_EVERY_S = 60.0
 
 
 @dataclass
@@ -73,29 +68,25 @@ class Supervisor:
     def __post_init__(self) -> None:
         self.clock: Clock = self.env.clock
         self.store = self.env.store
-        self.stop_event = asyncio.Event()
-        self.reload_event = asyncio.Event()
-        self.abort_event = asyncio.Event()
-        self.wake_event = asyncio.Event()
-        self.exit_code = exitcodes.OK
+        self.health = self.env.health  # the one owner of database-error policy
+        self.control = Control()
+        self.stop_event = self.control.stop_event
+        self.reload_event = self.control.reload_event
+        self.abort_event = self.control.abort_event
+        self.wake_event = self.control.wake_event
         self.runners: dict[str, Runner] = {}
-        self.stragglers: dict[str, Runner] = {}  # runs that could not be stopped
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
         self._names_stale = False
-        self._last_status = -1e9  # monotonic time of the last status line
         self.due = DueTracker(self.settings.poll_interval)
-        self._tasks: set[asyncio.Future[Outcome]] = set()
-        self._background: set[asyncio.Future[bool | None]] = set()
-        # lease renewals and recordings report outages too: with every slot taken by a run
-        # waiting to be recorded, the loop itself makes no call to notice one
-        health = _ReportingHealth(self)
-        self.env.recorder.health = health
-        self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s, health)
-        self._db_down_since: float | None = None
-        self._db_back_mono: float | None = None  # when the database came back last
-        self._last_reminder = 0.0
-        self._failures = 0
+        self._tasks: set[asyncio.Future[RunEnd]] = set()
+        self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s, self.health)
+        self.stragglers = Stragglers(
+            self.store, self.leases, self.health, self.control.spawn, self._snapshot_running
+        )
+        self.status = StatusLine(self.clock, self.hooks.on_status)
+        # the loop may be in a long backoff when the database comes back
+        self.health.on_recovered(self.wake_event.set)
         self._once_cutoff: datetime | None = None
         self.executed = 0
 
@@ -104,39 +95,25 @@ class Supervisor:
         """The settings in force; a SIGHUP reload swaps them in `env` for every new run."""
         return self.env.settings
 
-    # -- control -------------------------------------------------------------------------
+    @property
+    def exit_code(self) -> int:
+        return self.control.exit_code
 
     def request_stop(self, code: int = exitcodes.OK) -> None:
         """First request drains; a second one cancels running tasks at once."""
-        if self.stop_event.is_set():
-            self.abort_event.set()
-            return
-        self.exit_code = code
-        self.stop_event.set()
+        self.control.request_stop(code)
 
     def install_signal_handlers(self) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self._on_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
-
-    def _on_hangup(self) -> None:
-        self.reload_event.set()
-        self.wake_event.set()
-
-    def _on_signal(self, signum: int) -> None:
-        log.info(
-            "signal received",
-            signal=signal.Signals(signum).name,
-            action="abort" if self.stop_event.is_set() else "drain",
-        )
-        self.request_stop(exitcodes.OK)
+        self.control.install_signal_handlers()
 
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> int:
-        lifetime_s = self._lifetime_s()
-        started = self.clock.monotonic()
+        settings = self.settings
+        lifetime = Lifetime(
+            self.clock, settings.max_lifetime, settings.lifetime_jitter_s, once=self.once
+        )
+        lifetime_s = lifetime.seconds
         self._once_cutoff = self.clock.now() if self.once else None
         log.info(
             "worker started",
@@ -148,16 +125,16 @@ class Supervisor:
         )
         self.hooks.on_ready()
         side = [
-            asyncio.ensure_future(self._supervised(name, loop))
+            asyncio.ensure_future(self.control.supervised(name, loop))
             for name, loop in (
-                ("lease keeper", self._lease_loop),
+                ("lease keeper", self.leases.run),
                 ("housekeeping", self._housekeeping_loop),
                 *self.side_loops,
             )
         ]
         try:
             while not self.stop_event.is_set():
-                if lifetime_s and self.clock.monotonic() - started >= lifetime_s:
+                if lifetime.reached():
                     log.info(
                         "max lifetime reached; draining for a planned restart",
                         lifetime_s=round(lifetime_s, 1),
@@ -166,30 +143,24 @@ class Supervisor:
                     break
                 if self.reload_event.is_set():
                     await self._reload()
-                idle = await self._tick()
+                try:
+                    idle = await self._tick()
+                except Exception:  # a bug (the policy raises nothing else): exit 70
+                    log.exception("the loop crashed; stopping the worker")
+                    self.control.crashed()
+                    break
                 if self.once and idle and not self.runners:
                     break
-                await self._sleep(self._until_lifetime(started, lifetime_s))
+                await self._sleep(lifetime.remaining_s())
             await self._drain()
         finally:
             for task in side:
                 task.cancel()
             await asyncio.gather(*side, return_exceptions=True)
-            await self._release_stragglers()
+            await self.stragglers.release_all()
             await self.store.close()  # the loop's probe connection
         log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)
         return self.exit_code
-
-    def _lifetime_s(self) -> float:
-        base = self.settings.max_lifetime
-        if not base or self.once:
-            return 0.0
-        return base + random.uniform(0, self.settings.lifetime_jitter_s)
-
-    def _until_lifetime(self, started: float, lifetime_s: float) -> float | None:
-        if not lifetime_s:
-            return None
-        return max(0.0, started + lifetime_s - self.clock.monotonic())
 
     async def _tick(self) -> bool:
         """Claim and start what is due. Returns True if nothing was due."""
@@ -204,23 +175,25 @@ class Supervisor:
             return False
         mono = self.clock.monotonic()
         if not self.due.fresh(mono) and not self.due.more:
-            next_due = await self._guarded(self.store.next_due())
-            if self._db_down_since is not None:
+            try:
+                next_due = await self.health.call(self.store.next_due, what="the probe")
+            except DatabaseFailure:
                 return False
             self.due.learn(next_due, mono)
         # --once runs what was due when it started, not what falls due while it runs
         at = self._once_cutoff or self.due.claim_at(self.clock.now())
         if self.due.nothing_due(at, mono):
             return True
-        batch = await self._guarded(
-            self.store.claim_next(at, capacity, takeover=self._may_take_over())
-        )
-        if batch is None:
+        takeover = self._may_take_over()
+        try:
+            batch = await self.health.call(
+                lambda: self.store.claim_next(at, capacity, takeover=takeover), what="claiming"
+            )
+        except DatabaseFailure:
             self.due.forget()
             return False
         self.due.claimed_in(self.clock.monotonic() - mono)
-        self.due.learn(batch.next_due, mono)
-        self.due.more = batch.next_due is not None and batch.next_due <= at
+        self.due.after_claim(batch.next_due, at, mono)
         if batch.claims:
             log.debug("planned now", tasks=len(batch.claims))
             await self._until(at)  # claimed ahead: the runs start at their time, not before
@@ -228,7 +201,9 @@ class Supervisor:
             self._start(claim, mono)
         if self._names_stale:
             self._snapshot_running()
-        self._report_status()
+        self.status.report(
+            (r.name for r in self.runners.values()), self.due.next_due, self.health.down
+        )
         return not batch.claims
 
     async def _until(self, at: datetime) -> None:
@@ -242,72 +217,52 @@ class Supervisor:
         rebuild per start and end cost more than the runs. Runs started in a tick are
         in it before any of them executes."""
         self._names_stale = False
-        running = [*self.runners.values(), *self.stragglers.values()]
-        self.running_names = tuple(r.name for r in running)
+        self.running_names = (
+            *(r.name for r in self.runners.values()),
+            *self.stragglers.names(),
+        )
 
     def _may_take_over(self) -> bool:
         """Just after an outage, leave expired leases to their owners for a third of a
         lease: a run that ended while the database was away is being recorded by its
         worker now (retried every second), and taking it over would run it twice."""
-        back = self._db_back_mono
-        return back is None or self.clock.monotonic() - back >= self.settings.lease_s / 3
+        return self.health.settled(self.settings.lease_s / 3)
 
     def _start(self, claim: Claim, claimed_mono: float) -> None:
         spec = self.registry.specs.get(claim.name)
         if spec is None or not spec.runnable:
             log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
-            release = asyncio.ensure_future(self._guarded(self.store.release(claim)))
-            self._background.add(release)
-            release.add_done_callback(self._background.discard)
+            self.control.spawn(self._quietly(lambda: self.store.release(claim), "releasing"))
             return
-        runner = Runner(spec, claim, self.env)
+        runner = Runner(spec, claim, self.env, self.leases.track(claim, claimed_mono))
         self.runners[claim.run_id] = runner
         self._names_stale = True
-        self.leases.track(runner, claimed_mono)
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._finished, runner=runner))
 
-    def _finished(self, task: asyncio.Future[Outcome], runner: Runner) -> None:
+    def _finished(self, task: asyncio.Future[RunEnd], runner: Runner) -> None:
         self._tasks.discard(task)
         self.runners.pop(runner.claim.run_id, None)
         self._names_stale = True
         self.executed += 1
-        was_full = len(self.runners) + 1 >= self.settings.max_concurrency
-        if self.due.ended(runner.next_run) or was_full:
-            self.wake_event.set()  # plan the sleep again / use the freed slot
-        if not task.cancelled() and task.exception() is not None:
-            log.error("runner crashed", task=runner.name, error=repr(task.exception()))
-        straggler = runner.straggler
-        if straggler is not None and not straggler.done():
-            self._keep_straggler(runner, straggler)
-        else:
-            self.leases.forget(runner)
-
-    def _keep_straggler(self, runner: Runner, straggler: asyncio.Future[Any]) -> None:
-        """A task that could not be stopped keeps its lease (renewed) until it really
-        ends, so no worker starts it again meanwhile; the process restarts at its lifetime
-        boundary, which is the only way to end a stuck thread."""
-        self.stragglers[runner.claim.run_id] = runner
-        self._snapshot_running()
-        runner.log.error(
-            "task left behind: it could not be stopped; its lease is held until it ends "
-            "or this worker restarts",
-            stragglers=len(self.stragglers),
-        )
-        straggler.add_done_callback(functools.partial(self._straggler_ended, runner=runner))
-        if not self.settings.max_lifetime and not self.stop_event.is_set():
-            self.request_stop(exitcodes.TEMPFAIL)  # no lifetime boundary: restart now
-
-    def _straggler_ended(self, _fut: asyncio.Future[Any], runner: Runner) -> None:
-        if self.stragglers.pop(runner.claim.run_id, None) is None:
+        if task.cancelled() or task.exception() is not None:
+            self.leases.forget(runner.claim)
+            error = "cancelled" if task.cancelled() else repr(task.exception())
+            log.error("runner crashed; stopping the worker", task=runner.name, error=error)
+            self.control.crashed()
             return
-        self._snapshot_running()
-        self.leases.forget(runner)
-        runner.log.warning("left-behind task ended at last; freeing its lease")
-        release = asyncio.ensure_future(self._guarded(self.store.free_lease(runner.claim)))
-        self._background.add(release)
-        release.add_done_callback(self._background.discard)
+        end = task.result()
+        was_full = len(self.runners) + 1 >= self.settings.max_concurrency
+        # --once ends when nothing runs: let it see that now
+        if self.due.ended(end.next_run) or was_full or self.once:
+            self.wake_event.set()  # plan the sleep again / use the freed slot
+        if end.straggler is not None and not end.straggler.done():
+            self.stragglers.keep(runner.claim, runner.name, runner.log, end.straggler)
+            if not self.settings.max_lifetime and not self.stop_event.is_set():
+                self.request_stop(exitcodes.TEMPFAIL)  # no lifetime boundary: restart now
+        else:
+            self.leases.forget(runner.claim)
 
     async def _sleep(self, cap_s: float | None) -> None:
         """Sleep until the next due run, a free slot, a stop, or `poll_interval`."""
@@ -315,8 +270,8 @@ class Supervisor:
             self._snapshot_running()
         if self.stop_event.is_set():
             return
-        if self._db_down_since is not None:
-            delay = self._backoff_s()
+        if self.health.down:
+            delay = self.health.loop_backoff_s(self.settings.poll_interval)
         elif len(self.runners) >= self.settings.max_concurrency:
             delay = self.settings.poll_interval  # until a run ends (wake_event)
         else:
@@ -328,18 +283,9 @@ class Supervisor:
             await asyncio.sleep(0)
             return
         log.debug("sleeping", seconds=round(delay, 3), running=len(self.runners) or None)
-        await self._wait_first(
+        await self.control.wait_first(
             self.clock.sleep(delay), self.stop_event.wait(), self.wake_event.wait()
         )
-
-    @staticmethod
-    async def _wait_first(*aws: Awaitable[object]) -> None:
-        futures = [asyncio.ensure_future(a) for a in aws]
-        try:
-            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in futures:
-                fut.cancel()
 
     async def _reload(self) -> None:
         """Apply a new configuration between two ticks; a failure keeps the old one."""
@@ -354,77 +300,17 @@ class Supervisor:
             log.exception("configuration reload failed; keeping the running configuration")
             result = None
         if result is not None:
-            self.env.settings, self.registry = result
-            self.leases.lease_s = self.settings.lease_s
+            settings, self.registry = result
+            self.env.apply(settings)  # lease_s needs a restart: the keeper keeps its own
             self.due = DueTracker(self.settings.poll_interval)  # and ask again
         self.hooks.on_reloaded()
 
-    # -- database outages ----------------------------------------------------------------
+    # -- database calls -----------------------------------------------------------------
 
-    async def _guarded(self, call: Awaitable[T]) -> T | None:
-        """Run a store call; on a database error log it (once, then reminders) and back off.
-
-        The call is bounded by `db_timeout_s`, so a network partition cannot hang the loop.
-        """
-        try:
-            async with asyncio.timeout(db_timeout_s(self.settings.lease_s)):
-                result = await call
-        except Exception as exc:
-            self._db_failed(exc)
-            return None
-        self._db_ok()
-        return result
-
-    def _db_ok(self) -> None:
-        if self._db_down_since is not None:
-            log.warning(
-                "database reachable again",
-                down_s=round(self.clock.monotonic() - self._db_down_since, 1),
-            )
-            self._db_down_since = None
-            self._db_back_mono = self.clock.monotonic()
-            self._failures = 0
-            self.wake_event.set()  # the loop may be in a long backoff
-
-    def _db_failed(self, exc: BaseException, *, own: bool = True) -> None:
-        """A database call failed: the loop's own (`own`, which drives its backoff), or a
-        lease renewal's or a recording's, reported through `DbHealth`."""
-        now = self.clock.monotonic()
-        self._failures += own
-        if self._db_down_since is None:
-            self._db_down_since = now
-            self._last_reminder = now
-            log.error("database unreachable; retrying with backoff", error=_short(exc))
-        elif now - self._last_reminder >= REMINDER_EVERY_S:
-            self._last_reminder = now
-            log.error(
-                "database still unreachable",
-                down_s=round(now - self._db_down_since, 1),
-                attempts=self._failures,
-                error=_short(exc),
-            )
-
-    def _backoff_s(self) -> float:
-        base = min(MAX_BACKOFF_S, self.settings.poll_interval * 2.0 ** min(self._failures, 10))
-        return base * random.uniform(0.5, 1.0)
-
-    # -- side loops ------------------------------------------------------------------------
-
-    async def _supervised(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
-        """A side loop that dies stops the worker loudly instead of leaving it half alive."""
-        try:
-            await loop()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("side loop crashed; stopping the worker", loop=name)
-            self.request_stop(exitcodes.SOFTWARE)
-            self.abort_event.set()
-
-    async def _lease_loop(self) -> None:
-        while True:
-            await self.clock.sleep(self.leases.interval_s)
-            await self.leases.renew([*self.runners.values(), *self.stragglers.values()])
+    async def _quietly(self, op: Callable[[], Awaitable[object]], what: str) -> None:
+        """A store call whose failure (outage, conflict, refusal) the next round mends."""
+        with contextlib.suppress(DatabaseFailure):
+            await self.health.call(op, what=what)
 
     async def _housekeeping_loop(self) -> None:
         """Close history rows of runs whose worker vanished, off the hot path: at start,
@@ -433,75 +319,10 @@ class Supervisor:
         so that an idle worker stays at one query per poll. (Pruning old history is the
         `history_gc` standard task's job.)"""
         while True:
-            await self._guarded(self.store.reap_abandoned())
+            await self._quietly(self.store.reap_abandoned, "reaping")
             await self.clock.sleep(self.settings.lease_s * REAP_EVERY_LEASES)
-
-    # -- shutdown -------------------------------------------------------------------------
 
     async def _drain(self) -> None:
         self.hooks.on_stopping()
-        if not self.runners:
-            return
-        grace = self.settings.shutdown_grace
-        log.info("draining", running=len(self.runners), grace_s=grace)
-        for runner in list(self.runners.values()):
-            runner.stop(StopReason.SHUTDOWN)
-        await self._wait_runners(grace)
-        for runner in list(self.runners.values()):
-            runner.log.warning("still running after the shutdown grace; cancelling it")
-            runner.abort(StopReason.SHUTDOWN)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))
-
-    async def _wait_runners(self, timeout_s: float) -> None:
-        """Wait for runs to end, at most `timeout_s`, or until a second signal."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        aborter = asyncio.ensure_future(self.abort_event.wait())
-        try:
-            while self._tasks and not self.abort_event.is_set():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return
-                waiting: set[asyncio.Future[Any]] = {*self._tasks, aborter}
-                await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            aborter.cancel()
-
-    async def _release_stragglers(self) -> None:
-        """Free the leases of runs still stuck at exit: the process is about to end (the
-        caller exits without waiting for their threads), and the runs end with it."""
-        for runner in list(self.stragglers.values()):
-            await self._guarded(self.store.free_lease(runner.claim))
-        if self.stragglers:
-            log.error(
-                "exiting with tasks that could not be stopped",
-                tasks=sorted({r.name for r in self.stragglers.values()}),
-            )
-
-    def _report_status(self) -> None:
-        """One line for `systemctl status`: what runs, what is next, when we last polled.
-        At most once a second: a burst ticks hundreds of times a second."""
-        now = self.clock.monotonic()
-        if now - self._last_status < 1.0 and self._db_down_since is None:
-            return
-        self._last_status = now
-        names = sorted({r.name for r in self.runners.values()})
-        parts = [f"{len(names)} running" + (f" ({', '.join(names[:4])})" if names else "")]
-        if self.due.next_due is not None:
-            parts.append(f"next run {self.due.next_due.strftime('%H:%M:%S')} UTC")
-        parts.append(f"last poll {self.clock.now().strftime('%H:%M:%S')} UTC")
-        if self._db_down_since is not None:
-            parts.append("DATABASE UNREACHABLE")
-        self.hooks.on_status("; ".join(parts))
-
-
-class _ReportingHealth(DbHealth):
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-
-    def failed(self, exc: BaseException) -> None:
-        self.supervisor._db_failed(exc, own=False)
-
-    def ok(self) -> None:
-        self.supervisor._db_ok()
+        if self.runners:
+            await self.control.drain(self.runners, self._tasks, self.settings.shutdown_grace)

@@ -75,7 +75,11 @@ def short_error(exc: BaseException) -> str:
     A driver's message can run to pages (the statement, its parameters); a log line needs
     the kind and the gist, and the traceback, when wanted, is logged on its own.
     """
-    first = str(exc).splitlines()[0] if str(exc) else ""
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises still gets a name
+        text = "<unprintable>"
+    first = text.splitlines()[0] if text else ""
     return f"{type(exc).__name__}: {first}"[:300]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from cronloop.config.reload import reload_settings
+from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.registry import TaskDefinition, discover
 
@@ -65,3 +65,41 @@ def test_no_change_is_no_change(tmp_path: Path, definitions: list[TaskDefinition
     result = reload_settings(current, _loader(params), definitions)  # type: ignore[arg-type]
     assert result is not None and result.live == [] and result.restart == []
     assert isinstance(result.settings, Settings)
+
+
+def test_every_setting_is_either_live_or_needs_a_restart() -> None:
+    """A new setting must be sorted into one list: the log never claims it applied."""
+    from dataclasses import fields
+
+    from cronloop.config.reload import _NOT_SETTINGS, LIVE, NEEDS_RESTART
+
+    names = {f.name for f in fields(Settings)} - _NOT_SETTINGS
+    assert not LIVE & NEEDS_RESTART
+    assert names == LIVE | NEEDS_RESTART, names ^ (LIVE | NEEDS_RESTART)
+
+
+def test_settings_frozen_at_start_are_named_as_needing_a_restart(
+    tmp_path: Path, definitions: list[TaskDefinition]
+) -> None:
+    params = _write(tmp_path / "c.params", "poll_interval = 2\n")
+    current = load_settings(param_file=str(params), env={})
+    frozen = {
+        "quarantine_timeouts": "9",
+        "quarantine_strikes": "7",
+        "db_pool_size": "3",
+        "max_lifetime": "77",
+    }
+    live = {"retry_max": "5", "retry_delay_s": "12", "max_concurrency": "4"}
+    _write(params, "".join(f"{k} = {v}\n" for k, v in {**frozen, **live}.items()))
+    with capture_logs() as logs:
+        result = reload_settings(current, _loader(params), definitions)  # type: ignore[arg-type]
+        assert result is not None
+        report(result, ["tick"])
+    assert sorted(result.restart) == sorted(frozen)
+    assert sorted(result.live) == sorted(live)
+    for key in frozen:  # the running value stays, so nothing reports the new one as in force
+        assert getattr(result.settings, key) == getattr(current, key)
+    assert result.settings.retry_max == 5 and result.settings.retry_delay_s == 12
+    [applied] = [e for e in logs if e["event"] == "configuration reloaded"]
+    assert sorted(applied["applied"]) == sorted(live)
+    assert sorted(applied["needs_restart"]) == sorted(frozen)

@@ -20,7 +20,8 @@ from cronloop.definitions.registry import TaskSpec
 from cronloop.domain.clock import FakeClock
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.schedule import Every
-from cronloop.runtime.runner import RunEnvironment, Runner
+from cronloop.runtime.leases import LeaseKeeper
+from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
 from cronloop.store.sql.claims import TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import create_engine, session_factory
 from cronloop.store.sql.migrate import upgrade
@@ -38,6 +39,7 @@ async def sqlite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
 class Harness:
     def __init__(self, engine: AsyncEngine, clock: FakeClock) -> None:
         self.clock = clock
+        self.ended: RunEnd | None = None
         self.store = TaskStore(engine, worker_id="w")
         self.settings = Settings(grace_s=2.0)
         self.executor = ThreadPoolExecutor(2)
@@ -50,7 +52,12 @@ class Harness:
         )
 
     async def runner(
-        self, func: Callable[..., Any], *, timeout_s: float = 10.0, blocking: bool = False
+        self,
+        func: Callable[..., Any],
+        *,
+        timeout_s: float = 10.0,
+        blocking: bool = False,
+        keeper: LeaseKeeper | None = None,
     ) -> Runner:
         spec = TaskSpec(
             name=func.__name__,
@@ -63,17 +70,20 @@ class Harness:
             [TaskDeclaration(spec.name, spec.schedule_text, timeout_s, self.clock.now())]
         )
         [claim] = await self.store.claim_due(self.clock.now(), 1, names=[spec.name])
-        return Runner(spec, claim, self.env)
+        lease = keeper.track(claim, self.clock.monotonic()) if keeper else None
+        return Runner(spec, claim, self.env, lease)
 
     async def drive(self, runner: Runner, step_s: float = 0.5, steps: int = 200) -> Outcome:
-        """Run it while moving the fake clock forward, like time passing."""
+        """Run it while moving the fake clock forward, like time passing; the run's
+        report is kept in `ended`."""
         task = asyncio.ensure_future(runner.run())
         for _ in range(steps):
             if task.done():
                 break
             await asyncio.sleep(0.001)
             self.clock.advance(step_s)
-        return await asyncio.wait_for(task, 10)
+        self.ended = await asyncio.wait_for(task, 10)
+        return self.ended.outcome
 
     async def last(self) -> Any:
         return (await self.store.status())[0]
@@ -140,7 +150,7 @@ async def test_a_task_that_ignores_cancellation_is_left_behind(h: Harness) -> No
     runner = await h.runner(deaf, timeout_s=1)
     outcome = await h.drive(runner)
     release.set()
-    assert outcome == Outcome.TIMED_OUT and runner.straggler is not None
+    assert outcome == Outcome.TIMED_OUT and h.ended.straggler is not None
     assert "ignored cancellation" in (await h.last()).last_error
 
 
@@ -165,7 +175,7 @@ async def test_shutdown_stop_is_interrupted_and_due_again(h: Harness) -> None:
     task = asyncio.ensure_future(runner.run())
     await started.wait()
     runner.stop(StopReason.SHUTDOWN)
-    assert await asyncio.wait_for(task, 5) == Outcome.INTERRUPTED
+    assert (await asyncio.wait_for(task, 5)).outcome == Outcome.INTERRUPTED
     state = await h.last()
     assert state.next_run == runner.claim.scheduled_for and state.consecutive_failures == 0
 
@@ -181,7 +191,7 @@ async def test_abort_for_a_lost_lease_is_abandoned(h: Harness) -> None:
     task = asyncio.ensure_future(runner.run())
     await started.wait()
     runner.abort(StopReason.LEASE_LOST)
-    assert await asyncio.wait_for(task, 5) == Outcome.ABANDONED
+    assert (await asyncio.wait_for(task, 5)).outcome == Outcome.ABANDONED
 
 
 async def test_checkpoint_stops_a_run_whose_lease_can_no_longer_be_proven(h: Harness) -> None:
@@ -195,13 +205,14 @@ async def test_checkpoint_stops_a_run_whose_lease_can_no_longer_be_proven(h: Har
             steps.append(h.clock.monotonic())
             await asyncio.sleep(0)
 
-    runner = await h.runner(worker, timeout_s=100)
-    runner.signal.lease_valid_until = h.clock.monotonic() + 20
+    keeper = LeaseKeeper(h.store, h.clock, 30.0, h.env.health)  # 20 s of a 30 s lease
+    runner = await h.runner(worker, timeout_s=100, keeper=keeper)
+    assert runner.lease.valid_until() == h.clock.monotonic() + 20
     task = asyncio.ensure_future(runner.run())
     await asyncio.sleep(0.01)
     h.clock.advance(20)
-    assert await asyncio.wait_for(task, 5) == Outcome.ABANDONED
-    assert steps and max(steps) < runner.signal.lease_valid_until
+    assert (await asyncio.wait_for(task, 5)).outcome == Outcome.ABANDONED
+    assert steps and max(steps) < runner.lease.valid_until()
     assert "lease_lost" in (await h.last()).last_error
 
 

@@ -274,3 +274,74 @@ async def test_runs_that_end_together_are_recorded_together(
     assert await asyncio.wait_for(sup.run(), 10) == exitcodes.OK
     assert sum(sizes) == 20 and len(sizes) <= 2, sizes
     assert all(s.runs == 1 for s in await sup.store.status())
+
+
+async def test_a_conflicting_claim_is_retried_at_once_and_not_an_outage(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pymysql.err
+    from structlog.testing import capture_logs
+
+    from cronloop.store.sql.errors import ErrorKind
+
+    runs = [0]
+
+    async def t(ctx: TaskContext) -> None:
+        runs[0] += 1
+
+    clock = FakeClock()
+    sup = await make(sqlite, clock, {"t": (t, 60)})
+    real = sup.store.claim_next
+    conflicts = [2]
+
+    async def racing(*args: Any, **kw: Any) -> Any:
+        if conflicts[0]:
+            conflicts[0] -= 1  # a Galera certification failure, as the driver raises it
+            raise pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(sup.store, "claim_next", racing)
+    with capture_logs() as logs:
+        run = asyncio.ensure_future(sup.run())
+        await tick_until(clock, lambda: runs[0] == 1, step_s=0.001)
+        sup.request_stop()
+        assert await asyncio.wait_for(run, 5) == exitcodes.OK
+    assert sup.health.counts[ErrorKind.CONFLICT] == 2 and sup.health.counts[ErrorKind.OUTAGE] == 0
+    assert not [e for e in logs if e["log_level"] in ("error", "warning")], logs
+
+
+async def test_a_bug_in_a_store_call_stops_the_worker_with_exit_70(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def t(ctx: TaskContext) -> None:
+        pass
+
+    clock = FakeClock()
+    sup = await make(sqlite, clock, {"t": (t, 60)})
+    calls = [0]
+
+    async def broken(*args: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        raise TypeError("claim_next() got an unexpected keyword argument")
+
+    monkeypatch.setattr(sup.store, "claim_next", broken)
+    assert await asyncio.wait_for(sup.run(), 5) == exitcodes.SOFTWARE
+    assert calls == [1]  # never retried
+
+
+async def test_a_bug_while_recording_a_run_stops_the_worker_with_exit_70(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def t(ctx: TaskContext) -> None:
+        pass
+
+    clock = FakeClock()
+    sup = await make(sqlite, clock, {"t": (t, 60)})
+
+    async def broken(ended: Any) -> list[bool]:
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(sup.store, "complete_many", broken)
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, run.done, step_s=0.25)
+    assert run.result() == exitcodes.SOFTWARE

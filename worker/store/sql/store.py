@@ -71,7 +71,8 @@ class SqlStore:
         self._taskset = TaskSet(self._db)
         self._claims = Claims(self._db, worker_id or make_worker_id(), lease_s)
         self._leases = Leases(self._db, lease_s)
-        who = {"last_user": _os_user(), "last_host": socket.gethostname()}
+        # bounded to their columns: a long USER must not make every recording refused
+        who = {"last_user": _os_user()[:64], "last_host": socket.gethostname()[:255]}
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
         self._admin = AdminVerbs(self._db)
