@@ -37,8 +37,8 @@ def steady_slips(db: ChaosDB) -> list[float]:
 
 def status_of(fleet: Fleet) -> dict[str, Any]:
     proc = fleet.cli("status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return {row["name"]: row for row in json.loads(proc.stdout)}
+    assert proc.rc == 0, str(proc)
+    return {row["name"]: row for row in json.loads(proc.out)}
 
 
 def test_swallow_overrun_raise_beside_a_steady_task(
