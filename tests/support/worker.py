@@ -147,6 +147,9 @@ class WorkerProcess:
                 if left <= 0 or not self._reader.is_alive():
                     break
                 self._cond.wait(left)
+        if not self._reader.is_alive():  # its output ended: it is exiting, say how
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
         raise AssertionError(
             f"{self.label} (pid {self.pid}): no {count}x {name!r} {fields} within {timeout:g}s "
             f"(exit {self.proc.poll()}); log tail:\n{self.tail(40)}"
