@@ -12,6 +12,7 @@ the console script and the standard tasks switched off come from `tests.support`
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class Cli:
     db_args: list[str]
     inspect_url: str
     workers: list[WorkerProcess] = field(default_factory=list)
+    # one condition for all of this test's workers: see `wait_for_total`
+    cond: threading.Condition = field(default_factory=threading.Condition)
 
     def argv(self, args: Sequence[str]) -> list[str]:
         extra = (
@@ -88,7 +91,7 @@ class Cli:
     def start(self, *args: str, tasks: str | None = None, env: Env | None = None) -> WorkerProcess:
         label = f"worker{len(self.workers)}"
         worker = WorkerProcess(
-            self.argv(["run", *args]), self._env(tasks, env), self.cwd, label=label
+            self.argv(["run", *args]), self._env(tasks, env), self.cwd, label=label, cond=self.cond
         )
         self.workers.append(worker)
         return worker

@@ -203,6 +203,6 @@ def test_service_blocked_by_a_task_exits_70_and_quarantines_it(
     assert strikes.get("steady", 0) == 0  # the bystander is not blamed
     assert chaos_db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'blocker'") == 2
     assert strikes["blocker"] == 0  # resume clears them
-    assert resumed.returncode == 0 and after["blocker"]["status"] == "active"
+    assert resumed.rc == 0 and after["blocker"]["status"] == "active"
     assert len(slips) >= 3
     ledger.assert_clean()

@@ -57,6 +57,7 @@ class WorkerProcess:
         label: str = "worker",
         log_path: Path | None = None,
         dump_signal: int | None = None,
+        cond: threading.Condition | None = None,
     ) -> None:
         self.argv = list(argv)
         self.label = label
@@ -67,7 +68,8 @@ class WorkerProcess:
         self._arrived: list[float] = []  # time.time() of each line
         self._events: list[Event] = []
         self._parsed = 0  # lines looked at for events so far
-        self._cond = threading.Condition()
+        # shared by the workers of one test, so that `wait_for_total` wakes on any of them
+        self._cond = cond or threading.Condition()
         self.proc = subprocess.Popen(
             self.argv,
             env=dict(env),
@@ -155,6 +157,10 @@ class WorkerProcess:
             f"(exit {self.proc.poll()}); log tail:\n{self.tail(40)}"
         )
 
+    def alive(self) -> bool:
+        """Whether its output may still bring lines."""
+        return self._reader.is_alive()
+
     def tail(self, n: int = 30) -> str:
         with self._cond:
             return "\n".join(self.lines[-n:])
@@ -213,3 +219,29 @@ class WorkerProcess:
         except OSError:
             return 0.0
         return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_total(
+    workers: Sequence[WorkerProcess], name: str, count: int, timeout: float, **fields: Any
+) -> list[Event]:
+    """Wait until `workers` (started with one shared `cond`) logged `count` events named
+    `name` with these fields between them; AssertionError after `timeout` s or once all
+    are gone without them."""
+    conds = {id(w._cond) for w in workers}
+    if len(conds) != 1:
+        raise ValueError("wait_for_total needs workers started with one shared cond")
+    cond = workers[0]._cond
+    deadline = time.monotonic() + timeout
+    with cond:
+        while True:
+            found = [e for w in workers for e in w._catch_up() if matches(e, name, fields)]
+            if len(found) >= count:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 or not any(w.alive() for w in workers):
+                break
+            cond.wait(left)
+    tails = "\n".join(f"--- {w.label}\n{w.tail(15)}" for w in workers)
+    raise AssertionError(
+        f"{len(found)} of {count}x {name!r} {fields} within {timeout:g}s:\n{tails}"
+    )
