@@ -7,6 +7,9 @@
 - `worker`: the one wrapper around a background `cronloop run` process (its log read
   line by line, waits on events with a timeout, signals, CPU time).
 - `cli`: one-shot `cronloop` commands (`migrate`, `tasks`) and their results.
+- `sandbox`: a real systemd (`shared/tools/systemd-sandbox`) and its gate (skip, or fail
+  under `SYSTEMD_SANDBOX_REQUIRED=1`).
+- `galera`: reserved for the Galera cluster gate and helpers.
 
 It imports neither pytest at module level (the bench runs without it) nor anything of
 cronloop's internals: it drives the product from the outside, as an operator would.
