@@ -25,9 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import DEFAULT_MARIADB, ROOT, scratch_database
+from bench.databases import DEFAULT_MARIADB, scratch_database
 from bench.report import Measurements, draw_lateness, print_report
 from bench.scenarios import SCENARIOS, SIDES, Scenario, by_name
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import bench and tests
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

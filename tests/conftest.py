@@ -1,23 +1,23 @@
-"""Shared fixtures: a migrated database on SQLite and on real MariaDB.
+"""Shared fixtures: a migrated database on SQLite and on real MariaDB, and what every
+suite that starts `cronloop` processes needs (the console script, the standard tasks
+switched off).
 
 MariaDB tests use the server named by `CRONLOOP_TEST_MYSQL_URL`
-(e.g. `mysql+aiomysql://root@127.0.0.1:3306/test`). Each test session creates its own
-scratch database on that server (so parallel runs do not collide) and drops it at the
-end. Without the variable they are skipped, unless `CRONLOOP_REQUIRE_MARIADB=1` (set by
-CI), which turns the skip into a failure so they can never silently not run.
+(e.g. `mysql+aiomysql://root@127.0.0.1:3306/test`) behind the one gate in
+`tests.support.mariadb`: skipped without it, failed under `CRONLOOP_REQUIRE_MARIADB=1`
+(CI). Each test session creates its own scratch database on that server (so parallel
+runs do not collide) and drops it at the end.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
@@ -26,70 +26,40 @@ from cronloop.standard.schema import metadata as tasks_metadata
 from cronloop.store.sql.engine import create_engine
 from cronloop.store.sql.migrate import upgrade
 from cronloop.store.sql.tables import metadata
+from tests.support import mariadb
+from tests.support.cli import standard_tasks_off
+from tests.support.env import need_console_script
 
-MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
-REQUIRE_MARIADB = os.environ.get("CRONLOOP_REQUIRE_MARIADB") == "1"
 BACKENDS = ["sqlite", pytest.param("mariadb", marks=pytest.mark.mariadb)]
-
-
-def _need_mariadb() -> None:
-    if MYSQL_URL:
-        return
-    if REQUIRE_MARIADB:
-        pytest.fail("CRONLOOP_REQUIRE_MARIADB=1 but CRONLOOP_TEST_MYSQL_URL is not set")
-    pytest.skip("set CRONLOOP_TEST_MYSQL_URL to run the MariaDB tests")
-
-
-def _server_url(database: str | None) -> str:
-    url = make_url(MYSQL_URL).set(drivername="mysql+aiomysql")
-    return url.set(database=database).render_as_string(hide_password=False)
-
-
-async def _admin(sql: str) -> None:
-    engine = create_async_engine(_server_url(None))
-    try:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql(sql)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def mariadb_database() -> Iterator[str]:
     """A scratch database on the MariaDB server, migrated once, dropped at the end."""
-    _need_mariadb()
-    name = f"cronloop_t_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    asyncio.run(_admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"))
-    url = _server_url(name)
+    with mariadb.scratch_database("cronloop_t") as db:
+        url = db.url("mysql+aiomysql")
 
-    async def migrate() -> None:
-        engine = create_async_engine(url)
-        try:
-            await upgrade(engine)
-        finally:
-            await engine.dispose()
+        async def migrate() -> None:
+            engine = create_async_engine(url)
+            try:
+                await upgrade(engine)
+            finally:
+                await engine.dispose()
 
-    try:
         asyncio.run(migrate())
         yield url
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS `{name}`"))
 
 
 @pytest.fixture
 def scratch_database() -> Iterator[Callable[[], str]]:
     """Makes empty MariaDB databases on demand (URLs); drops them after the test."""
-    _need_mariadb()
-    names: list[str] = []
+    mariadb.need_mariadb()
+    with ExitStack() as stack:
 
-    def make() -> str:
-        names.append(f"cronloop_s_{os.getpid()}_{uuid.uuid4().hex[:8]}")
-        asyncio.run(_admin(f"CREATE DATABASE `{names[-1]}` CHARACTER SET utf8mb4"))
-        return _server_url(names[-1])
+        def make() -> str:
+            return stack.enter_context(mariadb.scratch_database("cronloop_s")).url("mysql+aiomysql")
 
-    yield make
-    for name in names:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS `{name}`"))
+        yield make
 
 
 @pytest.fixture(params=BACKENDS)
@@ -131,3 +101,24 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
+
+
+# -- for the suites that start `cronloop` processes (acceptance, chaos) ----------------------
+
+
+@pytest.fixture(scope="session")
+def cronloop_bin() -> Path:
+    """The console script; a failure (not a skip) if the venv lacks it."""
+    try:
+        return need_console_script()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def foreign_tasks_off(
+    cronloop_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """`CRONLOOP_<TASK>__ENABLED=0` for every task installed by entry points (the standard
+    tasks), so that workers run only the tasks a test chose."""
+    return standard_tasks_off(tmp_path_factory.mktemp("foreign"))

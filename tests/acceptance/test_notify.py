@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-CRONLOOP = str(Path(sys.executable).parent / "cronloop")
+from tests.support.env import CRONLOOP, base_env
+from tests.support.worker import WorkerProcess
+
 TASKS = """
 from cronloop import task
 
@@ -39,15 +40,10 @@ def test_notify_sequence_ready_status_watchdog_stopping_and_exit_75(tmp_path: Pa
         sock.bind("\0" + address[1:])
         sock.settimeout(0.2)
         env = {
-            **os.environ,
+            **base_env(pythonpath=[tmp_path], state_dir=tmp_path),
             "NOTIFY_SOCKET": address,
             "WATCHDOG_USEC": "400000",  # ping every 0.2 s
-            "STATE_DIRECTORY": str(tmp_path),
-            "PYTHONPATH": str(tmp_path),
-            "CRONLOOP_ALLOW_ROOT": "1",
-            "CRONLOOP_PARAM_FILE": "",
         }
-        env.pop("WATCHDOG_PID", None)
         args = [
             "run",
             "--task_modules=notify_tasks",
@@ -55,15 +51,13 @@ def test_notify_sequence_ready_status_watchdog_stopping_and_exit_75(tmp_path: Pa
             "--lifetime_jitter_s=0",
             "--poll_interval=0.5",
         ]
-        proc = subprocess.Popen([CRONLOOP, *args], env=env, stderr=subprocess.PIPE)
+        worker = WorkerProcess([str(CRONLOOP), *args], env, tmp_path, label="notify")
         try:
-            messages = _collect(sock, proc, limit_s=30)
-            code = proc.wait(timeout=30)
+            messages = _collect(sock, worker.proc, limit_s=30)
+            code = worker.wait(timeout=30)
         finally:
-            proc.kill()
-            proc.wait()
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    assert code == 75, stderr
+            worker.kill()
+    assert code == 75, worker.tail()
     kinds = [m.split("\n")[0].split("=")[0] for m in messages]
     assert "EXTEND_TIMEOUT_USEC" in kinds[0]  # start-up may take long: systemd is told first
     ready = kinds.index("READY")

@@ -7,7 +7,6 @@ worker's JSON log lines, never by sleeping for a guessed time.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.support.worker import wait_for_total
 
 if TYPE_CHECKING:
     from conftest import Cli, Event
@@ -261,23 +262,13 @@ def test_bad_schedule_setting_disables_only_that_task(cli: Cli) -> None:
     assert cli.status()["nightly"]["status"] == "active", "fixing the setting re-enables it"
 
 
-def _wait_for_lines(path: Path, count: int, timeout: float) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lines = path.read_text().splitlines() if path.exists() else []
-        if len(lines) >= count:
-            return lines
-        time.sleep(0.1)
-    raise AssertionError(f"{path}: fewer than {count} lines after {timeout}s")
-
-
 def test_two_workers_never_run_a_slot_twice(cli: Cli) -> None:
     out = cli.cwd / "slots.txt"
     args = (POLL, f"--slot_writer.path={out}", "--shutdown_grace=5")
     workers = [cli.start(*args, tasks="slot_writer") for _ in range(2)]
     for worker in workers:
         worker.wait_for("worker started")
-    _wait_for_lines(out, 12, timeout=20)
+    wait_for_total(workers, "run finished", 12, timeout=20, task="slot_writer")
     for worker in workers:
         worker.signal(signal.SIGTERM)
     assert [worker.wait(15) for worker in workers] == [0, 0]
@@ -293,21 +284,13 @@ def test_two_workers_never_run_a_slot_twice(cli: Cli) -> None:
     assert all(r["worker"] for r in history), "each run records the worker that ran it"
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_worker_waiting_on_a_running_task_does_not_spin(cli: Cli) -> None:
     worker = cli.start(POLL, "--shutdown_grace=0.5", tasks="stubborn")
     worker.wait_for("stubborn started")
-    before, since = _cpu_seconds(worker.proc.pid), time.monotonic()
-    deadline = since + 1.5
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-    share = (_cpu_seconds(worker.proc.pid) - before) / (time.monotonic() - since)
+    before, since = worker.cpu_s(), time.monotonic()
+    time.sleep(1.5)  # what is measured is what the worker does meanwhile
+    share = (worker.cpu_s() - before) / (time.monotonic() - since)
     worker.signal(signal.SIGTERM)
     assert worker.wait(10) == 0
     assert share < 0.3, f"the worker used {share:.0%} of a core while its only task slept"

@@ -1,7 +1,8 @@
 """Fixtures for the chaos tests: a scratch MariaDB database per test, workers, a report.
 
-Each test gets its own database on the server named by `CRONLOOP_TEST_MYSQL_URL`,
-migrated with `cronloop migrate` (the real command), plus the table the chaos tasks write
+Each test gets its own database on the server named by `CRONLOOP_TEST_MYSQL_URL` (behind
+the shared gate of `tests.support.mariadb`), migrated with `cronloop migrate` (the real
+command), plus the table the chaos tasks write
 their executions into (`chaos_tasks.DDL`; test-only, so it has no migration).
 
 Measurements (takeover time, duplicate and lost counts) are collected with the `report`
@@ -16,17 +17,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.cli import migrate
+from tests.support.mariadb import scratch_database
+
 from .chaos_tasks import DDL
-from .harness import CRONLOOP, ChaosDB, Fleet, admin, base_env, need_mariadb
+from .harness import ChaosDB, Fleet, base_env
 
 _RESULTS: list[dict[str, Any]] = []
 
@@ -67,55 +68,26 @@ def report(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture
-def chaos_db(tmp_path: Path) -> Iterator[ChaosDB]:
+def chaos_db(tmp_path: Path, cronloop_bin: Path) -> Iterator[ChaosDB]:
     """A scratch database, migrated with `cronloop migrate`, dropped afterwards."""
-    need_mariadb()
-    if not os.access(CRONLOOP, os.X_OK):
-        pytest.fail(f"the console script {CRONLOOP} is missing: `pip install -e .`")
-    name = f"cronloop_chaos_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    db = ChaosDB(name)
-    try:
-        proc = subprocess.run(
-            [str(CRONLOOP), "migrate", f"--database_url={db.worker_url()}"],
-            env=base_env(),
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        with db.engine.begin() as conn:
-            conn.exec_driver_sql(DDL)
-        yield db
-    finally:
-        db.engine.dispose()
-        admin(f"DROP DATABASE IF EXISTS `{name}`")
+    with scratch_database("cronloop_chaos") as scratch:
+        db = ChaosDB(scratch)
+        try:
+            migrate(db.worker_url(), tmp_path, base_env())
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql(DDL)
+            yield db
+        finally:
+            db.engine.dispose()
 
 
 # -- the workers ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def foreign_tasks_off() -> dict[str, str]:
-    """`CRONLOOP_<TASK>__ENABLED=0` for the standard tasks (entry points), so the chaos
-    workers run only the chaos tasks and the load is what each test says it is."""
-    proc = subprocess.run(
-        [str(CRONLOOP), "tasks", "--task_modules="],
-        env=base_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    names = [line.split("|")[0].strip() for line in proc.stdout.splitlines()[2:] if "|" in line]
-    return {f"CRONLOOP_{re.sub(r'[^A-Za-z0-9]', '_', n).upper()}__ENABLED": "0" for n in names}
-
-
 @pytest.fixture
 def fleet(chaos_db: ChaosDB, tmp_path: Path, foreign_tasks_off: dict[str, str]) -> Iterator[Fleet]:
+    """The test's workers (`foreign_tasks_off`, from tests/conftest.py, keeps the standard
+    tasks out so the load is what each test says it is)."""
     handle = Fleet(chaos_db, tmp_path, foreign_tasks_off)
     try:
         yield handle

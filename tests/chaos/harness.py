@@ -1,78 +1,45 @@
-"""The chaos tests' harness: scratch databases, real `cronloop run` processes, evidence.
+"""The chaos tests' harness: one test's database, its fleet of workers, evidence.
 
-Workers are the console script next to `sys.executable`, with `PYTHONPATH` set to the
-checkout this test process imported `worker` from (so a scratch copy tests its own code)
-and to this directory (for `chaos_tasks`). They log JSON; a thread per worker collects the
-lines, and `Fleet.close` leaves each worker's log next to the test's files.
+Workers are `tests.support.worker.WorkerProcess`es running the console script next to
+`sys.executable`, with this directory on `PYTHONPATH` (for `chaos_tasks`), in the shared
+scrubbed environment (`tests.support.env`). Each worker's log is written next to the
+test's files as it comes, so a hung or killed worker leaves its log behind.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-import cronloop
+from tests.support.cli import Result, run_cronloop
+from tests.support.env import CRONLOOP
+from tests.support.env import base_env as support_env
+from tests.support.mariadb import ScratchDatabase
+from tests.support.worker import WorkerProcess
 
-CRONLOOP = Path(sys.executable).parent / "cronloop"
 HERE = Path(__file__).resolve().parent
-CHECKOUT = Path(cronloop.__file__).resolve().parents[1]
-MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
-REQUIRE_MARIADB = os.environ.get("CRONLOOP_REQUIRE_MARIADB") == "1"
-_SCRUBBED = (
-    "STATE_DIRECTORY",
-    "CREDENTIALS_DIRECTORY",
-    "NOTIFY_SOCKET",
-    "JOURNAL_STREAM",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "PYTHONPATH",
-    "INVOCATION_ID",
-)
-Event = dict[str, Any]
 
 
-def need_mariadb() -> None:
-    if MYSQL_URL:
-        return
-    if REQUIRE_MARIADB:
-        pytest.fail("CRONLOOP_REQUIRE_MARIADB=1 but CRONLOOP_TEST_MYSQL_URL is not set")
-    pytest.skip("set CRONLOOP_TEST_MYSQL_URL to run the chaos tests")
-
-
-def _server(database: str | None, driver: str) -> sa.engine.URL:
-    return make_url(MYSQL_URL).set(drivername=driver, database=database)
-
-
-def admin(sql: str) -> None:
-    engine = sa.create_engine(_server(None, "mysql+pymysql"), poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(sql)
-    finally:
-        engine.dispose()
+def base_env() -> dict[str, str]:
+    """The shared scrubbed environment, with the chaos tasks importable."""
+    return support_env(pythonpath=[HERE], startup_db_wait_s=10)
 
 
 class ChaosDB:
     """One test's database: the URL workers use, and a synchronous engine to inspect it."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = _server(name, "mysql")
-        self.engine: Engine = sa.create_engine(_server(name, "mysql+pymysql"), poolclass=NullPool)
+    def __init__(self, scratch: ScratchDatabase) -> None:
+        self.name = scratch.name
+        self.url = sa.make_url(scratch.url("mysql"))
+        self.engine: Engine = sa.create_engine(scratch.url("mysql+pymysql"), poolclass=NullPool)
 
     def worker_url(self, port: int | None = None) -> str:
         """The URL for `--database_url`, optionally through a proxy on 127.0.0.1:port."""
@@ -86,120 +53,6 @@ class ChaosDB:
     def scalar(self, sql: str, **params: Any) -> Any:
         with self.engine.connect() as conn:
             return conn.execute(sa.text(sql), params).scalar()
-
-
-def base_env() -> dict[str, str]:
-    """A clean environment: no params file, JSON logs, this checkout's code."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CRONLOOP_", "CHAOS_")) and k not in _SCRUBBED
-    }
-    env.update(
-        PYTHONPATH=f"{CHECKOUT}{os.pathsep}{HERE}",
-        CRONLOOP_PARAM_FILE="",
-        CRONLOOP_ALLOW_ROOT="1",
-        CRONLOOP_LOG_FORMAT="json",
-        PYTHONUNBUFFERED="1",
-        CRONLOOP_STARTUP_DB_WAIT_S="10",
-    )
-    return env
-
-
-def _parse(line: str) -> Event | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-class Worker:
-    """A background `cronloop run`; a thread collects its stderr (JSON lines)."""
-
-    def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: Path, label: str) -> None:
-        self.label = label
-        self.proc = subprocess.Popen(
-            list(argv),
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.pid = self.proc.pid
-        self.lines: list[str] = []
-        self.events: list[Event] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._pump, daemon=True)
-        self._reader.start()
-
-    def _pump(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            with self._cond:
-                self.lines.append(line)
-                event = _parse(line)
-                if event is not None:
-                    event["_t"] = time.time()
-                    self.events.append(event)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def find(self, name: str, **fields: Any) -> list[Event]:
-        with self._cond:
-            return [
-                e
-                for e in self.events
-                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-            ]
-
-    def wait_for(self, name: str, timeout: float = 30.0, **fields: Any) -> Event:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.find(name, **fields)
-            if found:
-                return found[0]
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise AssertionError(
-                    f"{self.label}: no {name!r} {fields} in {timeout}s "
-                    f"(exit {self.proc.poll()}); log tail:\n{self.tail()}"
-                )
-            with self._cond:
-                self._cond.wait(0.1)
-
-    def tail(self, n: int = 30) -> str:
-        with self._cond:
-            return "\n".join(self.lines[-n:])
-
-    def send(self, signum: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 30.0) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.send_signal(signal.SIGUSR1)  # chaos_tasks prints the asyncio tasks
-            time.sleep(1)
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(
-                f"{self.label} did not exit within {timeout}s:\n{self.tail(120)}"
-            ) from None
-        self._reader.join(5)
-        return rc
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)  # a stopped process cannot die otherwise
-            self.proc.kill()
-            self.proc.wait(10)
-        self._reader.join(5)
 
 
 class Fleet:
@@ -220,7 +73,7 @@ class Fleet:
         self.db = db
         self.cwd = cwd
         self.foreign_off = foreign_off
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerProcess] = []
 
     def start(
         self,
@@ -228,7 +81,7 @@ class Fleet:
         chaos: dict[str, str] | None = None,
         port: int | None = None,
         label: str | None = None,
-    ) -> Worker:
+    ) -> WorkerProcess:
         env = {**base_env(), **self.foreign_off, **(chaos or {})}
         argv = [
             str(CRONLOOP),
@@ -237,38 +90,43 @@ class Fleet:
             *args,
             f"--database_url={self.db.worker_url(port)}",
         ]
-        w = Worker(argv, env, self.cwd, label or f"worker{len(self.workers)}")
+        label = label or f"worker{len(self.workers)}"
+        w = WorkerProcess(
+            argv,
+            env,
+            self.cwd,
+            label=label,
+            log_path=self.cwd / f"{label}-{len(self.workers)}.log",
+            dump_signal=signal.SIGUSR1,  # chaos_tasks prints the asyncio tasks
+        )
         self.workers.append(w)
         return w
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str) -> Result:
         """A one-shot `cronloop` command (status, resume...) on this test's database."""
-        return subprocess.run(
-            [str(CRONLOOP), *args, f"--database_url={self.db.worker_url()}"],
-            env={**base_env(), **self.foreign_off},
-            cwd=self.cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        return run_cronloop(
+            [*args, f"--database_url={self.db.worker_url()}"],
+            {**base_env(), **self.foreign_off},
+            self.cwd,
         )
 
     def stop_all(self, timeout: float = 30.0) -> list[int]:
         """SIGTERM everyone still running, then wait: graceful exits release leases."""
         for w in self.workers:
-            w.send(signal.SIGCONT)
-            w.send(signal.SIGTERM)
+            w.signal(signal.SIGCONT)
+            w.signal(signal.SIGTERM)
         return [w.wait(timeout) for w in self.workers]
 
     def close(self) -> None:
-        """Kill what is left; keep every worker's log next to the test's files."""
+        """Kill what is left (their logs are already next to the test's files)."""
         for w in self.workers:
             w.kill()
-            (self.cwd / f"{w.label}-{w.pid}.log").write_text("\n".join(w.lines) + "\n")
 
 
-def wait_until(predicate: Any, timeout: float, what: str, step: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s. Only
+    for what no process announces (rows in the database); a worker's log line is waited
+    for with `WorkerProcess.wait_for`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -299,11 +157,6 @@ def utc(naive: datetime) -> float:
     return naive.replace(tzinfo=UTC).timestamp()
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def execution_of(db: ChaosDB, pid: int) -> Any:
     rows = db.rows("SELECT * FROM cronloop_chaos_exec WHERE task = 'long' AND pid = :pid", pid=pid)
     return rows[0] if rows else None
@@ -311,7 +164,7 @@ def execution_of(db: ChaosDB, pid: int) -> Any:
 
 def start_owner_and_standby(
     fleet: Fleet, chaos: dict[str, str], *args: str
-) -> tuple[Worker, Worker]:
+) -> tuple[WorkerProcess, WorkerProcess]:
     """A starts first and takes `long`; B starts once A runs it, so B is the standby."""
     a = fleet.start(*args, chaos=chaos, label="A")
     a.wait_for("chaos long started", timeout=60)

@@ -19,7 +19,6 @@ from .harness import (
     POLL_S,
     ChaosDB,
     Fleet,
-    cpu_seconds,
     execution_of,
     read_trace,
     start_owner_and_standby,
@@ -36,9 +35,9 @@ def test_kill_9_mid_run_is_taken_over_within_lease_plus_poll(
 ) -> None:
     chaos = {"CHAOS_LONG": "8", "CHAOS_TRACE": str(tmp_path / "trace")}
     a, b = start_owner_and_standby(fleet, chaos)
-    cpu_before = cpu_seconds(b.pid)
+    cpu_before = b.cpu_s()
     time.sleep(3)  # B waits while A works: it must idle, not spin on the database
-    standby_cpu = (cpu_seconds(b.pid) - cpu_before) / 3
+    standby_cpu = (b.cpu_s() - cpu_before) / 3
 
     killed_at = time.time()
     a.proc.send_signal(signal.SIGKILL)
@@ -79,12 +78,12 @@ def test_sigstop_past_the_lease_then_sigcont_does_not_run_on(
     a, b = start_owner_and_standby(fleet, chaos, "--watchdog_s=2")
     time.sleep(1)
     stopped_at = time.time()
-    a.send(signal.SIGSTOP)
+    a.signal(signal.SIGSTOP)
     b.wait_for("chaos long started", timeout=LEASE_S + POLL_S + 15)
     taken = execution_of(chaos_db, b.pid)
     time.sleep(1)  # the new owner is working: now the zombie wakes up
     resumed_at = time.time()
-    a.send(signal.SIGCONT)
+    a.signal(signal.SIGCONT)
     zombie_end = a.wait_for("run finished", timeout=20, task="long")
     wait_until(
         lambda: (row := execution_of(chaos_db, b.pid)) and row.finished,

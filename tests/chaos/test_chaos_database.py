@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from .harness import LEASE_S, MYSQL_URL, ChaosDB, Fleet, Worker, read_trace, wait_until
+from tests.support.mariadb import MYSQL_URL
+from tests.support.worker import WorkerProcess
+
+from .harness import LEASE_S, ChaosDB, Fleet, read_trace, wait_until
 from .ledger import audit
 from .proxy import TcpProxy
 
@@ -43,7 +46,7 @@ def last_start_by(db: ChaosDB, pid: int) -> float:
 
 
 def errors_between(
-    w: Worker, start: float, end: float, levels: tuple[str, ...] = ("error",)
+    w: WorkerProcess, start: float, end: float, levels: tuple[str, ...] = ("error",)
 ) -> Counter[str]:
     return Counter(
         e["event"] for e in w.events if e.get("level") in levels and start <= e["_t"] <= end
@@ -141,7 +144,7 @@ def test_partitioned_worker_stops_its_run_before_the_takeover(
     (b_run,) = [r for r, s in steps.items() if s[0][0] == b.pid]
     time.sleep(3)
     proxy.heal()
-    wait_until(lambda: b.find("run finished", task="long"), 30, "B to finish")
+    b.wait_for("run finished", timeout=30, task="long")
     a.wait_for("database reachable again", timeout=30)
     a_alive = a.proc.poll() is None
     assert fleet.stop_all() == [0, 0], a.tail()

@@ -37,8 +37,8 @@ def steady_slips(db: ChaosDB) -> list[float]:
 
 def status_of(fleet: Fleet) -> dict[str, Any]:
     proc = fleet.cli("status", "--json")
-    assert proc.returncode == 0, proc.stderr
-    return {row["name"]: row for row in json.loads(proc.stdout)}
+    assert proc.rc == 0, str(proc)
+    return {row["name"]: row for row in json.loads(proc.out)}
 
 
 def test_swallow_overrun_raise_beside_a_steady_task(
@@ -203,6 +203,6 @@ def test_service_blocked_by_a_task_exits_70_and_quarantines_it(
     assert strikes.get("steady", 0) == 0  # the bystander is not blamed
     assert chaos_db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'blocker'") == 2
     assert strikes["blocker"] == 0  # resume clears them
-    assert resumed.returncode == 0 and after["blocker"]["status"] == "active"
+    assert resumed.rc == 0 and after["blocker"]["status"] == "active"
     assert len(slips) >= 3
     ledger.assert_clean()

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from .harness import ChaosDB, Fleet, wait_until
+from .harness import ChaosDB, Fleet
 from .ledger import audit
 
 TASKS = 200
@@ -28,8 +28,7 @@ def test_four_workers_race_for_thousands_of_runs(
         fleet.start("--max_concurrency=10", chaos=chaos)
     for w in fleet.workers:
         w.wait_for("worker started", timeout=60)
-    started = time.monotonic()
-    wait_until(lambda: time.monotonic() - started >= RUN_FOR_S, RUN_FOR_S + 1, "the race")
+    time.sleep(RUN_FOR_S)  # the race runs this long: nothing to wait for but the clock
     codes = fleet.stop_all()
     assert codes == [0] * WORKERS, [w.tail() for w in fleet.workers]
 

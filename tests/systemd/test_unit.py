@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import REPO, Sandbox, boot_sandbox
+from tests.support.sandbox import REPO, Sandbox, boot_sandbox
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 PARAMS = "/etc/cronloop/cronloop.params"

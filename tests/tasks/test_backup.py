@@ -45,8 +45,8 @@ from cronloop.standard.backup_archive import archive_name, archive_pattern
 from cronloop.standard.backup_dump import DbTarget, Stopper, sqlite_copy
 from cronloop.store.sql.tables import runs, tasks
 from cronloop.testing import make_context, options_of, stop_after_checkpoints
+from tests.support.mariadb import MYSQL_URL
 
-MYSQL_URL = os.environ.get("CRONLOOP_TEST_MYSQL_URL", "")
 T0 = datetime(2026, 3, 2, 22, 30, tzinfo=UTC)
 # quote, hash, backslash, space, shell characters (non-ASCII would not work: PyMySQL sends
 # the password as Latin-1, the mariadb tools as UTF-8, so no password suits both)

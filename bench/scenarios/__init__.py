@@ -1,7 +1,8 @@
 """The scenarios, their workloads at each scale, and the targets cronloop must reach.
 
-A scenario is run by each side that implements it (`bench.cl_side`, `bench.cl_fleet`,
-`bench.aps_side`), in a child process, on a fresh database. Targets are checked on the
+A scenario is run by each side that implements it, in a child process (the modules
+beside this one: `cronloop_single`, `apscheduler`, `workers`, `takeover`, `emails`), on
+a fresh database. Targets are checked on the
 median over repetitions; a target may also compare with APScheduler's median.
 """
 
@@ -14,8 +15,7 @@ from typing import Any
 
 CRONLOOP = "cronloop"
 APSCHEDULER = "APScheduler"
-SIDES = {CRONLOOP: "bench.cl_side", APSCHEDULER: "bench.aps_side"}
-FLEET = "bench.cl_fleet"  # cronloop's multi-process scenarios
+SIDES = {CRONLOOP: "bench.scenarios.cronloop_single", APSCHEDULER: "bench.scenarios.apscheduler"}
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "workers",
         "4 workers, 200 tasks every second, each run writes a ledger row; burst 1 vs 4",
-        {CRONLOOP: FLEET},
+        {CRONLOOP: "bench.scenarios.workers"},
         {
             "tiny": {"workers": 2, "tasks": 20, "duration_s": 10, "burst_runs": 1000},
             "quick": {
@@ -196,7 +196,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "takeover",
         "kill -9 a worker holding a lease; another takes the task over",
-        {CRONLOOP: FLEET},
+        {CRONLOOP: "bench.scenarios.takeover"},
         {"tiny": {}, "quick": {}, "full": {}},
         ("takeover_s", "bound_s"),
         (Target("takeover_s", "<=", None, than="bound_s"),),
@@ -205,7 +205,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "emails",
         "10,000 queued emails to a local SMTP sink: the email task vs one at a time",
-        {CRONLOOP: FLEET},
+        {CRONLOOP: "bench.scenarios.emails"},
         {"tiny": {"messages": 500}, "quick": {"messages": 5000}, "full": {"messages": 10_000}},
         ("msgs_per_s", "msgs_per_s_serial", "speedup"),
         (Target("speedup", ">=", 10),),

@@ -1,0 +1,119 @@
+"""What the benchmark measures with, on either side: statement counting through
+SQLAlchemy's cursor events, this process's CPU and RSS (read once, or sampled by a
+thread), and percentiles.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+
+@dataclass
+class StatementCounter:
+    """Counts the statements every SQLAlchemy engine of this process sends (the cursor
+    events fire for async engines too: their sync engine does the work), and times those
+    whose SQL matches `timed` (e.g. the claim query) in milliseconds."""
+
+    timed: Callable[[str], bool] | None = None
+    count: int = 0
+    timings_ms: list[float] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)  # time.time() of every statement
+
+    def between(self, start: float, end: float) -> int:
+        """Statements sent in [start, end) (wall-clock seconds)."""
+        return bisect.bisect_left(self.stamps, end) - bisect.bisect_left(self.stamps, start)
+
+    def install(self) -> StatementCounter:
+        event.listen(Engine, "before_cursor_execute", self._before)
+        event.listen(Engine, "after_cursor_execute", self._after)
+        return self
+
+    def reset(self) -> None:
+        self.count = 0
+        self.timings_ms.clear()
+        self.stamps.clear()
+
+    def _before(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
+        self.count += 1
+        self.stamps.append(time.time())
+        if self.timed is not None and self.timed(statement):
+            conn.info["bench_t0"] = time.perf_counter()
+
+    def _after(
+        self, conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+    ) -> None:
+        t0 = conn.info.pop("bench_t0", None)
+        if t0 is not None:
+            self.timings_ms.append((time.perf_counter() - t0) * 1000)
+
+
+def cpu_s() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB (from /proc)."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (values need not be sorted)."""
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def lateness_figures(samples_ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "lateness_p50_ms": percentile(samples_ms, 50),
+        "lateness_p99_ms": percentile(samples_ms, 99),
+        "lateness_max_ms": max(samples_ms) if samples_ms else float("nan"),
+    }
+
+
+@dataclass
+class Sampler:
+    """(time, cpu seconds, RSS MB) of this process every `every_s`, in a thread."""
+
+    every_s: float = 0.25
+    points: list[tuple[float, float, float]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Sampler:
+        threading.Thread(target=self._run, daemon=True, name="bench-sampler").start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.points.append((time.time(), cpu_s(), rss_mb()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.points.append((time.time(), cpu_s(), rss_mb()))
+
+    def at(self, when: float) -> tuple[float, float, float]:
+        """The first sample at or after `when` (the last one if none)."""
+        i = bisect.bisect_left([p[0] for p in self.points], when)
+        return self.points[min(i, len(self.points) - 1)]
+
+    def cpu_pct(self, start: float, end: float) -> float:
+        a, b = self.at(start), self.at(end)
+        return 100 * (b[1] - a[1]) / max(b[0] - a[0], 1e-9)
