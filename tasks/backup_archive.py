@@ -46,6 +46,17 @@ _TYPE_NAMES = {
     tarfile.CONTTYPE: "contiguous file",
     tarfile.GNUTYPE_SPARSE: "sparse file",
 }
+# What reading a malformed .tar.gz raises. TypeError: tarfile's gzip reader calls ord() on
+# an empty read when the file ends inside the gzip header (found by tests/tasks/test_fuzz.py).
+UNREADABLE = (
+    OSError,
+    EOFError,
+    tarfile.TarError,
+    zlib.error,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DIGITS = {
     "Y": r"\d{4}",
@@ -221,7 +232,7 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         with tarfile.open(path, "r|gz") as tar:
             return _first_manifest(tar)
-    except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, OverflowError):
+    except UNREADABLE:
         return None
 
 
@@ -340,7 +351,7 @@ def reading(path: Path) -> Iterator[None]:
     BackupError naming the archive."""
     try:
         yield
-    except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError, OverflowError) as exc:
+    except UNREADABLE as exc:
         if isinstance(exc, BackupError):
             raise
         raise BackupError(f"{path}: unreadable archive: {type(exc).__name__}: {exc}") from None

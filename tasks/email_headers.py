@@ -106,9 +106,14 @@ def neutralise(text: str) -> str:
     return " ".join(cleaned.split())
 
 
+def _squeezed(values: list[object] | None) -> list[str]:
+    return ["".join(str(v).split()) for v in values or []]
+
+
 def check_serialised(message: EmailMessage) -> None:
     """Write `message` as each transport would and parse it back: ValueError unless the
-    headers that come back are exactly the ones set (same names, same order)."""
+    headers that come back are exactly the ones set (same names, same order) with the
+    same values (but for white space)."""
     intended = [name.lower() for name in message]
     for writer in _WRITERS:
         try:
@@ -120,3 +125,8 @@ def check_serialised(message: EmailMessage) -> None:
         if got != intended:
             extra = sorted(set(got) - set(intended)) or got
             raise ValueError(f"refused: the written message has other headers than set: {extra}")
+        for name in dict.fromkeys(message.keys()):
+            # White space may move when a long value is folded; nothing else may change
+            # (e.g. text that becomes an encoded word only once folded).
+            if _squeezed(parsed.get_all(name)) != _squeezed(message.get_all(name)):
+                raise ValueError(f"{name}: refused: its value would not read back as written")
