@@ -254,6 +254,6 @@ def test_a_message_whose_written_headers_differ_is_refused() -> None:
     message["Subject"] = "fine"
     message.set_content("body")
     check_serialised(message)
-    message._headers.append(("X-Raw", "a\r\nBcc: x@evil.example"))  # past every check
+    message.set_raw("X-Raw", "a\r\nBcc: x@evil.example")  # past every check
     with pytest.raises(ValueError, match="other headers"):
         check_serialised(message)
