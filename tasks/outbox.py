@@ -10,7 +10,7 @@ transaction (the email exists only if the change that caused it commits); given 
 `async_sessionmaker` it commits on its own. Or INSERT a row directly, filling at least:
 
     recipients  JSON text {"to": [...], "cc": [...], "bcc": [...]} (a JSON list means "to")
-    subject     text without line breaks
+    subject     text without line breaks or control characters (also none RFC 2047-encoded)
     body_text   the text/plain body
     created     UTC timestamp
     planned     UTC timestamp, when to send: UTC_TIMESTAMP(6) on MariaDB; on SQLite the
