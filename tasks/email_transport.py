@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
-from cronloop.standard.email_headers import check_header_value, check_serialised
+from cronloop.standard.email_headers import FILE_WRITERS, check_header_value, check_serialised
 from cronloop.standard.outbox import Envelope
 
 
@@ -145,7 +145,7 @@ class FileConnection:
             envelope_to = check_header_value(", ".join(env.envelope_to), "envelope recipients")
             del message["X-Cronloop-Envelope-To"]  # a resend of the same message object
             message["X-Cronloop-Envelope-To"] = envelope_to
-            check_serialised(message)
+            check_serialised(message, FILE_WRITERS)
         except ValueError as exc:
             raise SendError(f"unsendable: {exc}", permanent=True) from None
         try:

@@ -33,6 +33,9 @@ EVIL = "x@evil.example"
 INJECT_Q = "=?utf-8?q?Invoice=0D=0ABcc:_x@evil.example?="
 INJECT_FORGED_BODY = "=?utf-8?q?Invoice=0D=0A=0D=0AForged_body?="
 INJECT_B = "=?UTF-8?B?SW52b2ljZQ0KQmNjOiB4QGV2aWwuZXhhbXBsZQ==?="  # Invoice\r\nBcc: x@...
+INJECT_TWICE = (
+    "=?utf-8?b?PT91dGYtOD9xP0ludm9pY2U9MEQ9MEFCY2M6X3hAZXZpbC5leGFtcGxlPz0=?="  # b(q(..))
+)
 BODY = "The real body.\nLine two.\n"
 
 # field -> the row columns that carry the attack (each inserted straight into the table)
@@ -44,6 +47,7 @@ ATTACKS: dict[str, dict[str, Any]] = {
     "subject C1 NEL": {"subject": "=?utf-8?q?Invoice=C2=85Bcc:_x@evil.example?="},
     "subject U+2028": {"subject": "=?utf-8?q?Invoice=E2=80=A8Bcc:_x@evil.example?="},
     "subject escape": {"subject": "Invoice \x1b[31m red"},
+    "subject encoded twice": {"subject": INJECT_TWICE},
     "custom header": {"headers": json.dumps({"X-Ticket": INJECT_Q})},
     "reply-to display name": {
         "headers": json.dumps({"Reply-To": f'"{INJECT_Q}" <desk@example.org>'})
@@ -218,6 +222,7 @@ async def test_sla_ticket_titles_are_neutralised_and_the_notification_sent(
     [
         INJECT_Q,
         INJECT_B,
+        INJECT_TWICE,
         "=?utf-8?b?SW52b2ljZQ0KQmNj?=",  # no padding
         "=?utf-8?B?SW52b2l jZQ0K?=",  # junk inside
         "=?iso-8859-1?q?a=85b?=",  # C1 in Latin-1 is still NEL
