@@ -22,7 +22,6 @@ import base64
 import binascii
 import contextlib
 import re
-import unicodedata
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -30,7 +29,7 @@ from email.parser import BytesParser
 # Anything that looks like an encoded word, found anywhere (the parser finds them inside
 # words too); lenient on purpose: better to look at a false one than to miss a real one.
 _ENCODED_WORD = re.compile(r"=\?([^?\s]*)\?([A-Za-z])\?(.*?)\?=", re.DOTALL)
-_SEPARATORS = frozenset("\u2028\u2029")
+_BAD = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")  # a fold: a line break before white space
 # The policies the transports write with: aiosmtplib SMTP (SMTPUTF8 only for non-ASCII
 # envelope addresses, which check_address refuses), the file transport default.
@@ -40,11 +39,10 @@ FILE_WRITERS = (policy.default,)
 
 
 def bad_character(text: str) -> str | None:
-    """The first control character or line separator in `text`, or None."""
-    for char in text:
-        if char in _SEPARATORS or unicodedata.category(char) == "Cc":
-            return char
-    return None
+    """The first control character (Unicode category Cc: C0, DEL, C1) or line or
+    paragraph separator in `text`, or None."""
+    found = _BAD.search(text)
+    return found.group() if found else None
 
 
 def _decode_word(charset: str, encoding: str, payload: str) -> str:
@@ -74,8 +72,11 @@ def _decode_word(charset: str, encoding: str, payload: str) -> str:
 def decoded_forms(text: str, depth: int = 4) -> list[str]:
     """`text` itself, what each encoded word in it decodes to, and what the stdlib's
     parser makes of it: every form a header value takes on its way out; and again for
-    each form that still holds an encoded word (text encoded twice, up to `depth`)."""
+    each form that still holds an encoded word (text encoded twice, up to `depth`).
+    Without `=?` there is no encoded word: nothing decodes to anything else."""
     forms = [text]
+    if "=?" not in text:
+        return forms
     forms += [_decode_word(*m.groups()) for m in _ENCODED_WORD.finditer(text)]
     # the parser raises assorted errors on garbage: the other forms are still checked
     with contextlib.suppress(Exception):
