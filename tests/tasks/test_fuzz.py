@@ -446,3 +446,14 @@ def test_regression_a_display_name_that_reads_back_as_a_group_is_refused() -> No
     message, reason = build(recipients=json.dumps({"to": [f'"{name}" <0@example.org>']}))
     assert message is None
     assert reason == "To: refused: its value would not read back as written"
+
+
+def test_regression_a_display_name_written_unquoted_by_smtputf8_is_refused() -> None:
+    """Under SMTPUTF8 the stdlib wrote this quoted display name without its quotes, so
+    the To header read back as a group `...Bcc:` holding x@evil.example (the SMTP policy
+    encodes it and is fine). aiosmtplib picks SMTPUTF8 for non-ASCII envelope addresses:
+    refused whichever policy would write it."""
+    name = "=?utf-8?q?=?utf-8?q?=?utf-8?q?=?utf-8?q?=?utf-8?q?=?utf-8?q?Bcc: x@evil.example\xa0"
+    message, reason = build(recipients=json.dumps({"to": [f'"{name}" <0@example.org>']}))
+    assert message is None
+    assert reason == "To: refused: its value would not read back as written"
