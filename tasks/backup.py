@@ -55,7 +55,6 @@ from cronloop.standard.backup_archive import (
     copy_hashed,
     digest,
     read_manifest,
-    restore,
     write_archive,
 )
 from cronloop.standard.backup_dump import (
@@ -67,6 +66,7 @@ from cronloop.standard.backup_dump import (
     run_in_thread,
     sqlite_copy,
 )
+from cronloop.standard.backup_restore import restore
 from cronloop.store.sql.engine import create_engine
 
 PARTIAL = ".partial"

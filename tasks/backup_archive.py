@@ -1,12 +1,13 @@
-"""The backup archive: its name, its contents, and writing, verifying and restoring it.
+"""The backup archive: its name, its contents, and writing and verifying it.
 
 `<backup_dir>/<file_name_format>.tar.gz` (mode 0600) holds `manifest.json` first (format,
 cronloop version, database kind/name/server version, creation time, and each file's size
 and sha256), the dump (`<db>.sql` or `cronloop.sqlite3`), then the extra files under
 `extra/`. The manifest comes first so that retention can tell our archives from other
-files by reading only the start of each; `restore` checks every file against it before
-anything is loaded into a database. Producing the dump itself: `tasks/backup_dump.py`;
-taking a backup (locks, spool, retention): `tasks/backup.py`.
+files by reading only the start of each; `verify_archive` checks the archive's structure
+and every file against it before anything is loaded into a database (restoring:
+`tasks/backup_restore.py`). Producing the dump itself: `tasks/backup_dump.py`; taking a
+backup (locks, spool, retention): `tasks/backup.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import json
 import os
 import re
 import tarfile
-import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -27,27 +28,36 @@ from pathlib import Path
 from typing import IO, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
-from cronloop.config.values import Secret
-from cronloop.standard.backup_dump import (
-    CHUNK,
-    BackupError,
-    DbTarget,
-    Stopper,
-    find_command,
-    load_mysql,
-    open_new,
-    run_in_thread,
-    sqlite_restore,
-)
+from cronloop.standard.backup_dump import CHUNK, BackupError, DbTarget, Stopper, open_new
 
 FORMAT = "cronloop-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SUFFIX = ".tar.gz"
-CLIENT_TOOLS = ("mariadb", "mysql")
+MAX_MANIFEST = 1 << 20
+FILE_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE)  # what an archive member may be: a plain file
+_TYPE_NAMES = {
+    tarfile.SYMTYPE: "symbolic link",
+    tarfile.LNKTYPE: "hard link",
+    tarfile.DIRTYPE: "directory",
+    tarfile.CHRTYPE: "character device",
+    tarfile.BLKTYPE: "block device",
+    tarfile.FIFOTYPE: "FIFO",
+    tarfile.CONTTYPE: "contiguous file",
+    tarfile.GNUTYPE_SPARSE: "sparse file",
+}
+# What reading a malformed .tar.gz raises. TypeError: tarfile's gzip reader calls ord() on
+# an empty read when the file ends inside the gzip header (found by tests/tasks/test_fuzz.py).
+UNREADABLE = (
+    OSError,
+    EOFError,
+    tarfile.TarError,
+    zlib.error,
+    ValueError,
+    OverflowError,
+    TypeError,
+)
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _DIGITS = {
     "Y": r"\d{4}",
     "y": r"\d{2}",
@@ -204,10 +214,15 @@ def _publish(partial: Path, final: Path) -> None:
 
 def _first_manifest(tar: tarfile.TarFile) -> dict[str, Any] | None:
     first = tar.next()
-    if first is None or first.name != MANIFEST or not first.isfile() or first.size > 1 << 20:
+    if first is None or first.name != MANIFEST or first.type not in FILE_TYPES:
+        return None
+    if first.size > MAX_MANIFEST:
         return None
     handle = tar.extractfile(first)
-    data = json.loads(handle.read()) if handle else None
+    try:
+        data = json.loads(handle.read()) if handle else None
+    except RecursionError:  # deeply nested JSON: not ours
+        return None
     return data if isinstance(data, dict) and data.get("format") == FORMAT else None
 
 
@@ -217,99 +232,162 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
     try:
         with tarfile.open(path, "r|gz") as tar:
             return _first_manifest(tar)
-    except (OSError, EOFError, tarfile.TarError, zlib.error, ValueError):
+    except UNREADABLE:
         return None
 
 
-def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
-    """The manifest, after checking every file it lists against its size and sha256:
-    nothing is loaded into a database from a damaged archive."""
-    seen: set[str] = set()
+# -- verifying --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file as the manifest lists it."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    return _TYPE_NAMES.get(member.type, f"member of unknown type {member.type!r}")
+
+
+def _safe_name(name: object) -> bool:
+    """A relative path of plain components: no `..`, no absolute path, no control
+    character, no backslash (what extracting it anywhere could not escape from)."""
+    if not isinstance(name, str) or not name or len(name) > 1024 or "\\" in name:
+        return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name) or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def _whole(value: object) -> int | None:
+    """`value` if it is a whole number (JSON true is not one), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_manifest(data: object, path: Path) -> tuple[dict[str, Any], dict[str, FileSpec]]:
+    """The manifest and its files by name, or BackupError saying what is wrong with it."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise BackupError(f"{path} is not a cronloop backup ({MANIFEST} is not ours)")
+    version_ = _whole(data.get("format_version"))
+    if version_ is None or version_ < 1:
+        raise BackupError(f"{path}: {MANIFEST}: format_version is not valid")
+    if version_ > FORMAT_VERSION:
+        raise BackupError(
+            f"{path} was written by a newer cronloop (format {version_}); upgrade to restore it"
+        )
+    db, files, dump = data.get("database"), data.get("files"), data.get("dump")
+    if not isinstance(db, dict) or db.get("kind") not in ("mysql", "sqlite"):
+        raise BackupError(f"{path}: {MANIFEST}: database.kind must be mysql or sqlite")
+    if not isinstance(files, list) or not files:
+        raise BackupError(f"{path}: {MANIFEST}: files must be a non-empty list")
+    specs: dict[str, FileSpec] = {}
+    for entry in files:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not _safe_name(name) or name == MANIFEST:
+            raise BackupError(f"{path}: {MANIFEST} lists an unsafe file name {name!r}")
+        size, sha256 = _whole(entry.get("size")), entry.get("sha256")
+        if size is None or size < 0 or not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise BackupError(f"{path}: {MANIFEST}: {name!r} has no valid size and sha256")
+        if name in specs:
+            raise BackupError(f"{path}: {MANIFEST} lists {name!r} twice")
+        specs[name] = FileSpec(name, size, sha256)
+    if not isinstance(dump, str) or dump not in specs:
+        raise BackupError(f"{path}: {MANIFEST}: the dump {dump!r} is not among its files")
+    return data, specs
+
+
+def read_manifest_member(
+    tar: tarfile.TarFile, path: Path
+) -> tuple[dict[str, Any], dict[str, FileSpec]]:
+    first = tar.next()
+    if first is None or first.name != MANIFEST:
+        raise BackupError(f"{path} is not a cronloop backup (its first member is not {MANIFEST})")
+    if first.type not in FILE_TYPES:
+        raise BackupError(f"{path}: {MANIFEST} is a {_kind(first)}, not a regular file")
+    if first.size > MAX_MANIFEST:
+        raise BackupError(f"{path}: {MANIFEST} is too large ({first.size} bytes)")
+    handle = tar.extractfile(first)
+    raw = handle.read() if handle is not None else b""
     try:
-        with tarfile.open(path, "r|gz") as tar:
-            manifest = _first_manifest(tar)
-            if manifest is None:
-                raise BackupError(f"{path} is not a cronloop backup (no manifest)")
-            if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
-                raise BackupError(
-                    f"{path} was written by a newer cronloop (format "
-                    f"{manifest.get('format_version')}); upgrade to restore it"
-                )
-            expected = {str(f["name"]): f for f in manifest["files"]}
-            for member in tar:
-                spec = expected.get(member.name)
-                handle = tar.extractfile(member) if spec and member.isfile() else None
-                if spec is None or handle is None:
-                    continue
-                size, sha256 = hash_copy(handle, stopper)
-                if size != spec["size"] or sha256 != spec["sha256"]:
-                    raise BackupError(
-                        f"{path}: {member.name} is damaged (size or sha256 "
-                        "differs from the manifest)"
-                    )
-                seen.add(member.name)
-    except (OSError, EOFError, tarfile.TarError, zlib.error, KeyError, ValueError) as exc:
-        raise BackupError(f"{path}: unreadable archive: {exc}") from None
-    missing = sorted(set(expected) - seen)
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise BackupError(f"{path}: {MANIFEST} is not valid JSON") from None
+    return check_manifest(data, path)
+
+
+def checked_members(
+    tar: tarfile.TarFile, path: Path, specs: dict[str, FileSpec]
+) -> Iterator[tuple[tarfile.TarInfo, FileSpec]]:
+    """Every member after the manifest, each checked before it is read: listed in the
+    manifest, a regular file (not a link, device, directory or unknown type, which
+    tarfile would otherwise skip or hand out as a file), its size, and only once; at the
+    end, none missing."""
+    seen: set[str] = set()
+    while (member := tar.next()) is not None:  # not `for`: that starts again at the first
+        name = member.name
+        spec = specs.get(name)
+        if spec is None:
+            why = "a path outside the archive" if not _safe_name(name) else "not in the manifest"
+            raise BackupError(f"{path}: unexpected member {name!r} ({why})")
+        if name in seen:
+            raise BackupError(f"{path}: member {name!r} appears twice")
+        if member.type not in FILE_TYPES:
+            raise BackupError(f"{path}: member {name!r} is a {_kind(member)}, not a regular file")
+        if member.size != spec.size:
+            raise BackupError(f"{path}: {name} is damaged (its size differs from the manifest)")
+        seen.add(name)
+        yield member, spec
+    missing = sorted(set(specs) - seen)
     if missing:
         raise BackupError(f"{path}: files listed in the manifest are missing: {missing}")
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Whatever a malformed archive makes tarfile, gzip, zlib or json raise becomes a
+    BackupError naming the archive."""
+    try:
+        yield
+    except UNREADABLE as exc:
+        if isinstance(exc, BackupError):
+            raise
+        raise BackupError(f"{path}: unreadable archive: {type(exc).__name__}: {exc}") from None
+
+
+def check_digest(path: Path, spec: FileSpec, got: tuple[int, str]) -> None:
+    if got != (spec.size, spec.sha256):
+        raise BackupError(
+            f"{path}: {spec.name} is damaged (size or sha256 differs from the manifest)"
+        )
+
+
+def verify_open(handle: IO[bytes], path: Path, stopper: Stopper) -> dict[str, Any]:
+    with reading(path), tarfile.open(fileobj=handle, mode="r|gz") as tar:
+        manifest, specs = read_manifest_member(tar, path)
+        for member, spec in checked_members(tar, path, specs):
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file, checked by _members
+            check_digest(path, spec, hash_copy(source, stopper))
     return manifest
 
 
-def _open_member(tar: tarfile.TarFile, name: str) -> IO[bytes]:
-    for member in tar:
-        if member.name == name:
-            handle = tar.extractfile(member)
-            if handle is not None:
-                return handle
-    raise BackupError(f"the archive has no {name}")
+def verify_archive(path: Path, stopper: Stopper) -> dict[str, Any]:
+    """The manifest, after checking the archive's structure (exactly the files it lists,
+    each a regular file, once, no path leading out) and every file against its size and
+    sha256: nothing is loaded into a database from a damaged or crafted archive. Any
+    problem is a BackupError naming the archive and the member."""
+    with opened(path) as handle:
+        return verify_open(handle, path, stopper)
 
 
-def _restore_sqlite(archive: Path, dump: str, dest: str, stopper: Stopper) -> None:
-    """Extract the database file next to `dest` (same file system), then copy it in."""
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=".cronloop-restore-", dir=Path(dest).parent)
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[IO[bytes]]:
     try:
-        with os.fdopen(fd, "wb") as out, tarfile.open(archive, "r|gz") as tar:
-            source = _open_member(tar, dump)
-            while chunk := source.read(CHUNK):
-                stopper.check_sync()
-                out.write(chunk)
-        sqlite_restore(Path(temp), dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-
-
-async def restore(
-    archive: Path,
-    target_url: str,
-    password: Secret | None = None,
-    *,
-    client_command: str = "",
-    stopper: Stopper | None = None,
-) -> None:
-    """Restore `archive` into the database at `target_url`, after verifying it.
-
-    MySQL/MariaDB: the database must exist (create it empty); the tables in the dump are
-    dropped and re-created, other tables are left alone. The client is `client_command`,
-    else `mariadb` or `mysql` from PATH, with the password in a 0600 defaults file.
-    SQLite: `target_url` names the file, created if missing, replaced if present.
-    """
-    stopper = stopper or Stopper()
-    try:
-        url = make_url(target_url)
-    except ArgumentError:
-        raise BackupError("restore target: not a database URL") from None
-    target = DbTarget.from_url(url, password)
-    manifest = await run_in_thread(lambda: verify_archive(archive, stopper), stopper)
-    kind, dump = manifest["database"]["kind"], str(manifest["dump"])
-    if kind != target.kind:
-        raise BackupError(f"{archive} holds a {kind} dump; the target is {target.kind}")
-    if target.kind == "sqlite":
-        await run_in_thread(lambda: _restore_sqlite(archive, dump, target.path, stopper), stopper)
-        return
-    command = find_command(client_command, CLIENT_TOOLS)
-    with tarfile.open(archive, "r|gz") as tar:
-        source = await run_in_thread(lambda: _open_member(tar, dump), stopper)
-        await load_mysql(target, command, lambda: source.read(CHUNK), stopper)
+        handle = path.open("rb")
+    except OSError as exc:
+        raise BackupError(f"cannot open {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield handle

@@ -51,6 +51,10 @@ DUMP_FLAGS = (
     "--quick",
     "--no-tablespaces",
 )
+# A dump is data, never commands for the client: no shell escape (`\\!`, `system`), no
+# file access (`source`, `tee`, LOAD DATA LOCAL INFILE). --sandbox needs MariaDB 10.5.25,
+# 10.6.18, 10.11.8, 11.0.6 or later; an older client refuses the option, so nothing runs.
+LOAD_FLAGS = ("--sandbox", "--local-infile=0")
 MASK = "********"
 
 
@@ -274,6 +278,7 @@ async def load_mysql(
             f"--defaults-extra-file={cnf}",
             *command[1:],
             "--default-character-set=utf8mb4",
+            *LOAD_FLAGS,  # last: a configured option cannot turn them off
             "--",
             target.name,
         ]

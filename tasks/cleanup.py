@@ -14,6 +14,10 @@ file without a row (harmless garbage, left on disk). A row whose file is already
 is simply deleted.
 
 Files are deleted only inside the task's `files_root`; anything else is logged and kept.
+A row whose `file_path` cannot name a file at all (a NUL byte, not text, not encodable as
+a file name) is checked *before* the batch deletes anything: it is kept, not deleted,
+reported in the run's message and logged, and the rest of the batch goes on; one bad
+row never stops the others' files from being deleted.
 """
 
 from __future__ import annotations
@@ -48,16 +52,43 @@ class FileRemover:
     log: Any
     removed: int = 0
     kept_no_root: int = 0
+    skipped: dict[int, str] = field(default_factory=dict)  # row id -> why its path is unusable
     _root_real: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
         self._root_real = os.path.realpath(self.root) if self.root else ""
 
+    def unusable(self, row_id: int, stored: object) -> bool:
+        """Whether `stored` cannot name any file; if so the row is recorded in `skipped`
+        and logged, and must be kept (checked before its batch deletes anything)."""
+        reason = unusable_path(stored)
+        if reason is None:
+            return False
+        if row_id not in self.skipped:
+            self.log.warning(
+                "row kept: its file_path is unusable",
+                row_id=row_id,
+                path=repr(stored)[:300],
+                reason=reason,
+            )
+        self.skipped[row_id] = reason
+        return True
+
     def remove(self, rows: Sequence[tuple[int, str | None]]) -> None:
-        """Best effort per file: a missing file is fine, an error is logged and skipped."""
+        """Best effort per file: a missing file is fine, an error is logged and skipped,
+        and never stops the files after it."""
         for row_id, stored in rows:
-            if stored:
+            if not stored:
+                continue
+            try:
                 self._remove_one(row_id, stored)
+            except (OSError, ValueError) as exc:  # e.g. a path the checks let through
+                self.log.warning(
+                    "cannot delete stored file",
+                    row_id=row_id,
+                    path=repr(stored)[:300],
+                    error=f"{type(exc).__name__}: {exc}",
+                )
 
     def _remove_one(self, row_id: int, stored: str) -> None:
         if not self._root_real:
@@ -100,20 +131,47 @@ class FileRemover:
 
 
 async def _delete_batch(
-    session: AsyncSession, table: Table, due: ColumnElement[bool], limit: int, skip_locked: bool
-) -> list[tuple[int, str | None]]:
-    """Claim and delete up to `limit` due rows; return (id, file_path) of rows deleted."""
+    session: AsyncSession,
+    table: Table,
+    due: ColumnElement[bool],
+    limit: int,
+    skip_locked: bool,
+    files: FileRemover,
+) -> tuple[int, list[tuple[int, str | None]]]:
+    """Claim up to `limit` due rows (not those already skipped) and delete those whose
+    path is usable; return how many were claimed and (id, file_path) of rows deleted.
+    Paths are checked here, before the DELETE: once committed, a row's file has no other
+    owner."""
     t = table.c
     with_file = "file_path" in t
-    query = select(t.id, t.file_path if with_file else t.id).where(due).limit(limit)
+    query = select(t.id, t.file_path if with_file else t.id).where(due)
+    if files.skipped:
+        query = query.where(t.id.not_in(sorted(files.skipped)))
+    query = query.limit(limit)
     if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update(skip_locked=skip_locked)
     rows = (await session.execute(query)).all()
     candidates = {int(r[0]): (r[1] if with_file else None) for r in rows}
-    if not candidates:
-        return []
-    gone = await _delete_ids(session, table, sorted(candidates))
-    return [(row_id, candidates[row_id]) for row_id in sorted(gone)]
+    usable = sorted(i for i, stored in candidates.items() if not files.unusable(i, stored))
+    if not usable:
+        return len(candidates), []
+    gone = await _delete_ids(session, table, usable)
+    return len(candidates), [(row_id, candidates[row_id]) for row_id in sorted(gone)]
+
+
+def unusable_path(stored: object) -> str | None:
+    """Why a stored `file_path` cannot name any file, or None if it can (or is empty)."""
+    if stored is None or stored == "":
+        return None
+    if not isinstance(stored, str):
+        return f"not text ({type(stored).__name__})"
+    if "\0" in stored:
+        return "contains a NUL byte"
+    try:
+        os.fsencode(stored)
+    except UnicodeError:
+        return "not encodable as a file name"
+    return None
 
 
 async def _delete_ids(session: AsyncSession, table: Table, ids: list[int]) -> set[int]:
@@ -155,12 +213,14 @@ async def sweep(
         async with ctx.db.begin() as session:
             if skip_locked is None:
                 skip_locked = await supports_skip_locked(session)
-            deleted = await _delete_batch(session, table, due, batch_size, skip_locked)
-        if not deleted:
+            claimed, deleted = await _delete_batch(
+                session, table, due, batch_size, skip_locked, files
+            )
+        if not claimed:
             return total
         total += len(deleted)
         await asyncio.to_thread(files.remove, deleted)
-        if len(deleted) < batch_size:
+        if claimed < batch_size:
             return total
 
 
@@ -172,7 +232,9 @@ def _report(what: str, rows: int, files: FileRemover, ctx: TaskContext) -> str:
             option=f"{ctx.task_name}.files_root",
         )
     message = f"deleted {rows} {what}, {files.removed} file(s)"
-    ctx.log.info(message, rows=rows, files=files.removed)
+    if files.skipped:
+        message += f"; kept {len(files.skipped)} row(s) whose file_path is unusable"
+    ctx.log.info(message, rows=rows, files=files.removed, skipped=sorted(files.skipped)[:50])
     return message
 
 

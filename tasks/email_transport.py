@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
+from cronloop.standard.email_headers import FILE_WRITERS, check_header_value, check_serialised
 from cronloop.standard.outbox import Envelope
 
 
@@ -140,7 +141,13 @@ class FileConnection:
 
     async def send(self, message: EmailMessage, env: Envelope) -> dict[str, Any]:
         # Bcc is not a header; keep the envelope so whoever picks the file up has it.
-        message["X-Cronloop-Envelope-To"] = ", ".join(env.envelope_to)
+        try:
+            envelope_to = check_header_value(", ".join(env.envelope_to), "envelope recipients")
+            del message["X-Cronloop-Envelope-To"]  # a resend of the same message object
+            message["X-Cronloop-Envelope-To"] = envelope_to
+            check_serialised(message, FILE_WRITERS)
+        except ValueError as exc:
+            raise SendError(f"unsendable: {exc}", permanent=True) from None
         try:
             await asyncio.to_thread(
                 write_eml, self.directory, eml_name(env.message_id), message.as_bytes()
@@ -179,21 +186,32 @@ def write_eml(directory: Path, name: str, data: bytes) -> Path:
 
 
 def build_message(env: Envelope) -> EmailMessage:
-    """RFC 5322 message; Date is the queue time so a resend is byte-identical."""
-    msg = EmailMessage()
-    msg["From"] = env.sender
+    """RFC 5322 message; Date is the queue time so a resend is byte-identical.
+
+    Every header value is checked here again (literally and decoded: see
+    `tasks/email_headers.py`), whoever made the envelope, and the written message must
+    parse back with exactly these headers; ValueError says which field is refused.
+    """
+    fields: list[tuple[str, str]] = [("From", env.sender)]
     if env.to:
-        msg["To"] = ", ".join(env.to)
+        fields.append(("To", ", ".join(env.to)))
     if env.cc:
-        msg["Cc"] = ", ".join(env.cc)
+        fields.append(("Cc", ", ".join(env.cc)))
     if not env.to and not env.cc:
-        msg["To"] = "undisclosed-recipients:;"
-    msg["Subject"] = env.subject
-    msg["Date"] = format_datetime(env.created, usegmt=True)
-    msg["Message-ID"] = env.message_id
-    for name, value in env.headers.items():
-        msg[name] = value
+        fields.append(("To", "undisclosed-recipients:;"))
+    fields += [
+        ("Subject", env.subject),
+        ("Date", format_datetime(env.created, usegmt=True)),
+        ("Message-ID", env.message_id),
+        *env.headers.items(),
+    ]
+    msg = EmailMessage()
+    for name, value in fields:
+        msg[name] = check_header_value(value, name)
+        # and as the stdlib parsed it for this field (display names, groups, ...)
+        check_header_value(str((msg.get_all(name) or [""])[-1]), name)
     msg.set_content(env.body_text)
     if env.body_html is not None:
         msg.add_alternative(env.body_html, subtype="html")
+    check_serialised(msg)
     return msg

@@ -10,7 +10,7 @@ transaction (the email exists only if the change that caused it commits); given 
 `async_sessionmaker` it commits on its own. Or INSERT a row directly, filling at least:
 
     recipients  JSON text {"to": [...], "cc": [...], "bcc": [...]} (a JSON list means "to")
-    subject     text without line breaks
+    subject     text without line breaks or control characters (also none RFC 2047-encoded)
     body_text   the text/plain body
     created     UTC timestamp
     planned     UTC timestamp, when to send: UTC_TIMESTAMP(6) on MariaDB; on SQLite the
@@ -20,8 +20,9 @@ and preferably message_id ('<unique@your.domain>'; when NULL the task assigns on
 the first attempt). Defaults: state 'planned', attempts 0, remaining_retries NULL (the
 task's `max_retries`), sender NULL (the task's `sender`), body_html NULL, headers NULL (a
 JSON object of extra headers, e.g. {"Reply-To": "..."}). A row the task cannot turn into a
-message (bad JSON, no recipients, bad address, line break in the subject) becomes `error`
-with `last_error` saying why; the other rows are sent.
+message (bad JSON, no recipients, bad address, a line break or control character in any
+header value, literal or RFC 2047-encoded: `tasks/email_headers.py`) becomes `error` with
+`last_error` saying why; the other rows are sent.
 
 States: `planned` -> `sending` (claimed by one worker: `owner`, `claim_token`,
 `lease_until` on the database clock) -> deleted, or `sent` when `email.keep_sent_days` > 0
@@ -57,6 +58,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cronloop.standard._sql import id_column
+from cronloop.standard.email_headers import check_header_value
 from cronloop.standard.schema import metadata
 from cronloop.store.sql.engine import db_now
 from cronloop.store.sql.tables import UTCDateTime
@@ -114,6 +116,7 @@ RESERVED_HEADERS = frozenset(
     }
 )
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext: printable ASCII except ':'
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]+>$")  # no space, control or <>
 _ADDR_SPEC = re.compile(r"^[\x21-\x7e]+@[A-Za-z0-9\[][A-Za-z0-9.:\[\]-]*$")
 
 
@@ -129,8 +132,7 @@ def check_address(text: object, field: str) -> str:
     """
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"{field}: {text!r} is not an email address")
-    if "\r" in text or "\n" in text:
-        raise ValueError(f"{field}: {text!r} contains a line break")
+    check_header_value(text, field)  # also what display names decode to
     try:
         header = email.policy.default.header_factory("To", text.strip())
         addresses = header.addresses
@@ -139,7 +141,7 @@ def check_address(text: object, field: str) -> str:
         raise ValueError(f"{field}: {text!r} is not a valid email address") from None
     if len(addresses) != 1 or defects or not _ADDR_SPEC.match(addresses[0].addr_spec):
         raise ValueError(f"{field}: {text!r} is not one valid email address")
-    return str(addresses[0])
+    return check_header_value(str(addresses[0]), field)
 
 
 def check_addresses(value: str | Iterable[str], field: str) -> list[str]:
@@ -160,9 +162,7 @@ def check_headers(headers: object) -> dict[str, str]:
             raise ValueError(f"headers: {name!r} is not a valid header name")
         if name.lower() in RESERVED_HEADERS:
             raise ValueError(f"headers: {name!r} is set by cronloop itself; use the arguments")
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
-            raise ValueError(f"headers: the value of {name!r} must be text without line breaks")
-        checked[name] = value
+        checked[name] = check_header_value(value, f"headers: the value of {name!r}")
     return checked
 
 
@@ -234,8 +234,7 @@ def _queue_values(
     }
     if not any(recipients.values()):
         raise ValueError("no recipients: give at least one address in to, cc or bcc")
-    if not isinstance(subject, str) or "\r" in subject or "\n" in subject:
-        raise ValueError("subject: must be text without line breaks")
+    check_header_value(subject, "subject")
     if not isinstance(body_text, str):
         raise ValueError("body_text: must be text")
     if body_html is not None and not isinstance(body_html, str):
@@ -322,13 +321,13 @@ def decode_row(row: Any, default_sender: str) -> Envelope:
         headers = json.loads(row.headers) if row.headers else {}
     except ValueError:
         raise ValueError(f"headers: not valid JSON: {str(row.headers)[:80]!r}") from None
-    subject = row.subject or ""
-    if "\r" in subject or "\n" in subject:
-        raise ValueError("subject: contains a line break")
+    subject = check_header_value(row.subject or "", "subject")
     sender = check_address(row.sender or default_sender, "sender")
     message_id = (row.message_id or "").strip() or new_message_id(sender)
     if not message_id.startswith("<"):
         message_id = f"<{message_id}>"
+    if not _MESSAGE_ID.match(message_id):
+        raise ValueError(f"message_id: {message_id[:80]!r} is not <printable-ascii@domain>")
     return Envelope(
         message_id=message_id,
         sender=sender,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from cronloop.standard.email_headers import neutralise
 from cronloop.standard.outbox import check_address
 
 STOPWATCH_NAMES = {"tto": "time to own", "ttr": "time to resolve"}
@@ -143,7 +144,8 @@ def notification(
     escaped = {key: html.escape(str(value)) for key, value in values.items()}
     return {
         "to": recipients(config.notify_to, row["team_email"], row["agent_email"]),
-        "subject": " ".join(config.subject.format_map(values).split()),  # no line breaks
+        # end users write titles: never a line break, control character or encoded word
+        "subject": neutralise(config.subject.format_map(values)),
         "body_text": config.body.format_map(values),
         "body_html": config.html.format_map(escaped) if config.html else None,
         "sender": config.sender,
