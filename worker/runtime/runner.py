@@ -325,7 +325,8 @@ class Runner:
             message=ending.message,
             error=ending.error,
             missed=record.missed or None,
-            recorded=written.value,
+            recorded=written.landed or None,
+            record=None if written is Written.WRITTEN else written.value,
         )
         return outcome, record.next_run if written.landed else None, written
 
