@@ -41,12 +41,11 @@ from cronloop.store.memory_tables import (
     MemoryDatabase,
     RunRow,
     TaskRow,
-    claim_of,
     run_entry,
     task_state,
     utc_only,
 )
-from cronloop.store.rows import history_values, quarantines, task_values
+from cronloop.store.rows import claim_of, history_values, quarantines, task_values
 
 __all__ = ["MemoryDatabase", "MemoryStore"]
 

@@ -138,28 +138,6 @@ class MemoryDatabase:
         return True
 
 
-def claim_of(row: TaskRow, token: str) -> Claim:
-    assert row.next_run is not None
-    planned = row.planned_run
-    return Claim(
-        task_id=row.id,
-        name=row.name,
-        token=token,
-        run_id=f"{token}-{row.id}",
-        scheduled_for=row.next_run,
-        planned_run=planned,
-        triggered=planned is not None and row.next_run < planned,
-        took_over=row.run_id if row.lease_token else None,
-        consecutive_failures=row.consecutive_failures,
-        consecutive_timeouts=row.consecutive_timeouts,
-        run_count=row.run_count,
-        min_duration_s=row.min_duration_s,
-        max_duration_s=row.max_duration_s,
-        avg_duration_s=row.avg_duration_s,
-        first_run=row.first_run,
-    )
-
-
 def task_state(r: TaskRow, db_now: datetime) -> TaskState:
     running = r.lease_token is not None and r.lease_until is not None and r.lease_until >= db_now
     return TaskState(

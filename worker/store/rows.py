@@ -64,3 +64,25 @@ def quarantines(claim: Claim, record: RunRecord, quarantine_timeouts: int) -> bo
         and record.outcome == Outcome.TIMED_OUT
         and claim.consecutive_timeouts + 1 >= quarantine_timeouts
     )
+
+
+def claim_of(row: Any, token: str) -> Claim:
+    """The Claim a store hands out for a task row it just leased (SQL row or memory row)."""
+    planned = row.planned_run
+    return Claim(
+        task_id=row.id,
+        name=row.name,
+        token=token,
+        run_id=f"{token}-{row.id}",
+        scheduled_for=row.next_run,
+        planned_run=planned,
+        triggered=planned is not None and row.next_run < planned,
+        took_over=row.run_id if row.lease_token else None,
+        consecutive_failures=row.consecutive_failures,
+        consecutive_timeouts=row.consecutive_timeouts,
+        run_count=row.run_count,
+        min_duration_s=row.min_duration_s,
+        max_duration_s=row.max_duration_s,
+        avg_duration_s=row.avg_duration_s,
+        first_run=row.first_run,
+    )

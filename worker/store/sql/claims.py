@@ -31,6 +31,7 @@ from cronloop.domain.records import (
     UnknownTask,
 )
 from cronloop.store.interface import ABANDONED_ERROR
+from cronloop.store.rows import claim_of
 from cronloop.store.sql.batch import MultiInsert
 from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.tables import UTCDateTime, runs, tasks
@@ -77,27 +78,6 @@ CLAIM_COLUMNS = (
 def make_worker_id() -> str:
     """host:pid:random, unique across restarts even when a PID is reused."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def _claim_of(row: Any, token: str) -> Claim:
-    planned = row.planned_run
-    return Claim(
-        task_id=row.id,
-        name=row.name,
-        token=token,
-        run_id=f"{token}-{row.id}",
-        scheduled_for=row.next_run,
-        planned_run=planned,
-        triggered=planned is not None and row.next_run < planned,
-        took_over=row.run_id if row.lease_token else None,
-        consecutive_failures=row.consecutive_failures,
-        consecutive_timeouts=row.consecutive_timeouts,
-        run_count=row.run_count,
-        min_duration_s=row.min_duration_s,
-        max_duration_s=row.max_duration_s,
-        avg_duration_s=row.avg_duration_s,
-        first_run=row.first_run,
-    )
 
 
 class Claims:
@@ -220,7 +200,7 @@ class Claims:
             ours = select(T.id).where(T.id.in_(ids), T.lease_token == token)
             taken = set((await conn.execute(ours)).scalars())
             candidates = [row for row in candidates if row.id in taken]
-        return [_claim_of(row, token) for row in candidates]
+        return [claim_of(row, token) for row in candidates]
 
     async def _record_starts(
         self, conn: AsyncConnection, claims: list[Claim], now: datetime
