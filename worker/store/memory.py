@@ -41,13 +41,23 @@ from cronloop.store.memory_tables import (
     MemoryDatabase,
     RunRow,
     TaskRow,
-    run_entry,
-    task_state,
     utc_only,
 )
-from cronloop.store.rows import claim_of, history_values, quarantines, task_values
+from cronloop.store.rows import (
+    claim_of,
+    history_values,
+    quarantines,
+    run_entry_of,
+    task_state_of,
+    task_values,
+)
 
 __all__ = ["MemoryDatabase", "MemoryStore"]
+
+
+def _running(row: TaskRow, db_now: datetime) -> bool:
+    """The row's lease is held and not expired at `db_now`."""
+    return row.lease_token is not None and row.lease_until is not None and row.lease_until >= db_now
 
 
 class MemoryStore:
@@ -272,13 +282,14 @@ class MemoryStore:
     async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
         await asyncio.sleep(0)
         rows = sorted(self.db.tasks.values(), key=lambda row: row.name)
-        return [task_state(r, self.db.now()) for r in rows if not names or r.name in names]
+        now = self.db.now()
+        return [task_state_of(r, _running(r, now)) for r in rows if not names or r.name in names]
 
     async def history(self, name: str | None = None, limit: int = 50) -> list[RunEntry]:
         await asyncio.sleep(0)
         rows = [r for r in self.db.runs.values() if name is None or r.task_name == name]
         rows.sort(key=lambda r: (r.started, r.id), reverse=True)
-        return [run_entry(r) for r in rows[:limit]]
+        return [run_entry_of(r) for r in rows[:limit]]
 
     async def task_names(self) -> list[str]:
         await asyncio.sleep(0)

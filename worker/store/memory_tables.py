@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cronloop.domain.outcome import Outcome, TaskStatus
-from cronloop.domain.records import Claim, RunEntry, TaskState, UnknownTask
+from cronloop.domain.records import Claim, UnknownTask
 
 
 def utc_only(value: Any) -> Any:
@@ -136,46 +136,3 @@ class MemoryDatabase:
             return False
         row.set({"status": TaskStatus.QUARANTINED.value, "status_reason": reason})
         return True
-
-
-def task_state(r: TaskRow, db_now: datetime) -> TaskState:
-    running = r.lease_token is not None and r.lease_until is not None and r.lease_until >= db_now
-    return TaskState(
-        name=r.name,
-        status=r.status,
-        status_reason=r.status_reason,
-        schedule=r.schedule,
-        next_run=r.next_run,
-        latest_run_start=r.latest_run_start,
-        latest_run_end=r.latest_run_end,
-        runs=r.run_count,
-        avg_duration_s=r.avg_duration_s,
-        min_duration_s=r.min_duration_s,
-        max_duration_s=r.max_duration_s,
-        latest_duration_s=r.latest_duration_s,
-        last_outcome=r.last_outcome,
-        last_message=r.last_message,
-        last_error=r.last_error,
-        running=running,
-        owner=r.owner if running else None,
-        consecutive_failures=r.consecutive_failures,
-        last_user=r.last_user,
-        last_host=r.last_host,
-    )
-
-
-def run_entry(r: RunRow) -> RunEntry:
-    return RunEntry(
-        run_id=r.run_id,
-        task_name=r.task_name,
-        scheduled_for=r.scheduled_for,
-        started=r.started,
-        ended=r.ended,
-        duration_s=r.duration_s,
-        outcome=r.outcome,
-        message=r.message,
-        error=r.error,
-        worker=r.worker,
-        missed=r.missed,
-        triggered=r.triggered,
-    )

@@ -1,4 +1,5 @@
-"""A task row and a history row after a run ended, as plain column values.
+"""A task row and a history row after a run ended, as plain column values, and the
+records (Claim, TaskState, RunEntry) every store builds from a row it read.
 
 Both stores write exactly these values (the SQL store through its batch statements, the
 in-memory store into its rows), so the statistics cannot differ between them. Computed
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from cronloop.domain.outcome import Outcome
-from cronloop.domain.records import Claim, RunRecord
+from cronloop.domain.records import Claim, RunEntry, RunRecord, TaskState
 
 
 def task_values(claim: Claim, record: RunRecord, *, keep_lease: bool) -> dict[str, Any]:
@@ -85,4 +86,49 @@ def claim_of(row: Any, token: str) -> Claim:
         max_duration_s=row.max_duration_s,
         avg_duration_s=row.avg_duration_s,
         first_run=row.first_run,
+    )
+
+
+def task_state_of(row: Any, running: bool) -> TaskState:
+    """What `status` shows of a task row (SQL row or memory row); `running`: its lease is
+    held and not expired on the database clock, which each store computes its own way."""
+    return TaskState(
+        name=row.name,
+        status=row.status,
+        status_reason=row.status_reason,
+        schedule=row.schedule,
+        next_run=row.next_run,
+        latest_run_start=row.latest_run_start,
+        latest_run_end=row.latest_run_end,
+        runs=row.run_count,
+        avg_duration_s=row.avg_duration_s,
+        min_duration_s=row.min_duration_s,
+        max_duration_s=row.max_duration_s,
+        latest_duration_s=row.latest_duration_s,
+        last_outcome=row.last_outcome,
+        last_message=row.last_message,
+        last_error=row.last_error,
+        running=running,
+        owner=row.owner if running else None,
+        consecutive_failures=row.consecutive_failures,
+        last_user=row.last_user,
+        last_host=row.last_host,
+    )
+
+
+def run_entry_of(row: Any) -> RunEntry:
+    """A history row as `history` shows it (SQL row or memory row)."""
+    return RunEntry(
+        run_id=row.run_id,
+        task_name=row.task_name,
+        scheduled_for=row.scheduled_for,
+        started=row.started,
+        ended=row.ended,
+        duration_s=row.duration_s,
+        outcome=row.outcome,
+        message=row.message,
+        error=row.error,
+        worker=row.worker,
+        missed=row.missed,
+        triggered=bool(row.triggered),
     )

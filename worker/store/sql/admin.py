@@ -14,6 +14,7 @@ from sqlalchemy import and_, case, or_, select, update
 
 from cronloop.domain.outcome import TaskStatus
 from cronloop.domain.records import RunEntry, TaskState, TriggerResult, UnknownTask
+from cronloop.store.rows import run_entry_of, task_state_of
 from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.tables import runs, tasks
 
@@ -83,31 +84,7 @@ class AdminVerbs:
             query = query.where(T.name.in_(list(names)))
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            TaskState(
-                name=r.name,
-                status=r.status,
-                status_reason=r.status_reason,
-                schedule=r.schedule,
-                next_run=r.next_run,
-                latest_run_start=r.latest_run_start,
-                latest_run_end=r.latest_run_end,
-                runs=r.run_count,
-                avg_duration_s=r.avg_duration_s,
-                min_duration_s=r.min_duration_s,
-                max_duration_s=r.max_duration_s,
-                latest_duration_s=r.latest_duration_s,
-                last_outcome=r.last_outcome,
-                last_message=r.last_message,
-                last_error=r.last_error,
-                running=bool(r.running),
-                owner=r.owner if r.running else None,
-                consecutive_failures=r.consecutive_failures,
-                last_user=r.last_user,
-                last_host=r.last_host,
-            )
-            for r in rows
-        ]
+        return [task_state_of(r, bool(r.running)) for r in rows]
 
     async def history(self, name: str | None = None, limit: int = 50) -> list[RunEntry]:
         query = select(runs).order_by(R.started.desc(), R.id.desc()).limit(limit)
@@ -115,23 +92,7 @@ class AdminVerbs:
             query = query.where(R.task_name == name)
         async with self.db.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [
-            RunEntry(
-                run_id=r.run_id,
-                task_name=r.task_name,
-                scheduled_for=r.scheduled_for,
-                started=r.started,
-                ended=r.ended,
-                duration_s=r.duration_s,
-                outcome=r.outcome,
-                message=r.message,
-                error=r.error,
-                worker=r.worker,
-                missed=r.missed,
-                triggered=bool(r.triggered),
-            )
-            for r in rows
-        ]
+        return [run_entry_of(r) for r in rows]
 
     async def task_names(self) -> list[str]:
         async with self.db.connect() as conn:
