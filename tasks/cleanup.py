@@ -34,9 +34,9 @@ from sqlalchemy import ColumnElement, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cronloop import Outcome, TaskContext, task
-from cronloop.standard._sql import rowcount, supports_skip_locked
+from cronloop.sql import rowcount, supports_skip_locked
+from cronloop.sql import run_history as runs
 from cronloop.standard.attachments import draft_attachments, export_results
-from cronloop.store.sql.tables import runs
 
 
 @dataclass
