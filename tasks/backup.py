@@ -103,7 +103,7 @@ class BackupPlan:
     @classmethod
     def from_options(cls, settings: Settings, url: URL, options: Mapping[str, Any]) -> BackupPlan:
         opts = {**OPTIONS, **options}
-        backup_dir = str(opts["backup_dir"]) or settings.backup_dir
+        backup_dir = str(opts["backup_dir"])
         try:
             tz = resolve_timezone(settings.timezone)
         except ScheduleError as exc:
