@@ -100,3 +100,75 @@ def test_a_moved_setting_is_refused_naming_its_new_key(sqlite_cli: Cli) -> None:
     result = sqlite_cli.run("check-config", "--param-file", str(params))
     assert result.rc == 78, str(result)
     assert f"{params}:1" in result.err and "backup.backup_dir" in result.err
+
+
+ACME_PLUGIN = """
+from cronloop import Command, CommandError, Plugin
+
+
+def hello(ctx):
+    if ctx.args.who == "nobody":
+        raise CommandError("nobody to greet", 3)
+    options = ctx.task_options("acme_sweep")
+    ctx.print(f"hello {ctx.args.who}, batch {options['batch']}")
+    return 0
+
+
+async def count(ctx):
+    async with ctx.database() as db:
+        async with db.engine.connect() as conn:
+            n = (await conn.exec_driver_sql("SELECT COUNT(*) FROM cronloop_task")).scalar()
+    ctx.print(f"{n} task rows")
+    return 0
+
+
+plugin = Plugin(
+    name="acme",
+    task_modules=("acme_tasks",),
+    commands=(
+        Command("acme-hello", "greet", hello, lambda p: p.add_argument("who")),
+        Command("acme-count", "count the task rows", count),
+    ),
+)
+"""
+ACME_TASKS = """
+from cronloop import task
+
+
+@task(every=3600, options={"batch": 7})
+async def acme_sweep(ctx):
+    return "swept"
+"""
+
+
+def install_plugin(cli: Cli, entry: str) -> None:
+    """A distribution `acme` on the test's PYTHONPATH with a `cronloop.plugins` entry
+    point, as `pip install` would leave it."""
+    info = cli.cwd / "acme-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[cronloop.plugins]\n{entry}\n")
+
+
+def test_a_third_party_plugin_adds_tasks_and_commands_through_its_entry_point(
+    sqlite_cli: Cli,
+) -> None:
+    sqlite_cli.write_module("acme_plugin", ACME_PLUGIN)
+    sqlite_cli.write_module("acme_tasks", ACME_TASKS)
+    install_plugin(sqlite_cli, "acme = acme_plugin:plugin")
+    assert "acme_sweep" in sqlite_cli.ok("tasks").out
+    assert sqlite_cli.ok("acme-hello", "World").out == "hello World, batch 7\n"
+    refused = sqlite_cli.run("acme-hello", "nobody")
+    assert (refused.rc, refused.err) == (3, "cronloop: nobody to greet\n")
+    assert sqlite_cli.ok("acme-count").out.endswith(" task rows\n")
+    assert "backup" in sqlite_cli.ok("--help").out  # the standard plugin is still there
+
+
+def test_a_plugin_that_fails_to_load_stops_every_command_naming_it(sqlite_cli: Cli) -> None:
+    sqlite_cli.write_module("acme_plugin", "raise RuntimeError('acme is broken')\n")
+    install_plugin(sqlite_cli, "acme = acme_plugin:plugin")
+    for args in (["status"], ["--help"]):
+        result = sqlite_cli.run(*args)
+        assert result.rc == 78, str(result)
+        assert "cannot load plugin 'acme'" in result.err and "acme is broken" in result.err
+        assert "Traceback" not in result.err
