@@ -18,6 +18,7 @@ handler gets a `CommandContext` that the CLI fills in.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -132,7 +133,7 @@ def load_plugins(group: str = PLUGIN_GROUP) -> list[Plugin]:
             raise ConfigError(f"cannot load {where}: {exc!r}") from exc
         if not isinstance(loaded, Plugin):
             raise ConfigError(f"{where} is a {type(loaded).__name__}, not a cronloop Plugin")
-        found.append(Plugin(**{**vars(loaded), "source": where}))
+        found.append(dataclasses.replace(loaded, source=where))
     return found
 
 
