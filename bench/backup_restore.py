@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
 from cronloop.config.settings import Settings  # noqa: E402
+from cronloop.standard.backup import OPTIONS as BACKUP_OPTIONS  # noqa: E402
 from cronloop.standard.backup import backup_now, read_manifest, restore  # noqa: E402
 from cronloop.standard.tickets import STATUSES, tickets  # noqa: E402
 from cronloop.store.sql.migrate import upgrade  # noqa: E402
@@ -160,9 +161,10 @@ async def main(server_url: str, n: int) -> None:
                     )
                 )
             ).scalar_one()
-        settings = Settings(database_url=urls[0], backup_dir=str(workdir), timezone="UTC")
+        settings = Settings(database_url=urls[0], timezone="UTC")
         started = time.perf_counter()
-        archive = await backup_now(settings, engine=source)
+        options = {**BACKUP_OPTIONS, "backup_dir": str(workdir)}
+        archive = await backup_now(settings, engine=source, options=options)
         backup_s = time.perf_counter() - started
         manifest = read_manifest(archive) or {}
         dump_mb = manifest["files"][0]["size"] / 1048576

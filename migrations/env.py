@@ -2,7 +2,9 @@
 
 cronloop runs migrations from code (`cronloop migrate`, or by itself on the embedded
 SQLite file) and passes its connection in `config.attributes["connection"]`; the plain
-`alembic` command also works for developers, given `-x url=...`.
+`alembic` command also works for developers, given `-x url=...`. The target metadata is
+the core's tables plus each installed plugin's (`Plugin.metadata`); it never imports a
+plugin by name.
 """
 
 from __future__ import annotations
@@ -12,15 +14,14 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine
 
-import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
-from cronloop.standard.schema import metadata as tasks_metadata
+from cronloop.definitions.plugin import load_plugins, plugin_metadata
 from cronloop.store.sql.tables import VERSION_TABLE, metadata
 
 
 def _configure(connection: Any) -> None:
     context.configure(
         connection=connection,
-        target_metadata=[metadata, tasks_metadata],
+        target_metadata=[metadata, *plugin_metadata(load_plugins())],
         version_table=VERSION_TABLE,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies tables
         compare_type=True,

@@ -1,8 +1,9 @@
 """cronloop's standard tasks (the jobs iTop users rely on cron.php for).
 
-Each module uses only the public API (`worker.task`, `worker.TaskContext`) and its own
-tables, exactly as an extension would. Importing this package imports every submodule,
-which registers the tasks and their tables.
+A plugin (`tasks/plugin.py`, entry point `cronloop.plugins`), exactly as an extension
+would be: each module uses only the public API (`cronloop`, `cronloop.sql`,
+`cronloop.testing`; import-linter checks it) and its own tables. Importing this package
+imports every submodule, which registers the tasks and their tables.
 """
 
 from __future__ import annotations

@@ -25,9 +25,8 @@ from typing import Any
 from sqlalchemy import BigInteger, CheckConstraint, Column, Index, LargeBinary, String, Table
 from sqlalchemy.dialects import mysql
 
-from cronloop.standard._sql import id_column
+from cronloop.sql import UTCDateTime, id_column
 from cronloop.standard.schema import metadata
-from cronloop.store.sql.tables import UTCDateTime
 
 KIND_ATTACHMENT = "attachment"
 KIND_INLINE_IMAGE = "inline_image"

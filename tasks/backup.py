@@ -43,9 +43,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cronloop import TaskContext, task
-from cronloop.config.settings import Settings, state_directory
-from cronloop.domain.schedule import ScheduleError, resolve_timezone
+from cronloop import ScheduleError, Settings, TaskContext, resolve_timezone, state_directory, task
+from cronloop.sql import create_engine
 from cronloop.standard.backup_archive import (
     SUFFIX,
     Member,
@@ -67,7 +66,6 @@ from cronloop.standard.backup_dump import (
     sqlite_copy,
 )
 from cronloop.standard.backup_restore import restore
-from cronloop.store.sql.engine import create_engine
 
 PARTIAL = ".partial"
 SPOOL_PREFIX = ".cronloop-backup-"
@@ -105,7 +103,7 @@ class BackupPlan:
     @classmethod
     def from_options(cls, settings: Settings, url: URL, options: Mapping[str, Any]) -> BackupPlan:
         opts = {**OPTIONS, **options}
-        backup_dir = str(opts["backup_dir"]) or settings.backup_dir
+        backup_dir = str(opts["backup_dir"])
         try:
             tz = resolve_timezone(settings.timezone)
         except ScheduleError as exc:

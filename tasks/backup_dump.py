@@ -32,7 +32,7 @@ from typing import IO, TypeVar
 
 from sqlalchemy.engine import URL
 
-from cronloop.config.values import Secret
+from cronloop import Secret
 
 T = TypeVar("T")
 POLL_S = 0.1  # how often a running dump checks the deadline

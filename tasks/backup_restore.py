@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from cronloop.config.values import Secret
+from cronloop import Secret
 from cronloop.standard.backup_archive import (
     check_digest,
     checked_members,

@@ -34,9 +34,9 @@ from sqlalchemy import ColumnElement, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cronloop import Outcome, TaskContext, task
-from cronloop.standard._sql import rowcount, supports_skip_locked
+from cronloop.sql import rowcount, supports_skip_locked
+from cronloop.sql import run_history as runs
 from cronloop.standard.attachments import draft_attachments, export_results
-from cronloop.store.sql.tables import runs
 
 
 @dataclass
@@ -269,12 +269,12 @@ async def bulk_export_gc(ctx: TaskContext) -> str:
     return _report("bulk export result(s)", rows, files, ctx)
 
 
-@task(every=86400, options={"batch_size": 1000})
+@task(every=86400, options={"batch_size": 1000, "retention_days": 30})
 async def history_gc(ctx: TaskContext) -> str:
-    """Prune the run history older than the `history_retention_days` setting (0 = keep)."""
-    days = ctx.settings.history_retention_days
+    """Prune the run history older than `history_gc.retention_days` (0 = keep)."""
+    days = int(ctx.options["retention_days"])
     if days <= 0:
-        return "history_retention_days = 0: history kept"
+        return "history_gc.retention_days = 0: history kept"
     cutoff = datetime.now(UTC) - timedelta(days=days)
     # a row still `running` belongs to a live (or not yet reaped) run: never pruned
     due = and_(runs.c.started < cutoff, runs.c.outcome != Outcome.RUNNING.value)

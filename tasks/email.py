@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cronloop import StopRun, TaskContext, task
-from cronloop.config.settings import state_directory
+from cronloop import StopRun, TaskContext, state_directory, task
+from cronloop.sql import supports_skip_locked
 from cronloop.standard import outbox as ob
 from cronloop.standard import outbox_claims as oc
-from cronloop.standard._sql import supports_skip_locked
 from cronloop.standard.email_transport import (
     Connection,
     FileConnection,

@@ -57,11 +57,9 @@ from sqlalchemy import CheckConstraint, Column, Index, Integer, String, Table, T
 from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from cronloop.standard._sql import id_column
+from cronloop.sql import UTCDateTime, db_now, id_column
 from cronloop.standard.email_headers import check_header_value
 from cronloop.standard.schema import metadata
-from cronloop.store.sql.engine import db_now
-from cronloop.store.sql.tables import UTCDateTime
 
 PLANNED, SENDING, SENT, ERROR = "planned", "sending", "sent", "error"
 LONG_TEXT = Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")

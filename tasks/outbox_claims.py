@@ -17,9 +17,8 @@ from typing import Any
 from sqlalchemy import String, and_, delete, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cronloop.standard._sql import rowcount
+from cronloop.sql import db_now, rowcount
 from cronloop.standard.outbox import ERROR, PLANNED, SENDING, SENT, outbox
-from cronloop.store.sql.engine import db_now
 
 DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
 C = outbox.c

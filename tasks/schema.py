@@ -9,6 +9,6 @@ from __future__ import annotations
 
 from sqlalchemy import MetaData
 
-from cronloop.store.sql.tables import NAMING_CONVENTION
+from cronloop.sql import NAMING_CONVENTION
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)

@@ -29,7 +29,7 @@ from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cronloop import TaskContext, task
-from cronloop.standard._sql import rowcount
+from cronloop.sql import rowcount
 from cronloop.standard.outbox import queue_email
 from cronloop.standard.sla_notify import OPTIONS, Due, SlaConfig, notification
 from cronloop.standard.tickets import STOPWATCHES, THRESHOLDS, ticket_problem, tickets

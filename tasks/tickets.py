@@ -43,9 +43,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cronloop.sql import UTCDateTime
 from cronloop.standard.outbox import check_address
 from cronloop.standard.schema import metadata
-from cronloop.store.sql.tables import UTCDateTime
 
 STATUSES = (
     "new",

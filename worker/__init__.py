@@ -7,10 +7,40 @@ The public API for task authors::
     @task(every=3600, timeout=60)
     async def draft_attachment_gc(ctx: TaskContext) -> str | None:
         ...
+
+and for plugin authors (`cronloop.definitions.plugin`): `Plugin`, `Command`,
+`CommandContext`, `CommandError`, the settings a task or command reads (`Settings`,
+`Secret`, `state_directory`), time zones (`resolve_timezone`, `ScheduleError`) and the
+exit codes (`cronloop.exitcodes`). Plugin tables use `cronloop.sql`. Everything else under
+`cronloop.*` is internal and may change.
 """
 
+from cronloop import exitcodes
+from cronloop.config.model import state_directory
+from cronloop.config.settings import Settings
+from cronloop.config.values import Secret
 from cronloop.definitions.context import StopReason, StopRun, TaskContext
+from cronloop.definitions.plugin import Command, CommandContext, CommandError, Plugin
 from cronloop.definitions.registry import TaskSpec, task
 from cronloop.domain.outcome import Outcome, TaskStatus
+from cronloop.domain.schedule import ScheduleError, resolve_timezone
 
-__all__ = ["Outcome", "StopReason", "StopRun", "TaskContext", "TaskSpec", "TaskStatus", "task"]
+__all__ = [
+    "Command",
+    "CommandContext",
+    "CommandError",
+    "Outcome",
+    "Plugin",
+    "ScheduleError",
+    "Secret",
+    "Settings",
+    "StopReason",
+    "StopRun",
+    "TaskContext",
+    "TaskSpec",
+    "TaskStatus",
+    "exitcodes",
+    "resolve_timezone",
+    "state_directory",
+    "task",
+]

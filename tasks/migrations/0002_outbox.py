@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from cronloop.store.sql.tables import UTCDateTime
+from cronloop.sql import UTCDateTime
 
 revision = "0002_outbox"
 down_revision = "0001_core"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from cronloop.store.sql.tables import UTCDateTime
+from cronloop.sql import UTCDateTime
 
 revision = "0003_tickets"
 down_revision = "0001_core"

@@ -66,7 +66,7 @@ class Fleet:
         "--grace_s=1",
         "--shutdown_grace=3",
         "--retry_delay_s=1",
-        "--history_retention_days=0",
+        "--history_gc.retention_days=0",
     )
 
     def __init__(self, db: ChaosDB, cwd: Path, foreign_off: dict[str, str]) -> None:

@@ -9,11 +9,18 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import cronloop.standard  # noqa: F401  (registers the standard tasks' tables)
 from cronloop.standard.schema import metadata as tasks_metadata
-from cronloop.store.sql.migrate import head_revisions, schema_state, upgrade
+from cronloop.store.sql.migrate import (
+    UnknownRevision,
+    head_revisions,
+    schema_state,
+    upgrade,
+    version_locations,
+)
 from cronloop.store.sql.tables import VERSION_TABLE, metadata
 
 
@@ -63,3 +70,32 @@ async def test_concurrent_auto_migrations_take_turns(empty_db_url: str) -> None:
     finally:
         for e in engines:
             await e.dispose()
+
+
+async def test_a_revision_no_migration_folder_has_is_refused_naming_it(empty_db_url: str) -> None:
+    """A plugin uninstalled, or a newer cronloop's schema: refused before anything is
+    touched, as a configuration error (exit 78) that names the revision."""
+    engine = create_async_engine(empty_db_url)
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES ('0badc0ffee99')")
+            )
+        for attempt in (schema_state(engine), upgrade(engine)):
+            with pytest.raises(UnknownRevision, match="revision 0badc0ffee99, which neither"):
+                await attempt
+        async with engine.connect() as conn:
+            stamped = set((await conn.execute(text(f"SELECT * FROM {VERSION_TABLE}"))).scalars())
+        assert stamped == {*head_revisions(), "0badc0ffee99"}  # nothing was touched
+    finally:
+        await engine.dispose()
+
+
+def test_the_migration_folders_are_the_core_and_the_plugins() -> None:
+    import cronloop.migrations
+    import cronloop.standard.migrations
+
+    core, *plugins = version_locations()
+    assert Path(core) == Path(cronloop.migrations.__file__).parent / "versions"
+    assert plugins == [str(Path(cronloop.standard.migrations.__file__).parent)]

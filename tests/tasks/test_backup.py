@@ -184,7 +184,11 @@ def spawned(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
 
 def with_dir(settings: Settings, path: Path, **kw: Any) -> Settings:
-    return dataclasses.replace(settings, backup_dir=str(path), **kw)
+    """`settings` with `backup.backup_dir = path` in the params file (what `backup_now`
+    reads when no options are given); a call passing options gives `backup_dir` there."""
+    where = ParamValue(key="backup.backup_dir", value=str(path), file="test", line=1)
+    options = {**settings.task_options, "backup": {"backup.backup_dir": where}}
+    return dataclasses.replace(settings, task_options=options, **kw)
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -223,7 +227,7 @@ async def test_backup_and_restore_round_trip(
         db,
         name="backup",
         settings=with_dir(settings, tmp_path / "b"),
-        options=options_of(backup, extra_files=str(config)),
+        options=options_of(backup, backup_dir=str(tmp_path / "b"), extra_files=str(config)),
     )
 
     message = await backup(ctx)
@@ -279,7 +283,9 @@ async def test_wrong_password_fails_cleanly_without_leaking_it(
 ) -> None:
     url = server_url(db.url.database, username="nobody_here")
     mine = with_dir(settings, tmp_path, database_url=url, database_password=Secret(TRICKY))
-    plan = BackupPlan.from_options(mine, make_url(url), options_of(backup))
+    plan = BackupPlan.from_options(
+        mine, make_url(url), options_of(backup, backup_dir=str(tmp_path))
+    )
     with pytest.raises(
         BackupError, match=r"(?s)mariadb-dump failed \(exit 2\):.*Access denied"
     ) as info:
@@ -294,7 +300,9 @@ async def test_unknown_database_fails_cleanly(
     db: AsyncEngine, settings: Settings, tmp_path: Path
 ) -> None:
     url = server_url("cronloop_no_such_db_here")
-    plan = BackupPlan.from_options(with_dir(settings, tmp_path), make_url(url), options_of(backup))
+    plan = BackupPlan.from_options(
+        with_dir(settings, tmp_path), make_url(url), options_of(backup, backup_dir=str(tmp_path))
+    )
     with pytest.raises(BackupError, match="Unknown database"):
         await run_backup(plan, db)
     assert leftovers(tmp_path) == []
@@ -346,7 +354,7 @@ async def test_deadline_mid_dump_stops_the_task_and_leaves_nothing(
     ctx = make_context(
         db,
         settings=with_dir(settings, tmp_path / "b"),
-        options=options_of(backup, dump_command=command),
+        options=options_of(backup, backup_dir=str(tmp_path / "b"), dump_command=command),
     )
     stop_after_checkpoints(ctx, 5)
     with pytest.raises(StopRun):
@@ -365,7 +373,7 @@ async def test_two_concurrent_backups_the_second_is_busy(
         make_context(
             db,
             settings=with_dir(settings, tmp_path / "b"),
-            options=options_of(backup, dump_command=command),
+            options=options_of(backup, backup_dir=str(tmp_path / "b"), dump_command=command),
         )
         for _ in range(2)
     ]
@@ -382,7 +390,11 @@ async def test_named_lock_makes_another_host_busy(
     async with db.connect() as other:
         name = f"cronloop_backup.{db.url.database}"
         assert (await other.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": name})).scalar() == 1
-        ctx = make_context(db, settings=with_dir(settings, tmp_path), options=options_of(backup))
+        ctx = make_context(
+            db,
+            settings=with_dir(settings, tmp_path),
+            options=options_of(backup, backup_dir=str(tmp_path)),
+        )
         assert await backup(ctx) == BUSY
         await other.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": name})
     assert leftovers(tmp_path) == []
@@ -397,7 +409,11 @@ async def test_directory_lock_makes_a_second_backup_busy(
     fd = os.open(tmp_path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        ctx = make_context(db, settings=with_dir(settings, tmp_path), options=options_of(backup))
+        ctx = make_context(
+            db,
+            settings=with_dir(settings, tmp_path),
+            options=options_of(backup, backup_dir=str(tmp_path)),
+        )
         assert await backup(ctx) == BUSY
         with pytest.raises(BackupBusy):
             await backup_now(with_dir(settings, tmp_path))
@@ -421,7 +437,9 @@ async def test_retention_keeps_exactly_n_and_never_foreign_files(
     for name, data in foreign.items():
         (tmp_path / name).write_bytes(data)
     plan = BackupPlan.from_options(
-        with_dir(settings, tmp_path), db.url, options_of(backup, retention_count=2)
+        with_dir(settings, tmp_path),
+        db.url,
+        options_of(backup, backup_dir=str(tmp_path), retention_count=2),
     )
     made = [(await run_backup(plan, db, now=T0 + timedelta(minutes=i))) for i in range(4)]
     assert [len(r.deleted) for r in made] == [0, 0, 1, 1]
@@ -443,7 +461,9 @@ async def test_leftovers_of_a_crash_are_removed_and_names_never_collide(
     (tmp_path / ".cronloop-backup-0123.partial").mkdir()
     (tmp_path / "cronloop-2026-03-02_22_30.tar.gz.partial").write_bytes(b"half")
     plan = BackupPlan.from_options(
-        with_dir(settings, tmp_path, timezone="UTC"), db.url, options_of(backup)
+        with_dir(settings, tmp_path, timezone="UTC"),
+        db.url,
+        options_of(backup, backup_dir=str(tmp_path)),
     )
     first = await run_backup(plan, db, now=T0)
     second = await run_backup(plan, db, now=T0)
@@ -538,7 +558,9 @@ async def test_a_stop_at_any_step_leaves_nothing(
             raise StopRun(StopReason.DEADLINE)
 
     plan = BackupPlan.from_options(
-        with_dir(settings, tmp_path / "b"), db.url, options_of(backup, extra_files=str(config))
+        with_dir(settings, tmp_path / "b"),
+        db.url,
+        options_of(backup, backup_dir=str(tmp_path / "b"), extra_files=str(config)),
     )
     with pytest.raises(StopRun):
         await run_backup(plan, db, stopper=Stopper(checkpoint, should_stop))

@@ -252,8 +252,8 @@ async def test_history_gc_prunes_finished_runs_past_retention(
 
 async def test_history_gc_keeps_everything_when_retention_is_zero(engine: AsyncEngine) -> None:
     await add_run(engine, NOW - timedelta(days=4000), "success")
-    keep = Settings(history_retention_days=0)
-    message = await history_gc(make_context(engine, settings=keep, options=options_of(history_gc)))
+    options = options_of(history_gc, retention_days=0)
+    message = await history_gc(make_context(engine, options=options))
     assert "kept" in message
     async with engine.connect() as conn:
         assert (await conn.execute(select(func.count()).select_from(runs))).scalar() == 1

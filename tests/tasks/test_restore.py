@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cronloop.config.settings import Settings
-from cronloop.standard.backup import BackupError, backup_now
+from cronloop.standard.backup import OPTIONS, BackupError, backup_now
 from cronloop.standard.backup_archive import verify_archive
 from cronloop.standard.backup_dump import Stopper
 from cronloop.standard.backup_restore import restore, restore_archive
@@ -140,7 +140,7 @@ async def test_round_trip_needs_yes_and_says_what_it_overwrites(
         )
     before = await all_task_rows(engine)
     archive = await backup_now(
-        dataclasses.replace(settings, backup_dir=str(tmp_path / "b")), engine=engine
+        settings, engine=engine, options={**OPTIONS, "backup_dir": str(tmp_path / "b")}
     )
     target = make_url(target_url).database
     sqlite = engine.dialect.name == "sqlite"

@@ -1,7 +1,8 @@
 """The commands besides `run`: look at the table, steer tasks, maintain the database.
 
-Each is `async def cmd_x(args, settings) -> exit code`; `worker/cli.py` parses the
-command line and dispatches here.
+Each is `async def cmd_x(args, settings) -> exit code`; `cronloop.cli.main` parses the
+command line and dispatches here. Commands a plugin adds (the standard tasks' `backup`,
+`restore`, `demo`, `queue-email`) are in the plugin, run by `cronloop.cli.plugins`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 
 from cronloop import exitcodes
 from cronloop.cli.bootstrap import (
-    ExitError,
     check_user,
     load_registry,
     open_database,
@@ -139,65 +139,6 @@ async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
-async def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
-    from cronloop.standard.backup import (  # the standard task's own API
-        BackupBusy,
-        BackupError,
-        backup_now,
-    )
-
-    check_user(settings)
-    registry = load_registry(settings)
-    if "backup" not in registry:
-        raise ExitError("the backup task is not installed", exitcodes.ERROR)
-    db = await open_database(settings, wait=True)
-    try:
-        path = await backup_now(settings, engine=db.engine, options=registry["backup"].options)
-    except BackupBusy as exc:
-        raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
-    except BackupError as exc:
-        raise ExitError(f"backup failed: {exc}", exitcodes.ERROR) from None
-    finally:
-        await db.close()
-    print(path)
-    return exitcodes.OK
-
-
-async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from cronloop.standard.demo import fill_demo  # demo data lives with the standard tasks
-
-    check_user(settings)
-    db = await open_database(settings, wait=True)
-    try:
-        summary = await fill_demo(db.sessions, SystemClock().now())
-    finally:
-        await db.close()
-    print(
-        f"demo data added: {summary.tickets} tickets (SLA thresholds pass within a minute), "
-        f"{summary.emails} queued emails, {summary.drafts} drafts ({summary.drafts - 2} "
-        f"expired), {summary.exports} export results.\n"
-        "Now run `cronloop run` and watch; then `cronloop status` and `cronloop history`."
-    )
-    return exitcodes.OK
-
-
-async def cmd_queue_email(args: argparse.Namespace, settings: Settings) -> int:
-    from cronloop.standard.outbox import queue_from_cli  # the email task's own API
-
-    check_user(settings)
-    db = await open_database(settings, wait=True)
-    try:
-        message_id = await queue_from_cli(
-            db.engine, to=args.to, subject=args.subject, body=args.body, html_file=args.html_file
-        )
-    except ValueError as exc:
-        raise ExitError(str(exc), exitcodes.ERROR) from None
-    finally:
-        await db.close()
-    print(message_id)
-    return exitcodes.OK
-
-
 COMMANDS: dict[str, Command] = {
     "run": cmd_run,
     "status": cmd_status,
@@ -208,7 +149,4 @@ COMMANDS: dict[str, Command] = {
     "tasks": cmd_tasks,
     "migrate": cmd_migrate,
     "check-config": cmd_check_config,
-    "backup": cmd_backup,
-    "demo": cmd_demo,
-    "queue-email": cmd_queue_email,
 }

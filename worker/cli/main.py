@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import NoReturn
 
 import structlog
@@ -18,9 +18,11 @@ import structlog
 from cronloop import exitcodes
 from cronloop.cli.admin import COMMANDS
 from cronloop.cli.bootstrap import ExitError
+from cronloop.cli.plugins import add_subparsers, run_command
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
 from cronloop.config.values import holds_secret, is_secret_key
+from cronloop.definitions.plugin import Command, CommandError, commands_of, load_plugins
 from cronloop.store.sql.claims import UnknownTask
 from cronloop.systemd import logs
 
@@ -28,7 +30,7 @@ log = structlog.get_logger("cronloop.cli")
 COMMAND_OPTIONS = {"once", "json", "limit"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugin_commands: Mapping[str, Command] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cronloop",
         description="Run an application's background tasks from its database, under systemd.",
@@ -52,14 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(verb, help=text).add_argument("name")
     sub.add_parser("tasks", help="the tasks this installation defines")
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
-    sub.add_parser("backup", help="take a backup of the database now (the backup task's settings)")
-    sub.add_parser("demo", help="fill the database with demo tickets, emails and drafts")
-    mail = sub.add_parser("queue-email", help="queue an email for the email task to send")
-    mail.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
-    mail.add_argument("--subject", required=True)
-    mail.add_argument("--body", required=True, help="the plain-text body")
-    mail.add_argument("--html-file", help="a file holding an HTML alternative")
     sub.add_parser("check-config", help="the effective settings and where each came from")
+    add_subparsers(sub, plugin_commands or {})  # backup, restore, demo, ...: the plugins'
     return parser
 
 
@@ -105,7 +101,8 @@ def _refuse_secret_in_argv(key: str, value: str) -> None:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     try:
         rest, param_file, overrides = split_argv(list(sys.argv[1:] if argv is None else argv))
-        args = build_parser().parse_args(rest)
+        plugin_commands = commands_of(load_plugins(), COMMANDS)
+        args = build_parser(plugin_commands).parse_args(rest)
         args.param_file_, args.overrides_ = param_file, overrides  # kept for SIGHUP reloads
         settings = load_settings(param_file=param_file, overrides=overrides)
     except ConfigError as exc:
@@ -113,11 +110,13 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return exitcodes.CONFIG
     logs.configure(settings.log_level, settings.log_format)
     try:
-        return _run_async(COMMANDS[args.command](args, settings))
+        if args.command in COMMANDS:
+            return _run_async(COMMANDS[args.command](args, settings))
+        return _run_async(run_command(plugin_commands[args.command], args, settings))
     except ConfigError as exc:
         print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    except ExitError as exc:
+    except (ExitError, CommandError) as exc:
         print(f"cronloop: {exc}", file=sys.stderr)
         return exc.exit_code
     except UnknownTask as exc:

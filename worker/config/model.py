@@ -96,7 +96,6 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     task_modules: tuple[str, ...] = ()
-    history_retention_days: int = 30
     auto_migrate: bool = False
     allow_root: bool = False
     startup_db_wait_s: float = 60.0
@@ -105,7 +104,6 @@ class Settings:
     quarantine_strikes: int = 2
     quarantine_timeouts: int = 5
     watchdog_s: float = 30.0
-    backup_dir: str = ""
     db_pool_size: int = 20
     # repr=False: option values may be secrets (smtp_password); see describe_sources().
     task_options: Mapping[str, Mapping[str, ParamValue]] = field(
@@ -150,7 +148,6 @@ PARSERS: Mapping[str, Parser] = MappingProxyType(
         "log_level": choice("debug", "info", "warning", "error"),
         "log_format": choice("auto", "console", "plain", "json", "journal"),
         "task_modules": parse_modules,
-        "history_retention_days": integer(minimum=0),
         "auto_migrate": parse_bool,
         "allow_root": parse_bool,
         "startup_db_wait_s": duration(minimum=0),
@@ -159,9 +156,14 @@ PARSERS: Mapping[str, Parser] = MappingProxyType(
         "quarantine_strikes": integer(minimum=1),
         "quarantine_timeouts": integer(minimum=1),
         "watchdog_s": duration(minimum=0, above=True),
-        "backup_dir": parse_text,
         "db_pool_size": integer(minimum=2, maximum=1000),
     }
+)
+
+# Settings that became task options: an old params file is refused with the new key's name
+# (silently ignoring a backup directory would put the backups somewhere else).
+MOVED_KEYS: Mapping[str, str] = MappingProxyType(
+    {"backup_dir": "backup.backup_dir", "history_retention_days": "history_gc.retention_days"}
 )
 
 SETTING_KEYS: tuple[str, ...] = tuple(

@@ -56,10 +56,8 @@ LIVE = frozenset(
         "timezone",
         "verbose",
         "log_level",
-        "history_retention_days",
         "retry_max",
         "retry_delay_s",
-        "backup_dir",
     }
 )
 _NOT_SETTINGS = frozenset({"sources", "param_files", "task_options"})

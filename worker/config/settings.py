@@ -39,6 +39,7 @@ from types import MappingProxyType
 
 from cronloop.config.model import (
     ALIASES,
+    MOVED_KEYS,
     PARSERS,
     SETTING_KEYS,
     ConfigError,
@@ -153,7 +154,12 @@ class _Loader:
             self.options.setdefault(task, {})[option] = param
             return
         key = ALIASES.get(param.key, param.key)
-        if key in PARSERS:
+        if key in MOVED_KEYS:
+            self.problems.append(
+                f"{param.where}: {param.key!r} is no longer a cronloop setting: it is the task "
+                f"option {MOVED_KEYS[key]!r} now; write `{MOVED_KEYS[key]} = ...` instead"
+            )
+        elif key in PARSERS:
             self.raw[key] = _Raw(param, rank)
         else:
             self.problems.append(f"{param.where}: {_unknown_key(param.key)}")
@@ -257,7 +263,8 @@ def _env_values(environ: Mapping[str, str]) -> list[ParamValue]:
         rest = name[len(_ENV_PREFIX) :]
         task, sep, option = rest.rpartition("__")
         key = f"{normalize_key(task)}.{normalize_key(option)}" if sep else normalize_key(rest)
-        if not is_valid_key(key) or (not sep and key not in PARSERS and key not in ALIASES):
+        known = key in PARSERS or key in ALIASES or key in MOVED_KEYS
+        if not is_valid_key(key) or (not sep and not known):
             continue
         found.append((0 if key in ALIASES else 1, name, ParamValue(key, value, f"env {name}", 0)))
     return [param for _, _, param in sorted(found, key=lambda item: item[:2])]

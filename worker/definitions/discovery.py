@@ -1,12 +1,13 @@
 """Which task modules a worker loads, and the tasks each of them defines.
 
-Discovery is explicit: it imports the modules named by the entry-point group
-``cronloop.tasks`` and the ``task_modules`` setting, then reads the definitions each
-module's code made (the module's ``__cronloop_tasks__``, filled by `@task`), and those of
-the submodules a package imported. Nothing is collected into a global list, so what one
-caller (or one test) decorated never leaks into another's discovery, and a module
-imported afresh contributes only what it defines now. This module never knows
-about settings values, the database or the loop.
+Discovery is explicit: it imports the task modules of the loaded plugins (entry-point
+group ``cronloop.plugins``, `cronloop.definitions.plugin`), the modules named by the older
+group ``cronloop.tasks`` (task-only packages) and the ``task_modules`` setting, then
+reads the definitions each module's code made (the module's ``__cronloop_tasks__``,
+filled by `@task`), and those of the submodules a package imported. Nothing is
+collected into a global list, so what one caller (or one test) decorated never leaks into
+another's discovery, and a module imported afresh contributes only what it defines now.
+This module never knows about settings values, the database or the loop.
 """
 
 from __future__ import annotations
@@ -18,21 +19,33 @@ from types import ModuleType
 
 from cronloop.config.settings import ConfigError
 from cronloop.definitions.decorator import TaskDefinition, TaskDefinitionError, defined_in
+from cronloop.definitions.plugin import Plugin, load_plugins
 
 __all__ = ["ENTRY_POINT_GROUP", "collect", "discover"]
 
 ENTRY_POINT_GROUP = "cronloop.tasks"
 
 
-def discover(task_modules: Iterable[str], *, use_entry_points: bool = True) -> list[TaskDefinition]:
+def discover(
+    task_modules: Iterable[str],
+    *,
+    use_entry_points: bool = True,
+    plugins: Iterable[Plugin] | None = None,
+) -> list[TaskDefinition]:
     """Import the task modules and return the definitions they make.
 
-    Entry points in the `cronloop.tasks` group name a module (or package) to import; the
-    `task_modules` setting adds more. A module that fails to import is a startup error
-    naming it, because a silently missing task is worse than a worker that will not start.
-    Two different functions with one task name are an error naming both modules.
+    Each plugin names its task modules (`plugins`: default the installed ones, none when
+    not `use_entry_points`); entry points in the `cronloop.tasks` group name a module (or
+    package) to import; the `task_modules` setting adds more. A module that fails to
+    import is a startup error naming it, because a silently missing task is worse than
+    a worker that will not start. Two different functions with one task name are an error
+    naming both modules.
     """
     roots: list[tuple[str, str]] = []
+    if plugins is None:
+        plugins = load_plugins() if use_entry_points else ()
+    for plugin in plugins:
+        roots.extend((module, plugin.where()) for module in plugin.task_modules)
     if use_entry_points:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             roots.append((ep.module, f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP}"))

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cronloop.domain.outcome import Outcome
+from cronloop.domain.records import Claim
 from cronloop.domain.schedule import Schedule
-from cronloop.store.sql.claims import Claim
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from cronloop.definitions.context import StopReason
 from cronloop.domain.clock import Clock
 from cronloop.domain.records import Claim
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
-from cronloop.store.sql.claims import TaskStore
+from cronloop.store.interface import Store
 
 log = structlog.get_logger("cronloop.leases")
 
@@ -67,7 +67,7 @@ class Lease:
 
 
 class LeaseKeeper:
-    def __init__(self, store: TaskStore, clock: Clock, lease_s: float, health: DbHealth) -> None:
+    def __init__(self, store: Store, clock: Clock, lease_s: float, health: DbHealth) -> None:
         self.store = store
         self.clock = clock
         self.lease_s = lease_s

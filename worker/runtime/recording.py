@@ -33,7 +33,7 @@ import structlog
 
 from cronloop.domain.records import Claim, RunRecord
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
-from cronloop.store.sql.claims import TaskStore
+from cronloop.store.interface import Store
 from cronloop.store.sql.errors import ErrorKind
 from cronloop.systemd.logs import short_error as short
 
@@ -71,7 +71,7 @@ class _Pending:
 
 
 class Recorder:
-    def __init__(self, store: TaskStore, health: DbHealth) -> None:
+    def __init__(self, store: Store, health: DbHealth) -> None:
         self.store = store
         self.health = health
         self._queue: list[_Pending] = []

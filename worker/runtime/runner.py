@@ -32,10 +32,11 @@ from cronloop.definitions.registry import TaskSpec
 from cronloop.domain.clock import Clock
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.planning import RetryPolicy, plan_next
+from cronloop.domain.records import Claim, RunRecord
 from cronloop.runtime.dbhealth import DbHealth
 from cronloop.runtime.leases import Lease
 from cronloop.runtime.recording import Recorder, Written
-from cronloop.store.sql.claims import Claim, RunRecord, TaskStore
+from cronloop.store.interface import Store
 
 log = structlog.get_logger("cronloop.runner")
 
@@ -62,7 +63,7 @@ class RunEnvironment:
 
     def __init__(
         self,
-        store: TaskStore,
+        store: Store,
         settings: Settings,
         clock: Clock,
         db: Any,  # async_sessionmaker for ctx.db

@@ -19,7 +19,7 @@ import structlog
 from cronloop.domain.records import Claim
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
 from cronloop.runtime.leases import LeaseKeeper
-from cronloop.store.sql.claims import TaskStore
+from cronloop.store.interface import Store
 
 log = structlog.get_logger("cronloop.stragglers")
 
@@ -27,7 +27,7 @@ log = structlog.get_logger("cronloop.stragglers")
 class Stragglers:
     def __init__(
         self,
-        store: TaskStore,
+        store: Store,
         leases: LeaseKeeper,
         health: DbHealth,
         spawn: Callable[[Awaitable[Any]], None],

@@ -22,6 +22,7 @@ from cronloop import exitcodes
 from cronloop.config.settings import Settings
 from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import Clock
+from cronloop.domain.records import Claim
 from cronloop.runtime.control import Control, Lifetime
 from cronloop.runtime.dbhealth import DatabaseFailure
 from cronloop.runtime.due import DueTracker
@@ -29,7 +30,6 @@ from cronloop.runtime.leases import LeaseKeeper
 from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
 from cronloop.runtime.status import StatusLine
 from cronloop.runtime.stragglers import Stragglers
-from cronloop.store.sql.claims import Claim
 
 log = structlog.get_logger("cronloop.supervisor")
 

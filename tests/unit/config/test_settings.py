@@ -43,7 +43,6 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "log_level": "info",
     "log_format": "auto",
     "task_modules": (),
-    "history_retention_days": 30,
     "auto_migrate": False,
     "allow_root": False,
     "startup_db_wait_s": 60.0,
@@ -52,7 +51,6 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "quarantine_strikes": 2,
     "quarantine_timeouts": 5,
     "watchdog_s": 30.0,
-    "backup_dir": "",
     "db_pool_size": 20,
 }
 
@@ -314,7 +312,6 @@ def test_log_level_is_case_insensitive() -> None:
         ("max_concurrency", "0", "at least 1"),
         ("max_concurrency", "1.5", "whole number"),
         ("max_concurrency", "ten", "whole number"),
-        ("history_retention_days", "-1", "at least 0"),
         ("retry_max", "-2", "at least 0"),
         ("quarantine_strikes", "0", "at least 1"),
         ("verbose", "maybe", "1/0, true/false, yes/no or on/off"),
@@ -813,3 +810,27 @@ def test_example_has_a_comment_above_every_setting() -> None:
 def test_example_loads_as_is_to_the_defaults(tmp_path: Path) -> None:
     s = load(params(tmp_path / "copy.params", EXAMPLE.read_text(encoding="utf-8")))
     assert s == dataclasses.replace(Settings(), param_files=s.param_files)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("backup_dir", "backup.backup_dir"), ("history_retention_days", "history_gc.retention_days")],
+)
+def test_a_setting_that_became_a_task_option_is_refused_naming_the_new_key(
+    tmp_path: Path, old: str, new: str
+) -> None:
+    f = params(tmp_path / "a.params", f"{old} = 7\n")
+    (problem,) = problems_of(f)
+    assert problem.startswith(f"file {f}:1: '{old}' is no longer a cronloop setting")
+    assert f"`{new} = ...`" in problem
+    (problem,) = problems_of(env={f"CRONLOOP_{old.upper()}": "7"})
+    assert problem.startswith(f"env CRONLOOP_{old.upper()}: '{old}'") and new in problem
+    (problem,) = problems_of(overrides={old: "7"})
+    assert problem.startswith("command line:") and new in problem
+
+
+def test_the_new_task_option_keys_are_accepted(tmp_path: Path) -> None:
+    f = params(tmp_path / "a.params", "backup.backup_dir = /b\nhistory_gc.retention_days = 0\n")
+    s = load(f)
+    assert s.task_options["backup"]["backup_dir"].value == "/b"
+    assert s.task_options["history_gc"]["retention_days"].value == "0"

@@ -3,6 +3,11 @@
 On MySQL/MariaDB the upgrade runs under the named lock `cronloop_migrate` (GET_LOCK), and
 on SQLite under an exclusive lock file beside the database, so the second worker waits,
 then finds the schema current and does nothing.
+
+The revisions are the core's (`cronloop.migrations`) and each loaded plugin's own branch
+(`Plugin.migrations`, `cronloop.definitions.plugin`). A database stamped with a revision
+none of them knows (a plugin uninstalled, or a newer cronloop's schema) is refused with
+`UnknownRevision`, a configuration error naming the revision, before anything is touched.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 import cronloop.migrations as core_migrations
+from cronloop.config.settings import ConfigError
+from cronloop.definitions.plugin import load_plugins, migration_folders
 from cronloop.store.sql.tables import VERSION_TABLE
 
 LOCK_NAME = "cronloop_migrate"
@@ -31,6 +38,20 @@ LOCK_WAIT_S = 300
 
 class MigrationLockTimeout(RuntimeError):
     """Another process held the migration lock for too long."""
+
+
+class UnknownRevision(ConfigError):
+    """The database is stamped with a revision no loaded migration folder has."""
+
+    def __init__(self, revisions: frozenset[str]) -> None:
+        names = ", ".join(sorted(revisions))
+        super().__init__(
+            f"the database schema is at revision {names}, which neither cronloop nor any "
+            "installed plugin knows: was a plugin uninstalled, or the database migrated by a "
+            "newer cronloop? Reinstall it (see `cronloop tasks`), or fix the "
+            f"{VERSION_TABLE} table by hand"
+        )
+        self.revisions = revisions
 
 
 @dataclass(frozen=True)
@@ -65,9 +86,7 @@ def alembic_config() -> Config:
 def version_locations() -> list[str]:
     """The core's revisions, then each plugin's branch (its own folder of revisions)."""
     core = Path(core_migrations.__file__).parent / "versions"
-    import cronloop.standard.migrations as standard  # TEMPORARY: replaced by plugin entry points
-
-    return [str(core), str(Path(standard.__file__).parent)]
+    return [str(core), *migration_folders(load_plugins())]
 
 
 def head_revisions() -> frozenset[str]:
@@ -75,9 +94,15 @@ def head_revisions() -> frozenset[str]:
 
 
 async def schema_state(engine: AsyncEngine) -> SchemaState:
+    """What is applied and what this code has; UnknownRevision if the database holds a
+    revision none of the migration folders has."""
+    script = ScriptDirectory.from_config(alembic_config())
     async with engine.connect() as conn:
         applied = await conn.run_sync(_applied_revisions)
-    return SchemaState(applied=applied, heads=head_revisions())
+    known = {rev.revision for rev in script.walk_revisions()}
+    if unknown := applied - known:
+        raise UnknownRevision(frozenset(unknown))
+    return SchemaState(applied=applied, heads=frozenset(script.get_heads()))
 
 
 def _applied_revisions(sync_conn: Any) -> frozenset[str]:
@@ -87,6 +112,7 @@ def _applied_revisions(sync_conn: Any) -> frozenset[str]:
 
 async def upgrade(engine: AsyncEngine, revision: str = "heads") -> SchemaState:
     """Bring the schema to `revision` under the migration lock; a no-op when current."""
+    await schema_state(engine)  # an unknown revision: refused before taking the lock
     async with _file_lock(engine), engine.connect() as conn:
         await _named_lock(conn)
         try:

@@ -1,8 +1,9 @@
-"""SQL idioms the standard tasks share (private: not a contract with the application).
+"""`cronloop.sql`: what a plugin's tables and queries may use from cronloop's SQL layer.
 
-The database clock is `cronloop.store.sql.engine.db_now`; what is here is what several
-tasks need on top
-of SQLAlchemy and would otherwise each write again.
+A stable, small surface over `cronloop.store.sql` (which is internal): the UTC datetime
+column type and naming convention cronloop's own tables use, the database clock, the
+primary-key and row-count idioms, SKIP LOCKED detection, an engine built from settings,
+and the run-history table (for pruning it: `history_gc`). It never knows any plugin.
 """
 
 from __future__ import annotations
@@ -13,7 +14,21 @@ from sqlalchemy import BigInteger, Column, Integer, text
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cronloop.store.sql.engine import skip_locked_in
+from cronloop.store.sql.engine import create_engine, db_now, skip_locked_in
+from cronloop.store.sql.tables import NAMING_CONVENTION, UTCDateTime
+from cronloop.store.sql.tables import runs as run_history
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "UTCDateTime",
+    "create_engine",
+    "db_now",
+    "id_column",
+    "rowcount",
+    "run_history",
+    "skip_locked_in",
+    "supports_skip_locked",
+]
 
 
 def id_column() -> Column[Any]:
