@@ -21,6 +21,7 @@ from cronloop.cli.bootstrap import ExitError
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
 from cronloop.config.values import holds_secret, is_secret_key
+from cronloop.definitions.decorator import TaskDefinitionError
 from cronloop.store.sql.claims import UnknownTask
 from cronloop.systemd import logs
 
@@ -116,6 +117,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return _run_async(COMMANDS[args.command](args, settings))
     except ConfigError as exc:
         print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+    except TaskDefinitionError as exc:  # a task's code is wrong: restarting will not help
+        print(f"cronloop: task definition error:\n{exc}", file=sys.stderr)
         return exitcodes.CONFIG
     except ExitError as exc:
         print(f"cronloop: {exc}", file=sys.stderr)
