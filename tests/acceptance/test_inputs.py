@@ -7,9 +7,13 @@ is opened.
 
 from __future__ import annotations
 
+import os
+import pwd
 from typing import TYPE_CHECKING
 
 import pytest
+
+from tests.support.cli import Result, run_cronloop
 
 if TYPE_CHECKING:
     from conftest import Cli
@@ -36,3 +40,48 @@ def test_a_bad_task_name_is_a_definition_error_exit_78(cli: Cli, case: str) -> N
         assert "task definition error" in result.err and "Traceback" not in result.err
         assert "bad_names" in result.err
     assert cli.run("status").rc == 0  # nothing reached the task table
+
+
+as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (as CI runs)")
+
+
+@as_root
+@pytest.mark.parametrize("command", [["tasks"], ["check-config"], ["history"], ["trigger", "x"]])
+def test_every_command_refuses_root_without_allow_root(sqlite_cli: Cli, command: list[str]) -> None:
+    """`tasks` and `check-config` import task code; they ran as root before."""
+    sqlite_cli.write_module("root_probe", "open('imported-as-root', 'w').close()\n")
+    no_allow = {"CRONLOOP_ALLOW_ROOT": None}
+    result = sqlite_cli.run(*command, "--task_modules=root_probe", env=no_allow)
+    assert result.rc == 78, str(result)
+    assert "refusing to run as root" in result.err and "--allow-root" in result.err
+    assert not (sqlite_cli.cwd / "imported-as-root").exists()
+    allowed = sqlite_cli.run(*command, "--allow-root", "--task_modules=root_probe", env=no_allow)
+    assert allowed.rc in (0, 1), str(allowed)  # 1: `trigger` names no task
+
+
+@as_root
+def test_a_params_file_in_the_working_directory_owned_by_another_user_is_refused(
+    sqlite_cli: Cli,
+) -> None:
+    """A world-writable directory was enough to make root import someone else's module."""
+    sqlite_cli.write_module("their_module", "open('their-code-ran', 'w').close()\n")
+    path = sqlite_cli.write_params("task_modules = their_module\n", mode=0o644)
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    env = sqlite_cli._env(None, {"CRONLOOP_PARAM_FILE": None})  # the file found implicitly
+
+    def cronloop(*args: str) -> Result:  # no --task_modules: the file's must be the one
+        return run_cronloop(args, env, sqlite_cli.cwd)
+
+    for command in (["check-config"], ["run", "--once"]):
+        result = cronloop(*command)
+        assert result.rc == 78, str(result)
+        assert str(path) in result.err and "owned by nobody" in result.err
+    assert not (sqlite_cli.cwd / "their-code-ran").exists()
+    os.chown(path, os.geteuid(), -1)
+    path.chmod(0o664)
+    result = cronloop("check-config")
+    assert result.rc == 78 and "writable by its group or others" in result.err, str(result)
+    path.chmod(0o644)
+    result = cronloop("check-config")
+    assert result.rc == 0 and f"params files read: {path}" in result.out, str(result)
+    assert (sqlite_cli.cwd / "their-code-ran").exists()  # the user's own file: it is used

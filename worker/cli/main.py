@@ -17,7 +17,7 @@ import structlog
 
 from cronloop import exitcodes
 from cronloop.cli.admin import COMMANDS
-from cronloop.cli.bootstrap import ExitError
+from cronloop.cli.bootstrap import ExitError, check_user
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
 from cronloop.config.values import holds_secret, is_secret_key
@@ -114,6 +114,9 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         return exitcodes.CONFIG
     logs.configure(settings.log_level, settings.log_format)
     try:
+        # every command imports task code or opens the database: none of them as root
+        # unless asked (`--allow-root`), whichever command it is
+        check_user(settings)
         return _run_async(COMMANDS[args.command](args, settings))
     except ConfigError as exc:
         print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)

@@ -55,7 +55,13 @@ from cronloop.config.params import (
     read_params_file,
     split_file_list,
 )
-from cronloop.config.values import file_mode_problem, holds_secret, mask_url, read_secret_file
+from cronloop.config.values import (
+    file_mode_problem,
+    foreign_file_problem,
+    holds_secret,
+    mask_url,
+    read_secret_file,
+)
 
 __all__ = [
     "ALIASES",
@@ -111,8 +117,8 @@ def load_settings(
         param_file = flags.get(_PARAM_FILE_KEY)
     flags.pop(_PARAM_FILE_KEY, None)
     problems: list[str] = []
-    paths = _param_file_paths(param_file, environ)
-    file_values = _read_files(paths, problems)
+    paths, implicit = _param_file_paths(param_file, environ)
+    file_values = _read_files(paths, problems, implicit=implicit)
     loader = _Loader(problems)
     loader.add_all(file_values, _FILE)
     loader.add_all(_env_values(environ), _ENV)
@@ -224,22 +230,28 @@ def _flag_key(key: str) -> str:
     return normalize_key(key.strip().lstrip("-"))
 
 
-def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> list[str]:
-    """The params files to read: named ones (which must exist) or the first default found."""
+def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> tuple[list[str], bool]:
+    """The params files to read: named ones (which must exist) or the first default found;
+    and whether that one was picked up implicitly (nobody named it)."""
     spec = param_file if param_file is not None else environ.get("CRONLOOP_PARAM_FILE")
     if spec is not None:
-        return [os.path.abspath(path) for path in split_file_list(spec)]
+        return [os.path.abspath(path) for path in split_file_list(spec)], False
     for candidate in DEFAULT_PARAM_FILES:
         if os.path.exists(candidate):
-            return [os.path.abspath(candidate)]
-    return []
+            return [os.path.abspath(candidate)], True
+    return [], False
 
 
-def _read_files(paths: list[str], problems: list[str]) -> list[ParamValue]:
+def _read_files(paths: list[str], problems: list[str], *, implicit: bool) -> list[ParamValue]:
+    """Every file's values. A file picked up implicitly (``./cronloop.params`` in whatever
+    directory the command runs in, or the system one) must be owned by the invoking user
+    or root and writable by nobody else: checked on the opened file, which is then read."""
     errors: list[ParamsError] = []
     values: list[ParamValue] = []
+    how = "implicitly (no --param-file, no CRONLOOP_PARAM_FILE)"
+    check = (lambda info: foreign_file_problem(info, how)) if implicit else None
     for path in paths:
-        values.extend(read_params_file(path, errors=errors))
+        values.extend(read_params_file(path, errors=errors, check=check))
     problems.extend(f"params file {exc}" for exc in errors)
     return values
 

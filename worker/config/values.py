@@ -11,6 +11,7 @@ from __future__ import annotations
 import keyword
 import math
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable
@@ -322,6 +323,31 @@ def file_mode_problem(path: str, *, secret: str = "") -> str:
         f"{secret} but is {who} (mode {mode:04o}); run: chmod 600 {path} "
         f"(or chown root:cronloop {path} && chmod 640 {path})"
     )
+
+
+def foreign_file_problem(info: os.stat_result, how: str) -> str:
+    """Why a config file nobody named (``how``: where it was found) must not be used: it is
+    owned by someone else than the invoking user and root, or its group or others may
+    write it. "" when it is fine. ``info`` is the ``fstat`` of the opened file."""
+    me = os.geteuid()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (me, 0):
+        why = f"is owned by {_user_name(info.st_uid)}, not by you ({_user_name(me)}) or root"
+    elif mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"is writable by its group or others (mode {mode:04o})"
+    else:
+        return ""
+    return (
+        f"found {how} but {why}: refused, since it decides which code runs; fix its owner "
+        "or mode, or name a file with --param-file"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (KeyError, OSError):
+        return f"uid {uid}"
 
 
 def _within(value: float, minimum: float, above: bool, maximum: float | None) -> bool:
