@@ -7,6 +7,7 @@ is opened.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 from typing import TYPE_CHECKING
@@ -85,3 +86,26 @@ def test_a_params_file_in_the_working_directory_owned_by_another_user_is_refused
     result = cronloop("check-config")
     assert result.rc == 0 and f"params files read: {path}" in result.out, str(result)
     assert (sqlite_cli.cwd / "their-code-ran").exists()  # the user's own file: it is used
+
+
+ESCAPES = "\x1b[2J\x1b]0;owned\x07\u202edone\r"
+ESCAPING_TASK = f"""from cronloop import task
+@task(every=3600)
+async def shouty(ctx):
+    return {ESCAPES!r}
+"""
+
+
+def test_escape_sequences_from_the_database_are_shown_escaped(cli: Cli) -> None:
+    """A task message with terminal escape sequences reached the operator's terminal
+    unchanged through `history` (and console log lines); now shown, not obeyed."""
+    cli.write_module("shouty_tasks", ESCAPING_TASK)
+    args = ("--task_modules=shouty_tasks", "--log_format=console")
+    ran = cli.ok("run", "--once", *args)
+    shown = cli.ok("history", *args).out
+    for out in (shown, ran.err):
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out, out
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\u202edone" in shown
+    assert "\\x1b[2J" in ran.err
+    raw = cli.ok("history", "--json", *args).out  # programs get the exact text
+    assert json.loads(raw)[0]["message"] == ESCAPES
