@@ -54,7 +54,7 @@ _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _DURATION_RE = re.compile(rf"({_NUMBER})\s*([smhd]?)", re.IGNORECASE)
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_URL_USERINFO_RE = re.compile(r"(://[^/@:]*:)(.*)@")
+_URL_USERINFO_RE = re.compile(r"(://[^/@:]*:)(.+)@")
 # a query parameter's value runs to the next `&name=` (or `;name=`): a password written with
 # a bare `&` in it is still masked whole
 _QUERY_PARAM_RE = re.compile(r"([^=&;#]+)=(.*?)(?=[&;][^=&;#]+=|$)")
@@ -214,17 +214,12 @@ def url_has_password(url: str) -> bool:
 
 def mask_url(url: str) -> str:
     """The URL with its password, if any, replaced by ``********``: the userinfo password
-    and the value of every query parameter whose name looks secret (see ``looks_secret``)."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        masked = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
-    else:
-        masked = (
-            url
-            if not parsed.password
-            else parsed.render_as_string(hide_password=True).replace(":***@", f":{MASK}@", 1)
-        )
+    and the value of every query parameter whose name looks secret (see ``looks_secret``).
+
+    The userinfo password runs from the user's ``:`` to the *last* ``@``: a password with a
+    bare ``@``, ``/`` or ``:`` in it is masked whole (a URL parser would end it at its first
+    ``@`` and show the rest as the host). When in doubt, more is masked, never less."""
+    masked = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
     return _mask_query(masked)
 
 
