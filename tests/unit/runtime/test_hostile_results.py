@@ -12,12 +12,18 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronloop import exitcodes
+from cronloop.config.settings import Settings
 from cronloop.definitions.context import TaskContext
 from cronloop.domain.clock import FakeClock
 from cronloop.domain.freetext import MAX_TEXT_CHARS, bounded, traceback_text
+from cronloop.store.sql.engine import create_engine
+from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.migrate import upgrade
+from cronloop.store.sql.tables import runs, tasks
 from tests.unit.runtime.test_recording import Funcs, returning, supervisor
 
 
@@ -116,3 +122,67 @@ def test_bounded_text_is_valid_utf8_and_within_its_bound(text: str, max_chars: i
         assert out == text  # valid text within the bound is kept as it is
     elif len(out) < len(text) or not plain:
         assert out != text
+
+
+# -- property: anything at all through the real runner and recorder, on both databases -------
+
+VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=200),
+    # at the bound, with characters of up to 4 bytes (MariaDB's TEXT holds 65,535 bytes)
+    st.builds(lambda c, n: c * n, st.characters(codec="utf-8"), st.integers(15_990, 16_010)),
+    st.binary(max_size=40),
+    st.integers() | st.floats(),
+    st.lists(st.text(max_size=8), max_size=4),
+    st.builds(StrRaises) | st.builds(StrAndReprRaise) | st.builds(StrNotString),
+    st.builds(RuntimeError, st.text(max_size=100)),
+    st.builds(UnprintableError),
+)
+
+
+def thrower(value: object) -> Callable[..., Any]:
+    async def task(ctx: TaskContext) -> object:
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    return task
+
+
+async def _record_all(url: str, values: list[object]) -> None:
+    engine = create_engine(Settings(database_url=url))
+    try:
+        await upgrade(engine)
+        async with engine.begin() as conn:
+            await conn.execute(delete(runs))
+            await conn.execute(delete(tasks))
+        funcs: Funcs = {f"v{i}": thrower(v) for i, v in enumerate(values)}
+        sup = await supervisor(engine, FakeClock(), funcs)
+        assert await asyncio.wait_for(sup.run(), 30) == exitcodes.OK
+        states = {s.name: s for s in await sup.store.status()}
+        for i, value in enumerate(values):
+            state = states[f"v{i}"]
+            failed = isinstance(value, BaseException)
+            assert state.last_outcome == ("failed" if failed else "success"), state
+            text = state.last_error if failed else state.last_message
+            assert (text is None) == (value is None)
+            if text is not None:
+                assert len(text) <= MAX_TEXT_CHARS and "database refused" not in text
+                text.encode("utf-8")
+        assert sup.health.counts[ErrorKind.REFUSED] == 0
+    finally:
+        await engine.dispose()
+
+
+@given(st.lists(VALUES, min_size=1, max_size=6))
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+def test_whatever_a_task_returns_or_raises_lands_as_valid_bounded_text(
+    db_url: str, values: list[object]
+) -> None:
+    asyncio.run(_record_all(db_url, values))
