@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,3 +38,12 @@ def test_escaped_text_has_no_control_character_and_prints(text: str) -> None:
     out = escape_controls(text)
     out.encode("utf-8")  # a lone surrogate would make print() fail
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in out)
+
+
+def test_cli_error_messages_are_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the CLI prints on an error may quote a driver's or a dump tool's message."""
+    from cronloop.cli.main import _say
+
+    _say("cronloop: backup failed: mariadb-dump: \x1b]0;owned\x07\nsecond line")
+    err = capsys.readouterr().err
+    assert err == "cronloop: backup failed: mariadb-dump: \\x1b]0;owned\\x07\nsecond line\n"

@@ -24,6 +24,7 @@ from cronloop.config.values import holds_secret, is_secret_key
 from cronloop.definitions.decorator import TaskDefinitionError
 from cronloop.store.sql.claims import UnknownTask
 from cronloop.systemd import logs
+from cronloop.terminal import escape_controls
 
 log = structlog.get_logger("cronloop.cli")
 COMMAND_OPTIONS = {"once", "json", "limit"}
@@ -110,7 +111,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         args.param_file_, args.overrides_ = param_file, overrides  # kept for SIGHUP reloads
         settings = load_settings(param_file=param_file, overrides=overrides)
     except ConfigError as exc:
-        print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
+        _say(f"cronloop: configuration error:\n{exc}")
         return exitcodes.CONFIG
     logs.configure(settings.log_level, settings.log_format)
     try:
@@ -119,16 +120,16 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         check_user(settings)
         return _run_async(COMMANDS[args.command](args, settings))
     except ConfigError as exc:
-        print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
+        _say(f"cronloop: configuration error:\n{exc}")
         return exitcodes.CONFIG
     except TaskDefinitionError as exc:  # a task's code is wrong: restarting will not help
-        print(f"cronloop: task definition error:\n{exc}", file=sys.stderr)
+        _say(f"cronloop: task definition error:\n{exc}")
         return exitcodes.CONFIG
     except ExitError as exc:
-        print(f"cronloop: {exc}", file=sys.stderr)
+        _say(f"cronloop: {exc}")
         return exc.exit_code
     except UnknownTask as exc:
-        print(f"cronloop: no task named {exc.args[0]!r} (see `cronloop status`)", file=sys.stderr)
+        _say(f"cronloop: no task named {exc.args[0]!r} (see `cronloop status`)")
         return exitcodes.ERROR
     except KeyboardInterrupt:
         return exitcodes.OK
@@ -140,6 +141,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("internal error")
         return exitcodes.SOFTWARE
+
+
+def _say(text: str) -> None:
+    """An error for the operator's terminal: what it quotes (a value, a driver's message,
+    a task's text) may hold control characters; they are shown, not obeyed."""
+    print(escape_controls(text, keep_newlines=True), file=sys.stderr)
 
 
 def _run_async(coro: Awaitable[int]) -> int:
