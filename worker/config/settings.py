@@ -118,7 +118,8 @@ def load_settings(
     flags.pop(_PARAM_FILE_KEY, None)
     problems: list[str] = []
     paths, implicit = _param_file_paths(param_file, environ)
-    file_values = _read_files(paths, problems, implicit=implicit)
+    opened: dict[str, os.stat_result] = {}  # each file's fstat, as it was read
+    file_values = _read_files(paths, problems, implicit=implicit, opened=opened)
     loader = _Loader(problems)
     loader.add_all(file_values, _FILE)
     loader.add_all(_env_values(environ), _ENV)
@@ -126,7 +127,7 @@ def load_settings(
     loader.resolve_password(environ)
     values, sources = loader.parse()
     _apply_verbose(values, sources, loader.raw)
-    _check_file_modes(paths, file_values, problems)
+    _check_file_modes(paths, file_values, problems, opened)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -242,15 +243,22 @@ def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> tup
     return [], False
 
 
-def _read_files(paths: list[str], problems: list[str], *, implicit: bool) -> list[ParamValue]:
-    """Every file's values. A file picked up implicitly (``./cronloop.params`` in whatever
-    directory the command runs in, or the system one) must be owned by the invoking user
-    or root and writable by nobody else: checked on the opened file, which is then read."""
+def _read_files(
+    paths: list[str], problems: list[str], *, implicit: bool, opened: dict[str, os.stat_result]
+) -> list[ParamValue]:
+    """Every file's values; each file's fstat goes to ``opened``, so that its mode is judged
+    on the file that was read, not on whatever has its name a moment later. A file picked
+    up implicitly (``./cronloop.params`` in whatever directory the command runs in, or the
+    system one) must be owned by the invoking user or root and writable by nobody else."""
     errors: list[ParamsError] = []
     values: list[ParamValue] = []
     how = "implicitly (no --param-file, no CRONLOOP_PARAM_FILE)"
-    check = (lambda info: foreign_file_problem(info, how)) if implicit else None
     for path in paths:
+
+        def check(info: os.stat_result, path: str = path) -> str:
+            opened[path] = info
+            return foreign_file_problem(info, how) if implicit else ""
+
         values.extend(read_params_file(path, errors=errors, check=check))
     problems.extend(f"params file {exc}" for exc in errors)
     return values
@@ -310,7 +318,12 @@ def _apply_verbose(
         sources["log_level"] = f"implied by verbose ({sources['verbose']})"
 
 
-def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list[str]) -> None:
+def _check_file_modes(
+    paths: list[str],
+    params: list[ParamValue],
+    problems: list[str],
+    opened: dict[str, os.stat_result],
+) -> None:
     """Refuse params files others could rewrite, and secret-holding ones others can read.
 
     Any file writable by others is refused (it decides which code runs: task_modules). A
@@ -321,7 +334,9 @@ def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list
     for path in dict.fromkeys(paths):
         secrets = [p for p in params if p.file == path and _is_secret_param(p)]
         what = f"holds a secret ({secrets[0].key}, line {secrets[0].line})" if secrets else ""
-        problem = file_mode_problem(path, secret=what)
+        if path not in opened:
+            continue  # it could not be read: reported already
+        problem = file_mode_problem(path, secret=what, info=opened[path])
         if problem:
             problems.append(f"params file {path}: {problem}")
 

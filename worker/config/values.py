@@ -295,15 +295,15 @@ def read_secret_file(path: Path) -> str:
     return text
 
 
-def file_mode_problem(path: str, *, secret: str = "") -> str:
+def file_mode_problem(path: str, *, secret: str = "", info: os.stat_result | None = None) -> str:
     """Why a config file is too open, with the chmod that fixes it; "" when it is fine.
 
     Writable by others is always refused: the file decides which code runs (task_modules).
     When ``secret`` says what secret the file holds, readable by others or writable by its
     group is refused too; group read stays allowed (``root:cronloop`` mode 0640).
     """
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+    try:  # ``info``: the fstat of the file as it was read, when the caller has it
+        mode = stat.S_IMODE((info or os.stat(path)).st_mode)
     except OSError:
         return ""  # reading it failed and was reported already
     if secret and mode & (stat.S_IROTH | stat.S_IWOTH):

@@ -94,3 +94,20 @@ def test_the_check_sees_the_file_that_is_read(tmp_path: Path) -> None:
     assert seen[0].st_ino == path.stat().st_ino
     path.chmod(0o600)
     assert [v.key for v in read_params_file(path, check=check)] == ["task_modules", "poll_interval"]
+
+
+def test_the_mode_is_judged_on_the_file_that_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named file others may write is refused even if, by the time its mode is looked
+    at, its name points at a safe file (a rename race): the fstat of the read is used."""
+    path = write(tmp_path / "named.params", mode=0o646)
+    safe = write(tmp_path / "safe.params", mode=0o600)
+    real_stat = os.stat
+
+    def renamed_meanwhile(target: object, *args: object, **kwargs: object) -> os.stat_result:
+        return real_stat(safe if str(target) == str(path) else target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", renamed_meanwhile)
+    text = refusal(param_file=str(path))
+    assert "writable by others (mode 0646)" in text
