@@ -183,14 +183,13 @@ class _Loader:
             return None
         path = raw.param.value
         where = f"{raw.where}: database_password_file {path!r}"
-        try:
-            text = read_secret_file(Path(path))
+        secret = "holds the database password"
+        try:  # its mode judged on the file as it is read
+            text = read_secret_file(
+                Path(path), lambda info: file_mode_problem(path, secret=secret, info=info)
+            )
         except ValueError as exc:
             self.problems.append(f"{where}: {exc}")
-            return None
-        problem = file_mode_problem(path, secret="holds the database password")
-        if problem:
-            self.problems.append(f"{where}: {problem}")
             return None
         return ParamValue("database_password", text, f"database_password_file {path}", 0)
 

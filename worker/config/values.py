@@ -274,13 +274,18 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def read_secret_file(path: Path) -> str:
+def read_secret_file(path: Path, check: Callable[[os.stat_result], str] | None = None) -> str:
     """A password file's content without its trailing newline (``echo pw > file`` adds one).
 
-    Raises ``ValueError`` with the reason; the reason never contains the content.
+    Raises ``ValueError`` with the reason; the reason never contains the content. ``check``
+    judges the fstat of the opened file, the one then read: a non-empty answer refuses it.
     """
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as handle:
+            problem = check(os.fstat(handle.fileno())) if check is not None else ""
+            if problem:
+                raise ValueError(problem)
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not valid UTF-8 text") from None
     except FileNotFoundError:

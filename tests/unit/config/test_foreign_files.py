@@ -111,3 +111,21 @@ def test_the_mode_is_judged_on_the_file_that_was_read(
     monkeypatch.setattr(os, "stat", renamed_meanwhile)
     text = refusal(param_file=str(path))
     assert "writable by others (mode 0646)" in text
+
+
+def test_a_password_file_is_judged_on_the_file_that_was_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("Zq7Xv9Kp2Lm4\n")
+    secret.chmod(0o644)
+    safe = write(tmp_path / "safe", mode=0o600)
+    real_stat = os.stat
+
+    def renamed_meanwhile(target: object, *args: object, **kwargs: object) -> os.stat_result:
+        return real_stat(safe if str(target) == str(secret) else target, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "stat", renamed_meanwhile)
+    text = refusal(overrides={"database_password_file": str(secret)})
+    assert "holds the database password" in text and "0644" in text
+    assert "Zq7Xv9Kp2Lm4" not in text
