@@ -1,4 +1,5 @@
-"""How tasks and runs are shown to people (tables) and to programs (JSON)."""
+"""How tasks and runs are shown to people (tables, control characters escaped) and to
+programs (JSON, which escapes them by itself)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from cronloop.definitions.registry import Registry
 from cronloop.store.sql.claims import RunEntry, TaskState
+from cronloop.terminal import escape_controls
 
 STATUS_COLUMNS = (
     "Task",
@@ -31,6 +33,9 @@ def _secs(value: float | None) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Aligned columns. Every cell is escaped first: names, messages and reasons come from
+    the database and task code, and must not steer the operator's terminal."""
+    rows = [[escape_controls(str(c)) for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     line = "-+-".join("-" * w for w in widths)
     out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), line]

@@ -17,14 +17,16 @@ import structlog
 
 from cronloop import exitcodes
 from cronloop.cli.admin import COMMANDS
-from cronloop.cli.bootstrap import ExitError
+from cronloop.cli.bootstrap import ExitError, check_user
 from cronloop.cli.plugins import add_subparsers, run_command
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
 from cronloop.config.values import holds_secret, is_secret_key
+from cronloop.definitions.decorator import TaskDefinitionError
 from cronloop.definitions.plugin import Command, CommandError, commands_of, load_plugins
 from cronloop.store.sql.claims import UnknownTask
 from cronloop.systemd import logs
+from cronloop.terminal import escape_controls
 
 log = structlog.get_logger("cronloop.cli")
 COMMAND_OPTIONS = {"once", "json", "limit"}
@@ -106,21 +108,27 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         args.param_file_, args.overrides_ = param_file, overrides  # kept for SIGHUP reloads
         settings = load_settings(param_file=param_file, overrides=overrides)
     except ConfigError as exc:
-        print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
+        _say(f"cronloop: configuration error:\n{exc}")
         return exitcodes.CONFIG
     logs.configure(settings.log_level, settings.log_format)
     try:
+        # every command imports task code or opens the database: none of them as root
+        # unless asked (`--allow-root`), whichever command it is (a plugin's too)
+        check_user(settings)
         if args.command in COMMANDS:
             return _run_async(COMMANDS[args.command](args, settings))
         return _run_async(run_command(plugin_commands[args.command], args, settings))
     except ConfigError as exc:
-        print(f"cronloop: configuration error:\n{exc}", file=sys.stderr)
+        _say(f"cronloop: configuration error:\n{exc}")
+        return exitcodes.CONFIG
+    except TaskDefinitionError as exc:  # a task's code is wrong: restarting will not help
+        _say(f"cronloop: task definition error:\n{exc}")
         return exitcodes.CONFIG
     except (ExitError, CommandError) as exc:
-        print(f"cronloop: {exc}", file=sys.stderr)
+        _say(f"cronloop: {exc}")
         return exc.exit_code
     except UnknownTask as exc:
-        print(f"cronloop: no task named {exc.args[0]!r} (see `cronloop status`)", file=sys.stderr)
+        _say(f"cronloop: no task named {exc.args[0]!r} (see `cronloop status`)")
         return exitcodes.ERROR
     except KeyboardInterrupt:
         return exitcodes.OK
@@ -132,6 +140,12 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except Exception:
         log.exception("internal error")
         return exitcodes.SOFTWARE
+
+
+def _say(text: str) -> None:
+    """An error for the operator's terminal: what it quotes (a value, a driver's message,
+    a task's text) may hold control characters; they are shown, not obeyed."""
+    print(escape_controls(text, keep_newlines=True), file=sys.stderr)
 
 
 def _run_async(coro: Awaitable[int]) -> int:

@@ -23,8 +23,9 @@ Error messages never quote the offending line, since it may hold a password.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,17 +96,22 @@ def is_valid_key(key: str) -> bool:
 
 
 def read_params_file(
-    path: str | Path, *, errors: list[ParamsError] | None = None
+    path: str | Path,
+    *,
+    errors: list[ParamsError] | None = None,
+    check: Callable[[os.stat_result], str] | None = None,
 ) -> list[ParamValue]:
     """Read one params file and return its values in file order.
 
     Raises ``ParamsError`` on the first problem. When ``errors`` is given, problems are
     appended to it instead and reading goes on, so a caller can report every bad line at
-    once (the good lines are still returned).
+    once (the good lines are still returned). ``check`` is given the ``fstat`` of the
+    opened file, the very file that is then read (no race with a rename): a non-empty
+    answer refuses the file with that reason.
     """
     name = str(path)
     try:
-        text = _read_text(Path(path), name)
+        text = _read_text(Path(path), name, check)
     except ParamsError as exc:
         if errors is None:
             raise
@@ -141,10 +147,14 @@ def parse_params_text(text: str, file: str) -> tuple[list[ParamValue], list[Para
     return values, problems
 
 
-def _read_text(path: Path, name: str) -> str:
+def _read_text(path: Path, name: str, check: Callable[[os.stat_result], str] | None) -> str:
     """The file's text, or a ParamsError saying plainly why it cannot be had."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            problem = check(os.fstat(handle.fileno())) if check is not None else ""
+            if problem:
+                raise ParamsError(problem, file=name)
+            data = handle.read()
     except FileNotFoundError:
         raise ParamsError("no such file", file=name) from None
     except IsADirectoryError:

@@ -56,7 +56,13 @@ from cronloop.config.params import (
     read_params_file,
     split_file_list,
 )
-from cronloop.config.values import file_mode_problem, holds_secret, mask_url, read_secret_file
+from cronloop.config.values import (
+    file_mode_problem,
+    foreign_file_problem,
+    holds_secret,
+    mask_url,
+    read_secret_file,
+)
 
 __all__ = [
     "ALIASES",
@@ -112,8 +118,9 @@ def load_settings(
         param_file = flags.get(_PARAM_FILE_KEY)
     flags.pop(_PARAM_FILE_KEY, None)
     problems: list[str] = []
-    paths = _param_file_paths(param_file, environ)
-    file_values = _read_files(paths, problems)
+    paths, implicit = _param_file_paths(param_file, environ)
+    opened: dict[str, os.stat_result] = {}  # each file's fstat, as it was read
+    file_values = _read_files(paths, problems, implicit=implicit, opened=opened)
     loader = _Loader(problems)
     loader.add_all(file_values, _FILE)
     loader.add_all(_env_values(environ), _ENV)
@@ -121,7 +128,7 @@ def load_settings(
     loader.resolve_password(environ)
     values, sources = loader.parse()
     _apply_verbose(values, sources, loader.raw)
-    _check_file_modes(paths, file_values, problems)
+    _check_file_modes(paths, file_values, problems, opened)
     if problems:
         raise ConfigError(problems)
     return Settings(
@@ -182,14 +189,13 @@ class _Loader:
             return None
         path = raw.param.value
         where = f"{raw.where}: database_password_file {path!r}"
-        try:
-            text = read_secret_file(Path(path))
+        secret = "holds the database password"
+        try:  # its mode judged on the file as it is read
+            text = read_secret_file(
+                Path(path), lambda info: file_mode_problem(path, secret=secret, info=info)
+            )
         except ValueError as exc:
             self.problems.append(f"{where}: {exc}")
-            return None
-        problem = file_mode_problem(path, secret="holds the database password")
-        if problem:
-            self.problems.append(f"{where}: {problem}")
             return None
         return ParamValue("database_password", text, f"database_password_file {path}", 0)
 
@@ -230,22 +236,35 @@ def _flag_key(key: str) -> str:
     return normalize_key(key.strip().lstrip("-"))
 
 
-def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> list[str]:
-    """The params files to read: named ones (which must exist) or the first default found."""
+def _param_file_paths(param_file: str | None, environ: Mapping[str, str]) -> tuple[list[str], bool]:
+    """The params files to read: named ones (which must exist) or the first default found;
+    and whether that one was picked up implicitly (nobody named it)."""
     spec = param_file if param_file is not None else environ.get("CRONLOOP_PARAM_FILE")
     if spec is not None:
-        return [os.path.abspath(path) for path in split_file_list(spec)]
+        return [os.path.abspath(path) for path in split_file_list(spec)], False
     for candidate in DEFAULT_PARAM_FILES:
         if os.path.exists(candidate):
-            return [os.path.abspath(candidate)]
-    return []
+            return [os.path.abspath(candidate)], True
+    return [], False
 
 
-def _read_files(paths: list[str], problems: list[str]) -> list[ParamValue]:
+def _read_files(
+    paths: list[str], problems: list[str], *, implicit: bool, opened: dict[str, os.stat_result]
+) -> list[ParamValue]:
+    """Every file's values; each file's fstat goes to ``opened``, so that its mode is judged
+    on the file that was read, not on whatever has its name a moment later. A file picked
+    up implicitly (``./cronloop.params`` in whatever directory the command runs in, or the
+    system one) must be owned by the invoking user or root and writable by nobody else."""
     errors: list[ParamsError] = []
     values: list[ParamValue] = []
+    how = "implicitly (no --param-file, no CRONLOOP_PARAM_FILE)"
     for path in paths:
-        values.extend(read_params_file(path, errors=errors))
+
+        def check(info: os.stat_result, path: str = path) -> str:
+            opened[path] = info
+            return foreign_file_problem(info, how) if implicit else ""
+
+        values.extend(read_params_file(path, errors=errors, check=check))
     problems.extend(f"params file {exc}" for exc in errors)
     return values
 
@@ -305,7 +324,12 @@ def _apply_verbose(
         sources["log_level"] = f"implied by verbose ({sources['verbose']})"
 
 
-def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list[str]) -> None:
+def _check_file_modes(
+    paths: list[str],
+    params: list[ParamValue],
+    problems: list[str],
+    opened: dict[str, os.stat_result],
+) -> None:
     """Refuse params files others could rewrite, and secret-holding ones others can read.
 
     Any file writable by others is refused (it decides which code runs: task_modules). A
@@ -316,7 +340,9 @@ def _check_file_modes(paths: list[str], params: list[ParamValue], problems: list
     for path in dict.fromkeys(paths):
         secrets = [p for p in params if p.file == path and _is_secret_param(p)]
         what = f"holds a secret ({secrets[0].key}, line {secrets[0].line})" if secrets else ""
-        problem = file_mode_problem(path, secret=what)
+        if path not in opened:
+            continue  # it could not be read: reported already
+        problem = file_mode_problem(path, secret=what, info=opened[path])
         if problem:
             problems.append(f"params file {path}: {problem}")
 

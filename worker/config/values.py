@@ -11,6 +11,7 @@ from __future__ import annotations
 import keyword
 import math
 import os
+import pwd
 import re
 import stat
 from collections.abc import Callable
@@ -53,7 +54,7 @@ _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _DURATION_RE = re.compile(rf"({_NUMBER})\s*([smhd]?)", re.IGNORECASE)
 _INTEGER_RE = re.compile(r"[+-]?\d+")
 _UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_URL_USERINFO_RE = re.compile(r"(://[^/@:]*:)(.*)@")
+_URL_USERINFO_RE = re.compile(r"(://[^/@:]*:)(.+)@")
 # a query parameter's value runs to the next `&name=` (or `;name=`): a password written with
 # a bare `&` in it is still masked whole
 _QUERY_PARAM_RE = re.compile(r"([^=&;#]+)=(.*?)(?=[&;][^=&;#]+=|$)")
@@ -213,17 +214,12 @@ def url_has_password(url: str) -> bool:
 
 def mask_url(url: str) -> str:
     """The URL with its password, if any, replaced by ``********``: the userinfo password
-    and the value of every query parameter whose name looks secret (see ``looks_secret``)."""
-    try:
-        parsed = make_url(url)
-    except Exception:
-        masked = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
-    else:
-        masked = (
-            url
-            if not parsed.password
-            else parsed.render_as_string(hide_password=True).replace(":***@", f":{MASK}@", 1)
-        )
+    and the value of every query parameter whose name looks secret (see ``looks_secret``).
+
+    The userinfo password runs from the user's ``:`` to the *last* ``@``: a password with a
+    bare ``@``, ``/`` or ``:`` in it is masked whole (a URL parser would end it at its first
+    ``@`` and show the rest as the host). When in doubt, more is masked, never less."""
+    masked = _URL_USERINFO_RE.sub(lambda m: f"{m.group(1)}{MASK}@", url, count=1)
     return _mask_query(masked)
 
 
@@ -278,13 +274,18 @@ def format_value(value: object) -> str:
     return str(value)
 
 
-def read_secret_file(path: Path) -> str:
+def read_secret_file(path: Path, check: Callable[[os.stat_result], str] | None = None) -> str:
     """A password file's content without its trailing newline (``echo pw > file`` adds one).
 
-    Raises ``ValueError`` with the reason; the reason never contains the content.
+    Raises ``ValueError`` with the reason; the reason never contains the content. ``check``
+    judges the fstat of the opened file, the one then read: a non-empty answer refuses it.
     """
     try:
-        text = path.read_bytes().decode("utf-8")
+        with path.open("rb") as handle:
+            problem = check(os.fstat(handle.fileno())) if check is not None else ""
+            if problem:
+                raise ValueError(problem)
+            text = handle.read().decode("utf-8")
     except UnicodeDecodeError:
         raise ValueError("not valid UTF-8 text") from None
     except FileNotFoundError:
@@ -299,15 +300,15 @@ def read_secret_file(path: Path) -> str:
     return text
 
 
-def file_mode_problem(path: str, *, secret: str = "") -> str:
+def file_mode_problem(path: str, *, secret: str = "", info: os.stat_result | None = None) -> str:
     """Why a config file is too open, with the chmod that fixes it; "" when it is fine.
 
     Writable by others is always refused: the file decides which code runs (task_modules).
     When ``secret`` says what secret the file holds, readable by others or writable by its
     group is refused too; group read stays allowed (``root:cronloop`` mode 0640).
     """
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+    try:  # ``info``: the fstat of the file as it was read, when the caller has it
+        mode = stat.S_IMODE((info or os.stat(path)).st_mode)
     except OSError:
         return ""  # reading it failed and was reported already
     if secret and mode & (stat.S_IROTH | stat.S_IWOTH):
@@ -322,6 +323,31 @@ def file_mode_problem(path: str, *, secret: str = "") -> str:
         f"{secret} but is {who} (mode {mode:04o}); run: chmod 600 {path} "
         f"(or chown root:cronloop {path} && chmod 640 {path})"
     )
+
+
+def foreign_file_problem(info: os.stat_result, how: str) -> str:
+    """Why a config file nobody named (``how``: where it was found) must not be used: it is
+    owned by someone else than the invoking user and root, or its group or others may
+    write it. "" when it is fine. ``info`` is the ``fstat`` of the opened file."""
+    me = os.geteuid()
+    mode = stat.S_IMODE(info.st_mode)
+    if info.st_uid not in (me, 0):
+        why = f"is owned by {_user_name(info.st_uid)}, not by you ({_user_name(me)}) or root"
+    elif mode & (stat.S_IWGRP | stat.S_IWOTH):
+        why = f"is writable by its group or others (mode {mode:04o})"
+    else:
+        return ""
+    return (
+        f"found {how} but {why}: refused, since it decides which code runs; fix its owner "
+        "or mode, or name a file with --param-file"
+    )
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (KeyError, OSError):
+        return f"uid {uid}"
 
 
 def _within(value: float, minimum: float, above: bool, maximum: float | None) -> bool:

@@ -13,6 +13,7 @@ with an empty one. This module never knows about settings, the database or the l
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ __all__ = [
     "TaskDefinition",
     "TaskDefinitionError",
     "defined_in",
+    "name_key",
+    "name_problem",
     "task",
 ]
 
@@ -40,6 +43,13 @@ ATTRIBUTE = "__cronloop_task__"
 MODULE_ATTRIBUTE = "__cronloop_tasks__"
 SCHEDULE_OPTIONS = frozenset({"every", "at", "time", "days", "week_days", "cron"})
 COMMON_OPTIONS = SCHEDULE_OPTIONS | {"enabled", "timeout"}
+
+#: A task's name: ASCII, so the params file (``<task>.<key>``, keys lower-cased, ``-`` read
+#: as ``_``), ``CRONLOOP_<TASK>__<KEY>``, the command line and both databases accept it; no
+#: dot, since a dot ends the task part of a per-task setting.
+NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+#: The width of the task-name columns (``cronloop_task.name``, ``cronloop_run.task_name``).
+NAME_MAX_CHARS = 190
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -67,6 +77,24 @@ class TaskDefinition:
     @property
     def module(self) -> str:
         return str(self.func.__module__)
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a task's name, or None if it can."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return (
+            "name must be an ASCII letter followed by letters, digits, '_' or '-' (it is "
+            "used as a settings prefix, on the command line and in the database)"
+        )
+    if len(name) > NAME_MAX_CHARS:
+        return f"name is {len(name)} characters long; at most {NAME_MAX_CHARS} fit the database"
+    return None
+
+
+def name_key(name: str) -> str:
+    """The spelling two task names must not share: settings read names case-insensitively
+    with ``-`` as ``_``, and MySQL/MariaDB compare them case-insensitively."""
+    return name.lower().replace("-", "_")
 
 
 def defined_in(module: ModuleType) -> list[TaskDefinition]:
@@ -150,10 +178,12 @@ def _define(
     options: dict[str, Any],
 ) -> TaskDefinition:
     def fail(problem: str) -> TaskDefinitionError:
-        return TaskDefinitionError(f"task {name!r} ({fn.__module__}.{fn.__qualname__}): {problem}")
+        shown = repr(name) if len(str(name)) <= 80 else f"{str(name)[:60]!r}..."
+        return TaskDefinitionError(f"task {shown} ({fn.__module__}.{fn.__qualname__}): {problem}")
 
-    if not name.replace("_", "").replace("-", "").isalnum() or "." in name:
-        raise fail("name must be letters, digits, '_' or '-' (it is used as a settings prefix)")
+    problem = name_problem(name)
+    if problem:
+        raise fail(problem)
     is_async = inspect.iscoroutinefunction(fn)
     if flags["blocking"] and is_async:
         raise fail("blocking=True is for plain functions; this one is `async def`")

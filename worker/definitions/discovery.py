@@ -18,7 +18,12 @@ from importlib.metadata import entry_points
 from types import ModuleType
 
 from cronloop.config.settings import ConfigError
-from cronloop.definitions.decorator import TaskDefinition, TaskDefinitionError, defined_in
+from cronloop.definitions.decorator import (
+    TaskDefinition,
+    TaskDefinitionError,
+    defined_in,
+    name_key,
+)
 from cronloop.definitions.plugin import Plugin, load_plugins
 
 __all__ = ["ENTRY_POINT_GROUP", "collect", "discover"]
@@ -53,13 +58,16 @@ def discover(
     chosen: dict[str, TaskDefinition] = {}
     for name, where in roots:
         for definition in collect(_import(name, where)):
-            other = chosen.get(definition.name)
-            if other is not None and other.func is not definition.func:
+            key = name_key(definition.name)  # unique regardless of case and of - or _
+            other = chosen.get(key)
+            if other is not None and (other.func, other.name) != (definition.func, definition.name):
+                same = "" if other.name == definition.name else f" (as {other.name!r})"
                 raise TaskDefinitionError(
-                    f"task {definition.name!r} is defined twice: in {other.module} and "
-                    f"{definition.module}; give one of them name="
+                    f"task {definition.name!r} is defined twice: in {other.module}{same} and "
+                    f"{definition.module}; names differing only by case or by - and _ are "
+                    "the same task; give one of them name="
                 )
-            chosen[definition.name] = definition
+            chosen[key] = definition
     return list(chosen.values())
 
 
@@ -98,5 +106,7 @@ def _in_module(module: str, prefix: str) -> bool:
 def _import(module: str, where: str) -> ModuleType:
     try:
         return importlib.import_module(module)
+    except TaskDefinitionError:
+        raise  # names the task and its module already
     except Exception as exc:
         raise ConfigError(f"cannot import task module {module!r} ({where}): {exc!r}") from exc

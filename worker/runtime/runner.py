@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import traceback
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from cronloop.definitions.context import (
 )
 from cronloop.definitions.registry import TaskSpec
 from cronloop.domain.clock import Clock
+from cronloop.domain.freetext import exception_text, text_of, traceback_text
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.planning import RetryPolicy, plan_next
 from cronloop.domain.records import Claim, RunRecord
@@ -274,16 +274,16 @@ class Runner:
         exc = inner.exception()
         if exc is None:
             result = inner.result()
-            return Ending(Outcome.SUCCESS, message=None if result is None else str(result))
+            return Ending(Outcome.SUCCESS, message=None if result is None else text_of(result))
         if isinstance(exc, StopRun):
             return Ending(
                 _REASON_OUTCOME[exc.reason], error=f"stopped at a checkpoint: {exc.reason.value}"
             )
         if isinstance(exc, asyncio.CancelledError):
             return Ending(_REASON_OUTCOME[self.signal.reason or StopReason.SHUTDOWN])
-        text = "".join(traceback.format_exception(exc)).rstrip()
+        text = traceback_text(exc)
         self.log.error("task raised", exc_type=type(exc).__name__, exception=text)
-        return Ending(Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return Ending(Outcome.FAILED, error=exception_text(exc))
 
     async def _record(
         self, started: Any, ending: Ending

@@ -1,6 +1,6 @@
 """structlog set-up: one event per line, with fields, wherever the output goes.
 
-- a terminal: structlog's coloured console renderer;
+- a terminal: structlog's coloured console renderer, control characters escaped;
 - journald (stderr is the journal, `$JOURNAL_STREAM`): the native journal protocol, so
   `journalctl TASK=backup` works and a traceback is one entry; if a datagram cannot be
   sent, a line with a syslog `<N>` priority prefix on stderr instead;
@@ -19,6 +19,7 @@ import structlog
 
 from cronloop.systemd.entries import JournalRenderer, fallback_line, journal_fields
 from cronloop.systemd.journald import stream_is_journal
+from cronloop.terminal import escape_console_event
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -56,7 +57,8 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         renderer = JournalRenderer()
     elif chosen == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
-    elif chosen == "console":
+    elif chosen == "console":  # what a person reads: escape sequences shown, not obeyed
+        shared.append(escape_console_event)
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
     else:
         renderer = _plain_line

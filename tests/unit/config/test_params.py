@@ -170,10 +170,10 @@ def test_bad_utf8_names_the_line(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     f = write(tmp_path / "a.params", "a = 1\n")
 
-    def denied(self: Path) -> bytes:
+    def denied(self: Path, *args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(Path, "read_bytes", denied)  # also works when the tests run as root
+    monkeypatch.setattr(Path, "open", denied)  # also works when the tests run as root
     with pytest.raises(ParamsError, match="permission denied") as info:
         read_params_file(f)
     assert info.value.file == str(f)

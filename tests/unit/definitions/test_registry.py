@@ -287,3 +287,45 @@ def test_option_values_are_converted_with_the_settings_parsers(
     with pytest.raises(ConfigError, match=r"mail.port = 'smtp://u:\*{8}@h': expected") as info:
         build_registry(_settings(tmp_path, "mail.port = smtp://u:hunter2@h\n"), definitions)  # type: ignore[arg-type]
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("tâche", "ASCII letter"),
+        ("backup.nightly", "ASCII letter"),  # a dot ends the task part of a setting
+        ("_hidden", "ASCII letter"),
+        ("9lives", "ASCII letter"),
+        ("with space", "ASCII letter"),
+        ("t" * 191, "191 characters long; at most 190"),
+    ],
+)
+def test_a_task_name_the_settings_or_database_cannot_hold_is_refused(name: str, why: str) -> None:
+    async def job(ctx: object) -> None: ...
+
+    with pytest.raises(TaskDefinitionError, match=why) as caught:
+        task(job, every=60, name=name)
+    assert str(caught.value).startswith("task ") and "job" in str(caught.value)
+
+
+def test_the_longest_name_that_fits_and_dashes_are_accepted() -> None:
+    async def job(ctx: object) -> None: ...
+
+    for name in ("t" * 190, "Sync-Users_2", "a"):
+        task(job, every=60, name=name)
+
+
+@pytest.mark.parametrize("other", ["Same", "SAME", "same"])
+def test_names_differing_only_by_case_or_dash_are_one_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    body = "from cronloop import task\n@task(every=1, name={!r})\nasync def f(ctx): pass\n"
+    a = _module(tmp_path, monkeypatch, "reg_case_a", body.format("same"))
+    b = _module(tmp_path, monkeypatch, "reg_case_b", body.format(other))
+    with pytest.raises(TaskDefinitionError, match="defined twice"):
+        discover([a, b], use_entry_points=False)
+    two = "from cronloop import task\nasync def f(ctx): pass\n"
+    two += "task(f, every=1, name='sync-users')\ntask(f, every=1, name='sync_users')\n"
+    c = _module(tmp_path, monkeypatch, "reg_case_c", two)
+    with pytest.raises(TaskDefinitionError, match="'sync_users' is defined twice"):
+        discover([c], use_entry_points=False)

@@ -61,19 +61,20 @@ def raising(text: str) -> Callable[..., Any]:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "shown"),
     [
-        pytest.param(returning("x" * 70_000), id="70000-characters"),
-        pytest.param(returning("listdir: caf\udce9.txt"), id="lone-surrogate-message"),
-        pytest.param(raising("bad name \udcff"), id="lone-surrogate-error"),
+        pytest.param(returning("x" * 70_000), "truncated: 70000 characters", id="70000-characters"),
+        pytest.param(returning("ls: caf\udce9.txt"), "caf\\udce9", id="lone-surrogate-message"),
+        pytest.param(raising("bad name \udcff"), "name \\udcff", id="lone-surrogate-error"),
     ],
 )
-async def test_a_refused_run_is_recorded_alone_and_its_batch_lands(
-    engine: AsyncEngine, bad: Callable[..., Any]
+async def test_text_no_database_stores_is_bounded_before_it_is_recorded(
+    engine: AsyncEngine, bad: Callable[..., Any], shown: str
 ) -> None:
-    """The database refuses one run's text (MariaDB: 1406 data too long; both: a lone
-    surrogate cannot be encoded): the other runs of its batch land, the refused one is
-    recorded with a placeholder saying what was refused, and `--once` ends."""
+    """70,000 characters (MariaDB: 1406 data too long) and lone surrogates (both: cannot be
+    encoded) used to be refused; the runner's text boundary now cuts the first with a
+    visible marker and escapes the second, so the run lands with its text and its batch
+    with it, and `--once` ends."""
     funcs: Funcs = {f"ok{i}": returning(f"fine {i}") for i in range(5)}
     funcs["bad"] = bad
     sup = await supervisor(engine, FakeClock(), funcs)
@@ -82,19 +83,38 @@ async def test_a_refused_run_is_recorded_alone_and_its_batch_lands(
     assert not any(s.running for s in states.values()), states
     for i in range(5):
         assert states[f"ok{i}"].last_message == f"fine {i}"
-    refused = states["bad"]
-    assert refused.runs == 1 and refused.next_run is not None
-    text = refused.last_message or refused.last_error or ""
+    recorded = states["bad"]
+    assert recorded.runs == 1 and recorded.next_run is not None
+    text = recorded.last_message or recorded.last_error or ""
+    assert shown in text, text[-200:]
     [entry] = await sup.store.history("bad")
-    assert entry.outcome != "running"
+    assert entry.outcome != "running" and shown in (entry.message or entry.error or "")
     assert not sup.health.down and sup.health.counts[ErrorKind.OUTAGE] == 0
-    if len(text) == 70_000:  # SQLite's TEXT holds it: nothing was refused, nothing lost
-        assert engine.dialect.name == "sqlite" and entry.message == text
-        return
-    assert "database refused" in text and "characters" in text, text[:200]
-    assert text.isascii() and len(text) <= 500
-    assert "database refused" in (entry.message or entry.error or "")
-    assert sup.health.counts[ErrorKind.REFUSED] >= 1
+    assert sup.health.counts[ErrorKind.REFUSED] == 0
+
+
+async def test_a_record_the_database_refuses_lands_with_a_placeholder(rig: Rig) -> None:
+    """Past the runner's boundary (a store's caller writing what it likes), a row the
+    database refuses (MariaDB: 70,000 characters; both: a lone surrogate) is recorded alone
+    with a placeholder naming what was refused; the others of its batch land."""
+    claims = await rig.claims(3)
+    long_text = "x" * 70_000
+    texts = ["ok", "caf\udce9", long_text]
+    results = await asyncio.gather(
+        *(rig.recorder.complete(c, rig.record(c, m)) for c, m in zip(claims, texts, strict=True))
+    )
+    mariadb = rig.store.engine.dialect.name != "sqlite"
+    expected = [Written.WRITTEN, Written.PLACEHOLDER]
+    expected.append(Written.PLACEHOLDER if mariadb else Written.WRITTEN)
+    assert results == expected
+    states = {s.name: s for s in await rig.store.status()}
+    assert states["t0"].last_message == "ok"
+    placeholder = states["t1"].last_message or ""
+    assert "database refused" in placeholder and "characters" in placeholder
+    assert placeholder.isascii() and len(placeholder) <= 500
+    kept = states["t2"].last_message or ""
+    assert "database refused" in kept if mariadb else kept == long_text
+    assert rig.health.counts[ErrorKind.REFUSED] >= 1 and not rig.health.down
 
 
 async def test_a_user_name_longer_than_its_column_does_not_stop_recording(
