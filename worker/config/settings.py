@@ -45,7 +45,6 @@ from cronloop.config.model import (
     Secret,
     Settings,
     describe_sources,
-    state_directory,
 )
 from cronloop.config.params import (
     ParamsError,
@@ -55,6 +54,7 @@ from cronloop.config.params import (
     read_params_file,
     split_file_list,
 )
+from cronloop.config.paths import state_directory
 from cronloop.config.values import file_mode_problem, holds_secret, mask_url, read_secret_file
 
 __all__ = [
