@@ -27,6 +27,7 @@ NOT_CREATING = [
     ["resume", "quick"],
     ["trigger", "quick"],
     ["demo"],
+    ["backup"],
     ["queue-email", "--to", "a@example.com", "--subject", "s", "--body", "b"],
 ]
 

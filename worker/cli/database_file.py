@@ -51,7 +51,7 @@ def _missing(path: Path) -> str:
         lines.append(
             "the embedded database is $STATE_DIRECTORY/cronloop.db, else "
             f"{system_state_directory() / SQLITE_FILE} on a deployed host, else "
-            "./var/cronloop.db (see README, Configuration)"
+            "./var/cronloop.db (see README, 'Where the database is')"
         )
     return "\n".join(lines)
 
