@@ -68,3 +68,10 @@ async def test_the_sqlite_database_and_its_wal_and_shm_files_are_0600(tmp_path: 
         await engine.dispose()
     assert mode(path.parent) == 0o700
     assert files == {"cronloop.db": 0o600, "cronloop.db-wal": 0o600, "cronloop.db-shm": 0o600}
+
+
+def test_the_file_transport_outbox_is_private(tmp_path: Path) -> None:
+    from cronloop.standard.email_transport import write_eml
+
+    written = write_eml(tmp_path / "state" / "outbox-eml", "m.eml", b"Subject: x\r\n\r\nbody")
+    assert mode(written.parent) == 0o700 and mode(written) == 0o600
