@@ -187,6 +187,11 @@ def test_readme_deployment(sandbox: Sandbox, database: str) -> None:
         assert rc == 0 and out.splitlines()[0] == f"database: {DATABASE}", err
         rc, out, err = by_runuser(sb, ADMIN_DIR, "pause", "tick")
         assert rc == 0 and out.startswith("tick: active -> paused"), err
+        # another user cannot see into the state directory: told so, and whom to run as
+        other = sb.run("runuser", "-u", "nobody", "--", CRONLOOP, "status", check=False)
+        assert other.returncode == 1, other.stderr
+        assert f"cannot look for the database {DATABASE}: permission denied" in other.stderr
+        assert "sudo -u cronloop" in other.stderr
         modes = sb.run("stat", "-c", "%a %U %n", DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm")
         for line in modes.stdout.splitlines():
             assert line.startswith("600 cronloop "), modes.stdout
