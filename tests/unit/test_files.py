@@ -75,3 +75,14 @@ def test_the_file_transport_outbox_is_private(tmp_path: Path) -> None:
 
     written = write_eml(tmp_path / "state" / "outbox-eml", "m.eml", b"Subject: x\r\n\r\nbody")
     assert mode(written.parent) == 0o700 and mode(written) == 0o600
+
+
+def test_a_database_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
+    from cronloop.config.settings import ConfigError, Settings
+    from cronloop.store.sql.engine import create_engine
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the database's directory would be
+    path = blocker / "cronloop.db"
+    with pytest.raises(ConfigError, match=f"cannot create the database {path}"):
+        create_engine(Settings(database_url=f"sqlite+aiosqlite:///{path}"))

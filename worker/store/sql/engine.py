@@ -98,8 +98,14 @@ def database_label(settings: Settings) -> str:
 def _prepare_sqlite_file(path: Path) -> None:
     """Create the file (and its directory) private before SQLite does: SQLite gives the
     `-wal` and `-shm` files the database's mode, so the three are 0600."""
-    private_dir(path.parent)
-    create_private_file(path)
+    try:
+        private_dir(path.parent)
+        create_private_file(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the database {path}: {exc.strerror or exc} (is this the "
+            "service's user? e.g. `sudo -u cronloop cronloop ...`)"
+        ) from None
 
 
 PING_IDLE_S = 10.0
