@@ -32,7 +32,7 @@ NOT_CREATING = [
 ]
 
 
-def host(cli: Cli, root: Path, **extra: str | None) -> dict[str, str | None]:
+def host(root: Path, **extra: str | None) -> dict[str, str | None]:
     """The environment of an admin shell on the host under `root`: no STATE_DIRECTORY."""
     return {"STATE_DIRECTORY": None, "CRONLOOP_TEST_SYSTEM_ROOT": str(root), **extra}
 
@@ -45,7 +45,7 @@ def elsewhere(cli: Cli, name: str) -> Cli:
 
 
 def test_commands_refuse_a_missing_database_outside_any_deployment(sqlite_cli: Cli) -> None:
-    env = host(sqlite_cli, sqlite_cli.cwd / "no-such-root")
+    env = host(sqlite_cli.cwd / "no-such-root")
     looked_for = sqlite_cli.cwd / "var" / "cronloop.db"
     for command in NOT_CREATING:
         result = sqlite_cli.run(*command, env=env, tasks="quick")
@@ -66,21 +66,21 @@ def test_an_admin_anywhere_finds_the_service_database(sqlite_cli: Cli) -> None:
     params = root / "etc/cronloop/cronloop.params"
     params.parent.mkdir(parents=True)
     params.write_text("poll_interval = 1\n")
-    service = host(sqlite_cli, root, STATE_DIRECTORY=str(state), CRONLOOP_PARAM_FILE=str(params))
+    service = host(root, STATE_DIRECTORY=str(state), CRONLOOP_PARAM_FILE=str(params))
     sqlite_cli.ok("run", "--once", env=service, tasks="quick")
 
     admin = elsewhere(sqlite_cli, "admin")
-    out = admin.ok("status", env=host(admin, root), tasks="quick").out
+    out = admin.ok("status", env=host(root), tasks="quick").out
     assert out.splitlines()[0] == f"database: {state / 'cronloop.db'}"
     quick = next(line for line in out.splitlines() if line.startswith("quick"))
     assert [c.strip() for c in quick.split("|")][4] == "1"
-    assert "quick: active -> paused" in admin.ok("pause", "quick", env=host(admin, root)).out
-    shown = admin.ok("check-config", env=host(admin, root)).out
+    assert "quick: active -> paused" in admin.ok("pause", "quick", env=host(root)).out
+    shown = admin.ok("check-config", env=host(root)).out
     assert f"# database: {state / 'cronloop.db'}" in shown
     assert not (admin.cwd / "var").exists()
 
     # a STATE_DIRECTORY that is not the service's: refused, naming the service's database
-    wrong = host(admin, root, STATE_DIRECTORY=str(admin.cwd / "wrong"))
+    wrong = host(root, STATE_DIRECTORY=str(admin.cwd / "wrong"))
     result = admin.run("status", env=wrong)
     assert result.rc == 1
     assert f"no database at {admin.cwd / 'wrong' / 'cronloop.db'}" in result.err
@@ -93,7 +93,7 @@ def test_the_system_params_file_in_force_means_the_system_directory(sqlite_cli: 
     params.parent.mkdir(parents=True)
     params.write_text("poll_interval = 1\n")
     # before the first start: /var/lib/cronloop does not exist yet, the params file does
-    result = sqlite_cli.run("status", env=host(sqlite_cli, root, CRONLOOP_PARAM_FILE=str(params)))
+    result = sqlite_cli.run("status", env=host(root, CRONLOOP_PARAM_FILE=str(params)))
     assert result.rc == 1
     assert f"no database at {root / 'var/lib/cronloop/cronloop.db'}" in result.err
 
