@@ -111,7 +111,9 @@ class BackupPlan:
         extras = tuple(Path(p.strip()) for p in str(opts["extra_files"]).split(",") if p.strip())
         return cls(
             target=DbTarget.from_url(url, settings.database_password),
-            backup_dir=Path(backup_dir) if backup_dir else state_directory() / "backups",
+            backup_dir=Path(backup_dir)
+            if backup_dir
+            else state_directory(param_files=settings.param_files) / "backups",
             name_format=str(opts["file_name_format"]),
             tz=tz,
             retention_count=int(opts["retention_count"]),

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
+from cronloop.files import private_dir
 from cronloop.standard.email_headers import FILE_WRITERS, check_header_value, check_serialised
 from cronloop.standard.outbox import Envelope
 
@@ -171,7 +172,7 @@ def eml_name(message_id: str) -> str:
 
 def write_eml(directory: Path, name: str, data: bytes) -> Path:
     """Write atomically: a temporary file, fsync, then rename over the final name."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+    private_dir(directory)  # messages hold addresses and bodies: 0700, files 0600 (mkstemp)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".eml")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -16,7 +16,7 @@ exit codes (`cronloop.exitcodes`). Plugin tables use `cronloop.sql`. Everything 
 """
 
 from cronloop import exitcodes
-from cronloop.config.model import state_directory
+from cronloop.config.paths import state_directory
 from cronloop.config.settings import Settings
 from cronloop.config.values import Secret
 from cronloop.definitions.context import StopReason, StopRun, TaskContext

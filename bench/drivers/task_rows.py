@@ -39,7 +39,7 @@ async def _register(url: str, module: str) -> None:
         param_file="", env={}, overrides={"database_url": url, "task_modules": module}
     )
     registry = build_registry(settings, discover(settings.task_modules, use_entry_points=False))
-    db = await open_database(settings, migrate=True)
+    db = await open_database(settings, migrate=True, create=True)
     try:
         await sync(db, registry, SystemClock())
     finally:

@@ -165,7 +165,11 @@ def test_tasks_lists_the_sample_tasks_with_schedules(sqlite_cli: Cli) -> None:
 
 def test_status_table_and_history(cli: Cli) -> None:
     cli.ok("run", "--once", tasks="quick,boom")
-    lines = cli.ok("status").out.splitlines()
+    header, *lines = cli.ok("status").out.splitlines()
+    if cli.backend == "sqlite":
+        assert header == f"database: {cli.cwd / 'state' / 'cronloop.db'}"
+    else:
+        assert header.startswith("database: mysql") and "127.0.0.1" in header
     assert [c.strip() for c in lines[0].split("|")] == STATUS_COLUMNS
     rows = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in lines[2:]}
     assert rows["quick"][1] == "active" and rows["quick"][4] == "1"

@@ -25,7 +25,7 @@ from cronloop.config.settings import Settings, describe_sources
 from cronloop.domain.clock import SystemClock
 from cronloop.domain.schedule import resolve_timezone
 from cronloop.store.sql.claims import TriggerResult, UnknownTask
-from cronloop.store.sql.engine import create_engine
+from cronloop.store.sql.engine import create_engine, database_label
 from cronloop.store.sql.migrate import schema_state, upgrade
 
 Command = Callable[[argparse.Namespace, Settings], Awaitable[int]]
@@ -43,11 +43,11 @@ async def _with_store(settings: Settings, action: Callable[[Any], Awaitable[int]
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     async def show(store: Any) -> int:
         states = await store.status()
-        print(
-            status_json(states)
-            if args.json
-            else status_table(states, resolve_timezone(settings.timezone))
-        )
+        if args.json:
+            print(status_json(states))
+        else:
+            print(f"database: {database_label(settings)}")
+            print(status_table(states, resolve_timezone(settings.timezone)))
         return exitcodes.OK
 
     return await _with_store(settings, show)
@@ -135,6 +135,7 @@ async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{key.ljust(width)} = {value}    # {source}")
     files = ", ".join(settings.param_files) or "none"
     print(f"# params files read: {files}")
+    print(f"# database: {database_label(settings)}")
     print(f"# tasks: {len(registry)} ({', '.join(registry.names())})")
     return exitcodes.OK
 

@@ -15,6 +15,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cronloop import exitcodes
+from cronloop.cli.database_file import missing_database
 from cronloop.config.settings import ConfigError, Settings
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import Clock, SystemClock
@@ -59,20 +60,31 @@ def check_user(settings: Settings) -> None:
         )
 
 
+def require_database(settings: Settings) -> None:
+    """Stop with exit 1 when the settings' SQLite file does not exist (`cli.database_file`)."""
+    problem = missing_database(settings)
+    if problem is not None:
+        raise ExitError(problem, exitcodes.ERROR)
+
+
 def load_registry(settings: Settings) -> Registry:
     return build_registry(settings, discover(settings.task_modules))
 
 
 async def open_database(
-    settings: Settings, *, migrate: bool | None = None, wait: bool = False
+    settings: Settings, *, migrate: bool | None = None, wait: bool = False, create: bool = False
 ) -> Database:
     """Connect, and make sure the schema is current.
 
-    The embedded SQLite file is created and migrated by itself. A MySQL/MariaDB schema is
+    Only with `create` (`run`, `migrate`) may a SQLite file that does not exist be made:
+    any other command stops with exit 1 naming the path it looked for.
+    The embedded SQLite file is migrated by itself. A MySQL/MariaDB schema is
     migrated only with `auto_migrate = 1` (or `cronloop migrate`); otherwise a stale
     schema is a configuration error, because changing a shared database is an
     operator's decision.
     """
+    if not create:
+        require_database(settings)
     engine = create_engine(settings)
     try:
         if wait:

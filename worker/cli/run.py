@@ -35,7 +35,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     clock = SystemClock()
     # waiting for the database and migrating may outlast TimeoutStartSec
     notifier.extend_timeout(settings.startup_db_wait_s + 120)
-    db = await open_database(settings, wait=True)
+    db = await open_database(settings, wait=True, create=True)
     # its thread pool follows max_concurrency, its retry policy retry_max/retry_delay_s
     env = RunEnvironment(store=db.store, settings=settings, clock=clock, db=db.sessions)
     try:

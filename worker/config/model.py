@@ -10,10 +10,8 @@ reads files or the environment, and knows nothing of databases or tasks.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from types import MappingProxyType
 
 from cronloop.config.params import ParamValue
@@ -43,7 +41,6 @@ __all__ = [
     "Secret",
     "Settings",
     "describe_sources",
-    "state_directory",
 ]
 
 ALIASES: Mapping[str, str] = MappingProxyType(
@@ -188,12 +185,3 @@ def describe_sources(settings: Settings) -> list[tuple[str, str, str]]:
             value = MASK if looks_secret(option) and param.value else mask_url(param.value)
             rows.append((f"{task}.{option}", value, param.where))
     return rows
-
-
-def state_directory(env: Mapping[str, str] | None = None) -> Path:
-    """Where state lives: systemd's ``$STATE_DIRECTORY`` (first of a colon list) or ``./var``."""
-    environ: Mapping[str, str] = os.environ if env is None else env
-    for entry in environ.get("STATE_DIRECTORY", "").split(":"):
-        if entry:
-            return Path(entry)
-    return Path.cwd() / "var"

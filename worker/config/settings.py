@@ -46,7 +46,6 @@ from cronloop.config.model import (
     Secret,
     Settings,
     describe_sources,
-    state_directory,
 )
 from cronloop.config.params import (
     ParamsError,
@@ -56,6 +55,7 @@ from cronloop.config.params import (
     read_params_file,
     split_file_list,
 )
+from cronloop.config.paths import state_directory
 from cronloop.config.values import (
     file_mode_problem,
     foreign_file_problem,

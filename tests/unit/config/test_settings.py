@@ -19,7 +19,6 @@ from cronloop.config.settings import (
     Settings,
     describe_sources,
     load_settings,
-    state_directory,
 )
 from cronloop.config.values import mask_url
 
@@ -765,17 +764,6 @@ def test_refused_file_names_the_secret_key_and_line(tmp_path: Path) -> None:
     assert "holds a secret (database_password, line 2)" in problem
     assert f"chmod 600 {f}" in problem
     assert f"chmod 640 {f}" in problem
-
-
-# ---------------------------------------------------------------- state directory
-
-
-def test_state_directory(tmp_path: Path) -> None:
-    assert state_directory({"STATE_DIRECTORY": "/var/lib/cronloop:/var/lib/other"}) == Path(
-        "/var/lib/cronloop"
-    )
-    assert state_directory({}) == tmp_path / "var"
-    assert state_directory({"STATE_DIRECTORY": ""}) == tmp_path / "var"
 
 
 # ---------------------------------------------------------------- the example file

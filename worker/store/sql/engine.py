@@ -24,6 +24,8 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.elements import ColumnElement
 
 from cronloop.config.settings import ConfigError, Settings, state_directory
+from cronloop.config.values import mask_url
+from cronloop.files import create_private_file, private_dir
 from cronloop.store.sql.tables import UTCDateTime
 
 SQLITE_FILE = "cronloop.db"
@@ -47,9 +49,7 @@ def resolve_url(settings: Settings) -> URL:
     (or the systemd credential) is injected here and never written back to settings.
     """
     if not settings.database_url:
-        directory = state_directory()
-        directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-        return make_url(f"sqlite+aiosqlite:///{(directory / SQLITE_FILE).resolve()}")
+        return make_url(f"sqlite+aiosqlite:///{embedded_file(settings)}")
     try:
         url = make_url(settings.database_url)
     except ArgumentError:
@@ -68,9 +68,44 @@ def resolve_url(settings: Settings) -> URL:
         url = url.set(password=settings.database_password.reveal())
     if driver == "mysql+aiomysql" and "charset" not in url.query:
         url = url.update_query_dict({"charset": "utf8mb4"})
-    if driver == "sqlite+aiosqlite" and url.database:
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     return url
+
+
+def embedded_file(settings: Settings) -> Path:
+    """The embedded SQLite file: `cronloop.db` in the state directory (`config.paths`)."""
+    return (state_directory(param_files=settings.param_files) / SQLITE_FILE).resolve()
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file a SQLite URL names; None for a server database or an in-memory one."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(str(url.database))
+
+
+def database_label(settings: Settings) -> str:
+    """What `status` and `check-config` show: the SQLite file, or the URL with its password
+    masked (never the password injected from a credential)."""
+    if not settings.database_url:
+        return str(embedded_file(settings))
+    try:
+        path = sqlite_file(make_url(settings.database_url))
+    except ArgumentError:
+        path = None
+    return str(path.resolve()) if path else mask_url(settings.database_url)
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the file (and its directory) private before SQLite does: SQLite gives the
+    `-wal` and `-shm` files the database's mode, so the three are 0600."""
+    try:
+        private_dir(path.parent)
+        create_private_file(path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the database {path}: {exc.strerror or exc} (is this the "
+            "service's user? e.g. `sudo -u cronloop cronloop ...`)"
+        ) from None
 
 
 PING_IDLE_S = 10.0
@@ -81,6 +116,9 @@ def create_engine(settings: Settings, *, url: URL | None = None, **kw: Any) -> A
     recycling and READ COMMITTED on MySQL/MariaDB."""
     url = url or resolve_url(settings)
     if url.get_backend_name() == "sqlite":
+        path = sqlite_file(url)
+        if path is not None:
+            _prepare_sqlite_file(path)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kw)
         _sqlite_tuning(engine)
         return engine

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 import cronloop.migrations as core_migrations
 from cronloop.config.settings import ConfigError
 from cronloop.definitions.plugin import load_plugins, migration_folders
+from cronloop.files import open_private
 from cronloop.store.sql.tables import VERSION_TABLE
 
 LOCK_NAME = "cronloop_migrate"
@@ -158,7 +159,7 @@ async def _file_lock(engine: AsyncEngine) -> AsyncIterator[None]:
         yield
         return
     path = Path(database).with_name(Path(database).name + ".migrate.lock")
-    with path.open("a") as handle:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "a") as handle:
         await asyncio.to_thread(fcntl.flock, handle.fileno(), fcntl.LOCK_EX)
         try:
             yield
