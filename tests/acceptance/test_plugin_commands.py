@@ -157,6 +157,7 @@ def test_a_third_party_plugin_adds_tasks_and_commands_through_its_entry_point(
     sqlite_cli.write_module("acme_tasks", ACME_TASKS)
     install_plugin(sqlite_cli, "acme = acme_plugin:plugin")
     assert "acme_sweep" in sqlite_cli.ok("tasks").out
+    sqlite_cli.ok("migrate")  # the plugin's commands use the database, which only migrate makes
     assert sqlite_cli.ok("acme-hello", "World").out == "hello World, batch 7\n"
     refused = sqlite_cli.run("acme-hello", "nobody")
     assert (refused.rc, refused.err) == (3, "cronloop: nobody to greet\n")
