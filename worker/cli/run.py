@@ -33,11 +33,11 @@ log = structlog.get_logger("cronloop.cli")
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    # the first line of every run: which version a report came from
-    log.info("cronloop starting", version=__version__, python=platform.python_version())
     check_user(settings)
     definitions = discover(settings.task_modules)
-    registry = build_registry(settings, definitions)
+    registry = build_registry(settings, definitions)  # a bad setting stops here, unlogged
+    # the first line of every run: which version a report came from
+    log.info("cronloop starting", version=__version__, python=platform.python_version())
     notifier = Notifier()
     clock = SystemClock()
     # waiting for the database and migrating may outlast TimeoutStartSec
