@@ -13,7 +13,13 @@ and for plugin authors (`cronloop.definitions.plugin`): `Plugin`, `Command`,
 `Secret`, `state_directory`), time zones (`resolve_timezone`, `ScheduleError`) and the
 exit codes (`cronloop.exitcodes`). Plugin tables use `cronloop.sql`. Everything else under
 `cronloop.*` is internal and may change.
+
+`__version__` is the one source of the version: pyproject reads it (setuptools attr),
+and `cronloop --version`, `check-config`, the READY status line and the first log line
+of `cronloop run` show it.
 """
+
+__version__ = "0.1.0"
 
 from cronloop import exitcodes
 from cronloop.config.paths import state_directory
@@ -39,6 +45,7 @@ __all__ = [
     "TaskContext",
     "TaskSpec",
     "TaskStatus",
+    "__version__",
     "exitcodes",
     "resolve_timezone",
     "state_directory",

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cronloop import exitcodes
+from cronloop import __version__, exitcodes
 from cronloop.cli.bootstrap import (
     check_user,
     load_registry,
@@ -134,6 +134,7 @@ async def cmd_check_config(args: argparse.Namespace, settings: Settings) -> int:
     for key, value, source in rows:
         print(f"{key.ljust(width)} = {value}    # {source}")
     files = ", ".join(settings.param_files) or "none"
+    print(f"# cronloop {__version__}")
     print(f"# params files read: {files}")
     print(f"# database: {database_label(settings)}")
     print(f"# tasks: {len(registry)} ({', '.join(registry.names())})")

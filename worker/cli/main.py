@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import structlog
 
-from cronloop import exitcodes
+from cronloop import __version__, exitcodes
 from cronloop.cli.admin import COMMANDS
 from cronloop.cli.bootstrap import ExitError, check_user
 from cronloop.cli.plugins import add_subparsers, run_command
@@ -39,6 +39,7 @@ def build_parser(plugin_commands: Mapping[str, Command] | None = None) -> argpar
         epilog="Settings: --param-file FILE (iTop: --param_file=FILE), or any setting as "
         "--key=value; see `cronloop check-config`.",
     )
+    parser.add_argument("--version", action="version", version=f"cronloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", help="run the service (until stopped, or --once)")
     run.add_argument("--once", action="store_true", help="run what is due now, then exit")

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import sys
 from collections.abc import Callable, Sequence
 from types import CodeType
 from typing import NoReturn
 
+import structlog
 from sqlalchemy.engine import URL
 
+from cronloop import __version__
 from cronloop.cli.bootstrap import check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
@@ -26,11 +29,15 @@ from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
 from cronloop.systemd import logs
 from cronloop.systemd.notify import Notifier
 
+log = structlog.get_logger("cronloop.cli")
+
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
     definitions = discover(settings.task_modules)
-    registry = build_registry(settings, definitions)
+    registry = build_registry(settings, definitions)  # a bad setting stops here, unlogged
+    # the first line of every run: which version a report came from
+    log.info("cronloop starting", version=__version__, python=platform.python_version())
     notifier = Notifier()
     clock = SystemClock()
     # waiting for the database and migrating may outlast TimeoutStartSec
@@ -121,7 +128,7 @@ def _systemd_hooks(notifier: Notifier, clock: SystemClock, drain_s: Callable[[],
             last_ping[0] = clock.monotonic()
 
     def ready() -> None:
-        notifier.ready("started")
+        notifier.ready(f"started (cronloop {__version__})")
 
     def status(text: str) -> None:
         notifier.status(text)

@@ -91,6 +91,31 @@ async def test_once_runs_due_tasks_concurrently_and_exits_zero(sqlite: AsyncEngi
     }
 
 
+async def test_once_exits_when_its_last_run_ends_while_the_loop_sleeps(
+    sqlite: AsyncEngine,
+) -> None:
+    # Regression (issue 15): `--once` slept until its next wake (a poll interval on a real
+    # clock; forever on this fake one) after its last run, because a run whose task is due
+    # no sooner than a known due time did not wake the loop. Here `quick` ends first and
+    # wakes the loop (its next run is the first known), the loop sleeps again while `late`
+    # still runs, and `late` ends with the same next run. 3.11's scheduling happened to end
+    # both runs in one step of the loop; 3.12 and 3.13 showed the hang.
+    async def quick(ctx: TaskContext) -> None:
+        return None
+
+    async def late(ctx: TaskContext) -> None:
+        for _ in range(200):  # long enough for the loop to be asleep on every Python
+            await asyncio.sleep(0)
+
+    sup = await make(sqlite, FakeClock(), {"quick": (quick, 60), "late": (late, 60)})
+    sup.once = True
+    assert await asyncio.wait_for(sup.run(), 5) == exitcodes.OK
+    assert {s.name: s.last_outcome for s in await sup.store.status()} == {
+        "quick": "success",
+        "late": "success",
+    }
+
+
 async def test_a_slow_task_never_overlaps_itself_nor_delays_others(sqlite: AsyncEngine) -> None:
     clock = FakeClock()
     active = [0]
