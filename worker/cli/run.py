@@ -23,6 +23,7 @@ from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import SystemClock
+from cronloop.runtime.recording import RECORD_WINDOW_S
 from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Hooks, Supervisor
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
@@ -44,7 +45,13 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     notifier.extend_timeout(settings.startup_db_wait_s + 120)
     db = await open_database(settings, wait=True, create=True)
     # its thread pool follows max_concurrency, its retry policy retry_max/retry_delay_s
-    env = RunEnvironment(store=db.store, settings=settings, clock=clock, db=db.sessions)
+    env = RunEnvironment(
+        store=db.store,
+        settings=settings,
+        clock=clock,
+        db=db.sessions,
+        record_window_s=RECORD_WINDOW_S,
+    )
     try:
         await sync(db, registry, clock)
 

@@ -18,6 +18,10 @@ from datetime import datetime, timedelta
 # and a commit, which would otherwise all be lateness; the run itself starts at its time
 MIN_LEAD_S = 0.002
 MAX_LEAD_S = 0.02
+# one claim takes every run due within this window, each started at its own time: at a
+# steady 100 runs/s that is one claim transaction for 10 runs instead of one per run.
+# Short against any lease, so the runs claimed ahead need no renewal before they start.
+CLAIM_AHEAD_S = 0.1
 
 
 @dataclass
@@ -36,12 +40,18 @@ class DueTracker:
     def claimed_in(self, seconds: float) -> None:
         self.claim_s += 0.2 * (seconds - self.claim_s)
 
+    @property
+    def ahead_s(self) -> float:
+        """How far ahead one claim reaches: `CLAIM_AHEAD_S`, or the lead if longer."""
+        return max(CLAIM_AHEAD_S, self.lead_s)
+
     def claim_at(self, now: datetime) -> datetime:
-        """The instant to claim for: the next due time if it is at most `lead_s` away
-        (the claim is made early and the runs start at their time), else `now`."""
+        """The instant to claim for. Once the next due time is at most `lead_s` away (or
+        past), one claim takes every run due up to `ahead_s` from now, made early, each run
+        started at its own time; while it is further away, `now` (nothing to take yet)."""
         due = self.next_due
-        if due is not None and now < due <= now + timedelta(seconds=self.lead_s):
-            return due
+        if due is not None and due <= now + timedelta(seconds=self.lead_s):
+            return now + timedelta(seconds=self.ahead_s)
         return now
 
     def fresh(self, mono: float) -> bool:
@@ -77,8 +87,8 @@ class DueTracker:
         return True
 
     def sleep_s(self, now: datetime, mono: float) -> float:
-        """How long the loop may sleep: until `lead_s` before the next due run, at most
-        `poll_interval`."""
+        """How long the loop may sleep: until `lead_s` before the next due run that is
+        not claimed yet, at most `poll_interval`."""
         delay = self.poll_interval
         if self.learned_mono is not None:
             delay = min(delay, max(0.0, self.learned_mono + self.poll_interval - mono))

@@ -4,7 +4,11 @@ Group commit. A burst of short tasks ends hundreds of runs in a few milliseconds
 transaction each would make the database, not the tasks, the limit. A run's end is
 queued; the first one schedules a flush on the next turn of the event loop, so every run
 ending in that turn joins it, and runs ending while a flush is in flight wait for the next
-one. Nothing waits on a timer, so a lone run is recorded as fast as before.
+one. A lone run is recorded at once. When runs end in a steady stream (each a few
+milliseconds after the previous flush), flushes are spaced `window_s` apart (the
+`cronloop run` service uses `RECORD_WINDOW_S`), so one transaction carries the runs of a
+window instead of one each; the wait is cut short once as many runs are queued as half
+the slots (`eager_at`), so a full worker never waits on the window for a free slot.
 
 The fenced retry. Every write is conditional on the run's lease token, so it is safe at any
 time: it lands if nobody took the run over, even after an outage longer than the lease,
@@ -24,7 +28,9 @@ The database-error policy is `DbHealth`'s; this module only decides what to writ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any
@@ -41,6 +47,9 @@ log = structlog.get_logger("cronloop.recording")
 
 RECORD_RETRY_BASE_S = 0.25
 RECORD_RETRY_MAX_S = 1.0
+# the service's recording window: at 100 runs/s, five runs per transaction; at most this
+# long between a run's end and its record, far below any lease or period that matters
+RECORD_WINDOW_S = 0.05
 PLACEHOLDER_MAX = 500  # characters of the placeholder text
 
 
@@ -71,11 +80,21 @@ class _Pending:
 
 
 class Recorder:
-    def __init__(self, store: Store, health: DbHealth) -> None:
+    def __init__(
+        self,
+        store: Store,
+        health: DbHealth,
+        window_s: float = 0.0,
+        eager_at: Callable[[], int] = lambda: 1,
+    ) -> None:
         self.store = store
         self.health = health
+        self.window_s = window_s  # 0: every flush at once (tests that count loop turns)
+        self.eager_at = eager_at  # this many runs queued: flush without waiting
         self._queue: list[_Pending] = []
         self._flusher: asyncio.Future[None] | None = None
+        self._last_flush = -math.inf  # loop time the previous flush began
+        self._full = asyncio.Event()
 
     async def complete(
         self,
@@ -116,6 +135,8 @@ class Recorder:
     async def _enqueue(self, claim: Claim, record: RunRecord, keep_lease: bool) -> Written:
         fut: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(claim, record, keep_lease, fut))
+        if len(self._queue) >= self.eager_at():
+            self._full.set()
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
         return await fut
@@ -123,6 +144,7 @@ class Recorder:
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # let the runs that end in this turn of the loop join
         while self._queue:
+            await self._window()
             batch, self._queue = self._queue, []
             try:
                 await self._write(batch)
@@ -134,6 +156,17 @@ class Recorder:
                 for item in batch:
                     if not item.fut.done():
                         item.fut.set_exception(exc)
+
+    async def _window(self) -> None:
+        """In a steady stream of ends, wait out the rest of the window since the last
+        flush (cut short when enough runs are queued); a lone run does not wait."""
+        loop = asyncio.get_running_loop()
+        wait_s = self._last_flush + self.window_s - loop.time()
+        if wait_s > 0 and len(self._queue) < self.eager_at():
+            self._full.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), wait_s)
+        self._last_flush = loop.time()
 
     async def _write(self, batch: Sequence[_Pending]) -> None:
         """Write `batch` in one transaction; if refused, split it until the refused run

@@ -68,6 +68,7 @@ class RunEnvironment:
         clock: Clock,
         db: Any,  # async_sessionmaker for ctx.db
         executor: Executor | None = None,  # a fixed pool (tests); else one sized to settings
+        record_window_s: float = 0.0,  # the service's: RECORD_WINDOW_S
     ) -> None:
         self.store = store
         self.clock = clock
@@ -79,7 +80,12 @@ class RunEnvironment:
         # the one owner of database-error policy, for every call the runtime makes
         self.health = DbHealth(clock, lambda: db_timeout_s(self._settings.lease_s))
         # writes how runs ended, many per transaction
-        self.recorder = Recorder(store, self.health)
+        self.recorder = Recorder(
+            store,
+            self.health,
+            window_s=record_window_s,
+            eager_at=lambda: max(1, self._settings.max_concurrency // 2),
+        )
 
     @property
     def settings(self) -> Settings:

@@ -27,6 +27,7 @@ from cronloop.runtime.control import Control, Lifetime
 from cronloop.runtime.dbhealth import DatabaseFailure
 from cronloop.runtime.due import DueTracker
 from cronloop.runtime.leases import LeaseKeeper
+from cronloop.runtime.planned import Planned
 from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
 from cronloop.runtime.status import StatusLine
 from cronloop.runtime.stragglers import Stragglers
@@ -75,6 +76,7 @@ class Supervisor:
         self.abort_event = self.control.abort_event
         self.wake_event = self.control.wake_event
         self.runners: dict[str, Runner] = {}
+        self.planned = Planned()  # claimed ahead, waiting for their time
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
         self._names_stale = False
@@ -149,7 +151,7 @@ class Supervisor:
                     log.exception("the loop crashed; stopping the worker")
                     self.control.crashed()
                     break
-                if self.once and idle and not self.runners:
+                if self.once and idle and not self.runners and not self.planned:
                     break
                 await self._sleep(lifetime.remaining_s())
             await self._drain()
@@ -167,10 +169,12 @@ class Supervisor:
         self.hooks.on_tick()
         # cleared before claiming, so a run that ends from here on wakes the next sleep
         self.wake_event.clear()
+        self._start_planned()
         # a small first batch, so the first run of a burst starts at once; bigger ones
         # while more is due, so fewer commits carry the rest
         size = CLAIM_BATCH_MORE if self.due.more else CLAIM_BATCH
-        capacity = min(self.settings.max_concurrency - len(self.runners), size)
+        in_flight = len(self.runners) + len(self.planned)
+        capacity = min(self.settings.max_concurrency - in_flight, size)
         if capacity <= 0:
             return False
         mono = self.clock.monotonic()
@@ -196,9 +200,12 @@ class Supervisor:
         self.due.after_claim(batch.next_due, at, mono)
         if batch.claims:
             log.debug("planned now", tasks=len(batch.claims))
-            await self._until(at)  # claimed ahead: the runs start at their time, not before
-        for claim in batch.claims:
-            self._start(claim, mono)
+        now = self.clock.now()
+        for claim in batch.claims:  # claimed ahead: each run starts at its time, not before
+            if claim.scheduled_for <= now:
+                self._start(claim, mono)
+            else:
+                self.planned.add(claim, mono)
         if self._names_stale:
             self._snapshot_running()
         self.status.report(
@@ -206,9 +213,18 @@ class Supervisor:
         )
         return not batch.claims
 
-    async def _until(self, at: datetime) -> None:
-        while (remaining_s := (at - self.clock.now()).total_seconds()) > 0:
-            await self.clock.sleep(remaining_s)
+    def _start_planned(self) -> None:
+        """Start the runs claimed ahead whose time has come."""
+        for claim, claimed_mono in self.planned.pop_due(self.clock.now()):
+            self._start(claim, claimed_mono)
+
+    async def _release_planned(self) -> None:
+        """A stop: give the runs claimed ahead back unrun; the next worker runs them."""
+        claims = self.planned.take_all()
+        if claims:
+            log.info("giving back runs claimed ahead of their time", runs=len(claims))
+        for claim in claims:
+            await self._quietly(functools.partial(self.store.release, claim), "releasing")
 
     def _snapshot_running(self) -> None:
         """The names the watchdog thread reads: running tasks and stuck ones (a straggler
@@ -272,10 +288,13 @@ class Supervisor:
             return
         if self.health.down:
             delay = self.health.loop_backoff_s(self.settings.poll_interval)
-        elif len(self.runners) >= self.settings.max_concurrency:
-            delay = self.settings.poll_interval  # until a run ends (wake_event)
+        elif len(self.runners) + len(self.planned) >= self.settings.max_concurrency:
+            delay = self.settings.poll_interval  # until a run ends (wake_event) or starts
         else:
             delay = self.due.sleep_s(self.clock.now(), self.clock.monotonic())
+        start = self.planned.next_start()
+        if start is not None:  # a run claimed ahead starts then
+            delay = min(delay, max(0.0, (start - self.clock.now()).total_seconds()))
         for cap in (cap_s, self.hooks.max_sleep_s):
             if cap is not None:
                 delay = min(delay, cap)
@@ -324,5 +343,6 @@ class Supervisor:
 
     async def _drain(self) -> None:
         self.hooks.on_stopping()
+        await self._release_planned()
         if self.runners:
             await self.control.drain(self.runners, self._tasks, self.settings.shutdown_grace)

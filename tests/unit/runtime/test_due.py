@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from cronloop.runtime.due import MAX_LEAD_S, MIN_LEAD_S, DueTracker
+from cronloop.runtime.due import CLAIM_AHEAD_S, MAX_LEAD_S, MIN_LEAD_S, DueTracker
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
@@ -60,6 +60,9 @@ def test_the_lead_follows_the_claims_within_bounds() -> None:
     due.claim_s = 0.004
     soon, far = T0 + timedelta(milliseconds=3), T0 + timedelta(milliseconds=50)
     due.learn(soon, mono=0.0)
-    assert due.claim_at(T0) == soon  # claimed ahead, started at its time
+    window = T0 + timedelta(seconds=CLAIM_AHEAD_S)
+    assert due.claim_at(T0) == window  # the window's runs, each started at its time
+    due.learn(T0 - timedelta(seconds=1), mono=0.0)
+    assert due.claim_at(T0) == window  # late: what is due, and the window after it
     due.learn(far, mono=0.0)
-    assert due.claim_at(T0) == T0
+    assert due.claim_at(T0) == T0  # not within the lead yet: nothing to take

@@ -295,3 +295,38 @@ def spy(store: TaskStore, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(store, "complete_many", counting)
     return sizes
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_a_steady_stream_of_ends_shares_a_window_and_a_lone_run_does_not_wait(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.recorder = Recorder(rig.store, rig.health, window_s=1.0, eager_at=lambda: 100)
+    lone, *stream = await rig.claims(4)
+    sizes = spy(rig.store, monkeypatch)
+    # the first end in a while is recorded at once: bounded far below the window
+    assert await asyncio.wait_for(rig.recorder.complete(lone, rig.record(lone)), 0.5) == (
+        Written.WRITTEN
+    )
+    pending = []
+    for claim in stream:  # each ends in a turn of the loop of its own, right after
+        pending.append(asyncio.ensure_future(rig.recorder.complete(claim, rig.record(claim))))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+    assert await asyncio.wait_for(asyncio.gather(*pending), 5) == [Written.WRITTEN] * 3
+    assert sizes == [1, 3]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_enough_queued_ends_cut_the_window_short(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full worker must not wait a window for a slot: half the slots queued flush now."""
+    rig.recorder = Recorder(rig.store, rig.health, window_s=60.0, eager_at=lambda: 2)
+    first, *rest = await rig.claims(3)
+    sizes = spy(rig.store, monkeypatch)
+    await rig.recorder.complete(first, rig.record(first))
+    pending = [asyncio.ensure_future(rig.recorder.complete(c, rig.record(c))) for c in rest]
+    # a 60 s window would time this out: the second queued end flushes both
+    assert await asyncio.wait_for(asyncio.gather(*pending), 5) == [Written.WRITTEN] * 2
+    assert sizes == [1, 2]

@@ -370,3 +370,68 @@ async def test_a_bug_while_recording_a_run_stops_the_worker_with_exit_70(
     run = asyncio.ensure_future(sup.run())
     await tick_until(clock, run.done, step_s=0.25)
     assert run.result() == exitcodes.SOFTWARE
+
+
+async def _due_at(engine: AsyncEngine, **due: Any) -> None:
+    from sqlalchemy import update
+
+    from cronloop.store.sql.tables import tasks
+
+    async with engine.begin() as conn:
+        for name, at in due.items():
+            await conn.execute(update(tasks).where(tasks.c.name == name).values(next_run=at))
+
+
+async def test_one_claim_takes_the_window_and_each_run_starts_at_its_own_time(
+    sqlite: AsyncEngine,
+) -> None:
+    clock = FakeClock()
+    t0 = clock.now()
+    started: dict[str, Any] = {}
+
+    def recording(name: str) -> Callable[..., Any]:
+        async def task(ctx: TaskContext) -> None:
+            started[name] = clock.now()
+
+        return task
+
+    sup = await make(sqlite, clock, {"a": (recording("a"), 600), "b": (recording("b"), 600)})
+    await _due_at(sqlite, a=t0 + timedelta(seconds=1), b=t0 + timedelta(seconds=1.06))
+    claims: list[int] = []
+    real = sup.store.claim_next
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        batch = await real(*args, **kwargs)
+        claims.append(len(batch.claims))
+        return batch
+
+    sup.store.claim_next = counting  # type: ignore[method-assign]
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, lambda: len(started) == 2, step_s=0.005)
+    sup.request_stop()
+    await asyncio.wait_for(run, 10)
+    assert started["a"] >= t0 + timedelta(seconds=1)  # claimed ahead, never started early
+    assert started["b"] >= t0 + timedelta(seconds=1.06)
+    assert [n for n in claims if n] == [2]  # one claim for both
+
+
+async def test_a_stop_gives_back_the_runs_claimed_ahead_unrun(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    t0 = clock.now()
+    ran: list[str] = []
+
+    async def task(ctx: TaskContext) -> None:
+        ran.append("a")
+
+    sup = await make(sqlite, clock, {"a": (task, 600)})
+    await _due_at(sqlite, a=t0 + timedelta(seconds=1))
+    sup.due.claim_s = 1.0  # as if claims were slow: the longest lead, so the run waits
+    run = asyncio.ensure_future(sup.run())
+    await tick_until(clock, lambda: len(sup.planned) == 1, step_s=0.001, limit=2000)
+    sup.request_stop()
+    assert await asyncio.wait_for(run, 10) == exitcodes.OK
+    assert ran == []
+    [state] = await sup.store.status()
+    assert not state.running and state.next_run == t0 + timedelta(seconds=1)  # runs next time
+    [entry] = await sup.store.history("a")
+    assert entry.outcome == "skipped" and entry.error == "released unrun"
