@@ -10,6 +10,7 @@ each execution, not in cronloop's.
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from collections import Counter
@@ -58,7 +59,15 @@ def start_workers(
         ]
         label = f"node{i}"
         workers.append(
-            WorkerProcess(argv, env, cwd, label=label, log_path=cwd / f"{label}.log", cond=cond)
+            WorkerProcess(
+                argv,
+                env,
+                cwd,
+                label=label,
+                log_path=cwd / f"{label}.log",
+                cond=cond,
+                dump_signal=signal.SIGUSR1,  # chaos_tasks prints the asyncio tasks
+            )
         )
     return workers
 
@@ -74,6 +83,16 @@ def rows(cluster: Cluster, database: str, sql: str) -> list[Any]:
     try:
         with engine.connect() as conn:
             return list(conn.exec_driver_sql(sql).all())
+    finally:
+        engine.dispose()
+
+
+def make_exec_table(cluster: Cluster, database: str) -> None:
+    """The chaos tasks' own table, where each execution writes its row."""
+    engine = sa.create_engine(cluster.nodes[0].url(database, "mysql+pymysql"), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(DDL)
     finally:
         engine.dispose()
 
@@ -109,14 +128,15 @@ def test_after_migrate_all_start_together(
     for attempt in range(3):
         with galera.database() as database:
             migrate(galera.url(0, database), tmp_path)
-            workers = start_workers(
-                galera, database, tmp_path, foreign_tasks_off, chaos=chaos
-            )
+            make_exec_table(galera, database)
+            workers = start_workers(galera, database, tmp_path, foreign_tasks_off, chaos=chaos)
             try:
                 wait_for_total(workers, "worker started", 3, START_TIMEOUT_S)
+                wait_for_total(workers, "run finished", 20, 30.0)
                 no_errors(workers)
-                names = rows(galera, database, "SELECT name FROM cronloop_task")
-                assert len(names) == 20, f"attempt {attempt}: {len(names)} task rows"
+                names = [n for (n,) in rows(galera, database, "SELECT name FROM cronloop_task")]
+                races = [n for n in names if n.startswith("race_")]
+                assert len(races) == 20, f"attempt {attempt}: {len(races)} race task rows"
             finally:
                 codes = stop(workers)
             assert codes == [0, 0, 0], f"attempt {attempt}"
@@ -126,11 +146,7 @@ def test_steady_load_across_nodes_no_duplicate_no_gap(
     galera: Cluster, galera_db: str, tmp_path: Path, foreign_tasks_off: dict[str, str]
 ) -> None:
     migrate(galera.url(0, galera_db), tmp_path)
-    rows(galera, galera_db, "SELECT 1")  # the database exists on every node
-    engine = sa.create_engine(galera.nodes[0].url(galera_db, "mysql+pymysql"), poolclass=NullPool)
-    with engine.begin() as conn:
-        conn.exec_driver_sql(DDL)
-    engine.dispose()
+    make_exec_table(galera, galera_db)
     tasks, period_s, runs_each = 20, 1, 8
     workers = start_workers(
         galera, galera_db, tmp_path, foreign_tasks_off, chaos={"CHAOS_RACE": f"{tasks}:{period_s}"}
@@ -158,8 +174,7 @@ def test_steady_load_across_nodes_no_duplicate_no_gap(
     for task, slots in by_task.items():
         slots.sort()
         gaps = [
-            (a, b) for a, b in zip(slots, slots[1:], strict=False)
-            if (b - a).total_seconds() > period_s * 1.5
+            (a, b) for a, b in itertools.pairwise(slots) if (b - a).total_seconds() > period_s * 1.5
         ]
         assert not gaps, f"{task}: slots skipped between {gaps}"
     nodes_used = {w.label for w in workers if w.find("run finished")}

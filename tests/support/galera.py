@@ -128,7 +128,7 @@ class Node:
             f"wsrep_node_name=node{self.index}\n"
             f"wsrep_node_address=127.0.0.1:{self.gcomm_port}\n"
             f"wsrep_node_incoming_address=127.0.0.1:{self.sql_port}\n"
-            f"wsrep_provider_options=\"{options}\"\n"
+            f'wsrep_provider_options="{options}"\n'
             "wsrep_sst_method=rsync\n"
             f"wsrep_sst_receive_address=127.0.0.1:{self.sst_port}\n"
             "wsrep_slave_threads=2\n",
