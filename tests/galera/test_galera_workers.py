@@ -52,7 +52,7 @@ def start_workers(
             "--poll_interval=0.5",
             "--lease_s=5",
             "--shutdown_grace=3",
-            "--history_retention_days=0",
+            "--history_gc.retention_days=0",
             "--log_level=debug",
             *args,
             f"--database_url={cluster.url(i, database)}",
