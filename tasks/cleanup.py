@@ -34,7 +34,7 @@ from sqlalchemy import ColumnElement, Table, and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cronloop import Outcome, TaskContext, task
-from cronloop.sql import rowcount, supports_skip_locked
+from cronloop.sql import conflict_retry, rowcount, supports_skip_locked
 from cronloop.sql import run_history as runs
 from cronloop.standard.attachments import draft_attachments, export_results
 
@@ -130,6 +130,24 @@ class FileRemover:
         return os.path.join(parent, path.name)
 
 
+@conflict_retry("cleanup batch")
+async def _batch_transaction(
+    ctx: TaskContext,
+    table: Table,
+    due: ColumnElement[bool],
+    batch_size: int,
+    skip_locked: bool | None,
+    files: FileRemover,
+) -> tuple[int, list[tuple[int, str | None]], bool]:
+    """One batch in a transaction of its own, run again if it lost a race; returns
+    (claimed, deleted, whether the server has SKIP LOCKED)."""
+    async with ctx.db.begin() as session:
+        if skip_locked is None:
+            skip_locked = await supports_skip_locked(session)
+        claimed, deleted = await _delete_batch(session, table, due, batch_size, skip_locked, files)
+    return claimed, deleted, skip_locked
+
+
 async def _delete_batch(
     session: AsyncSession,
     table: Table,
@@ -210,12 +228,9 @@ async def sweep(
     skip_locked: bool | None = None
     while True:
         await ctx.checkpoint()
-        async with ctx.db.begin() as session:
-            if skip_locked is None:
-                skip_locked = await supports_skip_locked(session)
-            claimed, deleted = await _delete_batch(
-                session, table, due, batch_size, skip_locked, files
-            )
+        claimed, deleted, skip_locked = await _batch_transaction(
+            ctx, table, due, batch_size, skip_locked, files
+        )
         if not claimed:
             return total
         total += len(deleted)

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import String, and_, delete, or_, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cronloop.sql import db_now, rowcount
+from cronloop.sql import conflict_retry, db_now, rowcount
 from cronloop.standard.outbox import ERROR, PLANNED, SENDING, SENT, outbox
 
 DELETED = "deleted"  # a Mark state: the row is removed (sent, and not kept)
@@ -53,6 +53,7 @@ SEND_COLUMNS = (
 )
 
 
+@conflict_retry("outbox housekeeping")
 async def housekeeping(
     db: async_sessionmaker[AsyncSession], keep_sent_days: float, limit: int = 1000
 ) -> tuple[list[Any], int]:
@@ -85,6 +86,7 @@ async def housekeeping(
     return list(stuck), len(old)
 
 
+@conflict_retry("outbox claim")
 async def claim(
     db: async_sessionmaker[AsyncSession],
     *,
@@ -130,6 +132,7 @@ async def claim(
         return list(taken.all())
 
 
+@conflict_retry("outbox message id")
 async def assign_message_id(
     db: async_sessionmaker[AsyncSession], token: str, row_id: int, message_id: str
 ) -> None:
@@ -143,6 +146,7 @@ async def assign_message_id(
         )
 
 
+@conflict_retry("outbox record")
 async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[Mark]) -> int:
     """Write the fate of attempted rows in one transaction; every write is fenced by the
     claim token, so a worker whose claim expired cannot overwrite a newer owner's row.
@@ -188,6 +192,7 @@ async def record(db: async_sessionmaker[AsyncSession], token: str, marks: list[M
     return written
 
 
+@conflict_retry("outbox release")
 async def release(db: async_sessionmaker[AsyncSession], token: str, ids: list[int]) -> int:
     """Give back claimed rows that were not sent, due at once, attempts unchanged."""
     if not ids:

@@ -29,7 +29,7 @@ from sqlalchemy import false, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cronloop import TaskContext, task
-from cronloop.sql import rowcount
+from cronloop.sql import conflict_retry, rowcount
 from cronloop.standard.outbox import queue_email
 from cronloop.standard.sla_notify import OPTIONS, Due, SlaConfig, notification
 from cronloop.standard.tickets import STOPWATCHES, THRESHOLDS, ticket_problem, tickets
@@ -165,8 +165,7 @@ async def _process_one(
 ) -> None:
     """One ticket, one transaction; a bad ticket is marked in a second one."""
     try:
-        async with ctx.db() as session, session.begin():
-            result = await process_ticket(session, config, ticket_id, now)
+        result = await _ticket_transaction(ctx.db, config, ticket_id, now)
     except BadTicket as exc:
         if await _mark_bad(ctx.db, ticket_id, str(exc)):
             report.skipped += 1
@@ -187,6 +186,15 @@ async def _process_one(
     report.triggered += len(result.triggered)
     report.escalated += bool(result.escalated_to)
     report.emails += result.emails
+
+
+@conflict_retry("sla ticket")
+async def _ticket_transaction(
+    db: async_sessionmaker[AsyncSession], config: SlaConfig, ticket_id: int, now: datetime
+) -> TicketResult | None:
+    """`process_ticket` in a transaction of its own, run again if it lost a race."""
+    async with db() as session, session.begin():
+        return await process_ticket(session, config, ticket_id, now)
 
 
 async def process_ticket(
@@ -256,6 +264,7 @@ async def _escalate(session: AsyncSession, ticket_id: int, current: str, target:
     return rowcount(await session.execute(statement)) == 1
 
 
+@conflict_retry("sla mark bad ticket")
 async def _mark_bad(db: async_sessionmaker[AsyncSession], ticket_id: int, reason: str) -> bool:
     """Record why the ticket is skipped; True only for the worker that recorded it, so
     the warning is logged once across all workers, not every 10 s."""

@@ -3,7 +3,9 @@
 A stable, small surface over `cronloop.store.sql` (which is internal): the UTC datetime
 column type and naming convention cronloop's own tables use, the database clock, the
 primary-key and row-count idioms, SKIP LOCKED detection, an engine built from settings,
-and the run-history table (for pruning it: `history_gc`). It never knows any plugin.
+the run-history table (for pruning it: `history_gc`), and the conflict retry of a whole
+transaction (`conflict_retry`, `retry_conflicts`: a lost race, e.g. a Galera
+certification failure, is run again at once). It never knows any plugin.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cronloop.store.sql.engine import create_engine, db_now, skip_locked_in
+from cronloop.store.sql.retry import conflict_retry, retry_conflicts
 from cronloop.store.sql.tables import NAMING_CONVENTION, UTCDateTime
 from cronloop.store.sql.tables import runs as run_history
 
 __all__ = [
     "NAMING_CONVENTION",
     "UTCDateTime",
+    "conflict_retry",
     "create_engine",
     "db_now",
     "id_column",
+    "retry_conflicts",
     "rowcount",
     "run_history",
     "skip_locked_in",

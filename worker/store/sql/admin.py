@@ -16,6 +16,7 @@ from cronloop.domain.outcome import TaskStatus
 from cronloop.domain.records import RunEntry, TaskState, TriggerResult, UnknownTask
 from cronloop.store.rows import run_entry_of, task_state_of
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.retry import conflict_retry
 from cronloop.store.sql.tables import runs, tasks
 
 T = tasks.c
@@ -36,6 +37,7 @@ class AdminVerbs:
         """Make a paused or quarantined task active again and clear its strike counters."""
         return await self._set_status(name, TaskStatus.ACTIVE, reason=None)
 
+    @conflict_retry("admin status change")
     async def _set_status(self, name: str, status: TaskStatus, reason: str | None) -> str:
         async with self.db.begin() as conn:
             old = (await conn.execute(select(T.status).where(T.name == name))).scalar_one_or_none()
@@ -53,6 +55,7 @@ class AdminVerbs:
             await conn.execute(update(tasks).where(T.name == name).values(**values))
         return str(old)
 
+    @conflict_retry("admin trigger")
     async def trigger(self, name: str, now: datetime) -> TriggerResult:
         """Run a task as soon as possible, without moving its regular schedule."""
         async with self.db.begin() as conn:

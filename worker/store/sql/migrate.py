@@ -1,8 +1,9 @@
 """Schema migrations driven from code, safe when several workers start at once.
 
-On MySQL/MariaDB the upgrade runs under the named lock `cronloop_migrate` (GET_LOCK), and
-on SQLite under an exclusive lock file beside the database, so the second worker waits,
-then finds the schema current and does nothing.
+On MySQL/MariaDB the upgrade runs under the cluster-wide lease lock `migrate` in
+`cronloop_lock` (`migrate_lock`: GET_LOCK is not cluster-wide on Galera), and on SQLite
+under an exclusive lock file beside the database, so the second worker waits, then finds
+the schema current and does nothing. The one that changed the schema logs it.
 
 The revisions are the core's (`cronloop.migrations`) and each loaded plugin's own branch
 (`Plugin.migrations`, `cronloop.definitions.plugin`). A database stamped with a revision
@@ -21,24 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 import cronloop.migrations as core_migrations
 from cronloop.config.settings import ConfigError
 from cronloop.definitions.plugin import load_plugins, migration_folders
 from cronloop.files import open_private
+from cronloop.store.sql.migrate_lock import MIGRATE_LOCK, LeaseLock
 from cronloop.store.sql.tables import VERSION_TABLE
 
-LOCK_NAME = "cronloop_migrate"
 LOCK_WAIT_S = 300
-
-
-class MigrationLockTimeout(RuntimeError):
-    """Another process held the migration lock for too long."""
+log = structlog.get_logger("cronloop.migrate")
 
 
 class UnknownRevision(ConfigError):
@@ -114,14 +113,15 @@ def _applied_revisions(sync_conn: Any) -> frozenset[str]:
 async def upgrade(engine: AsyncEngine, revision: str = "heads") -> SchemaState:
     """Bring the schema to `revision` under the migration lock; a no-op when current."""
     await schema_state(engine)  # an unknown revision: refused before taking the lock
-    async with _file_lock(engine), engine.connect() as conn:
-        await _named_lock(conn)
-        try:
+    async with _file_lock(engine), _cluster_lock(engine):
+        before = await schema_state(engine)
+        async with engine.connect() as conn:
             await conn.run_sync(_upgrade, revision)
             await conn.commit()
-        finally:
-            await _named_unlock(conn)
-    return await schema_state(engine)
+        after = await schema_state(engine)
+    if after.applied != before.applied:
+        log.info("database schema migrated", before=before.current, after=after.current)
+    return after
 
 
 def _upgrade(sync_conn: Any, revision: str) -> None:
@@ -130,22 +130,14 @@ def _upgrade(sync_conn: Any, revision: str) -> None:
     command.upgrade(config, revision)
 
 
-async def _named_lock(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "sqlite":
+@asynccontextmanager
+async def _cluster_lock(engine: AsyncEngine) -> AsyncIterator[None]:
+    """The lease lock on MySQL/MariaDB (one server or a Galera cluster)."""
+    if engine.dialect.name == "sqlite":
+        yield
         return
-    got = (await conn.exec_driver_sql(f"SELECT GET_LOCK('{LOCK_NAME}', {LOCK_WAIT_S})")).scalar()
-    await conn.commit()  # do not hold a transaction while migrating (DDL commits anyway)
-    if got != 1:
-        raise MigrationLockTimeout(
-            f"waited {LOCK_WAIT_S}s for lock {LOCK_NAME!r} held by another process"
-        )
-
-
-async def _named_unlock(conn: AsyncConnection) -> None:
-    if conn.dialect.name == "sqlite":
-        return
-    await conn.exec_driver_sql(f"SELECT RELEASE_LOCK('{LOCK_NAME}')")
-    await conn.commit()
+    async with LeaseLock(engine, MIGRATE_LOCK).held(LOCK_WAIT_S):
+        yield
 
 
 @asynccontextmanager

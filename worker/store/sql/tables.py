@@ -137,3 +137,14 @@ runs = Table(
     Index(None, "task_name", "started"),
     Index(None, "started"),
 )
+
+# cluster-wide locks (the migration lock): a lease row per lock, taken by a conditional
+# UPDATE on the database clock; GET_LOCK is not cluster-wide on Galera
+locks = Table(
+    "cronloop_lock",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255)),  # who holds it (host:pid), for the operator
+    Column("token", String(36)),  # the holder's fencing token; NULL: free
+    _ts("until"),  # the lease's end, database clock
+)

@@ -16,6 +16,7 @@ from cronloop.domain.outcome import TaskStatus
 from cronloop.domain.records import SyncReport, TaskDeclaration
 from cronloop.store.interface import DISABLED_BY_CONFIG
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.retry import retry_conflicts
 from cronloop.store.sql.tables import tasks
 
 T = tasks.c
@@ -26,17 +27,19 @@ class TaskSet:
         self.db = db
 
     async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
-        """See `Store.sync_tasks`. A concurrent worker inserting the same row first is not
-        an error: we retry once."""
+        """See `Store.sync_tasks`. Idempotent under concurrency: workers starting together
+        (on one server or on several Galera nodes) race to insert the same rows; the
+        loser's transaction (a duplicate key on one server, a certification failure or
+        deadlock on a cluster) is run again from the start, and then finds the rows."""
         decls = {d.name: d for d in declared}
-        for attempt in range(2):
-            try:
-                async with self.db.begin() as conn:
-                    return await self._sync(conn, decls)
-            except IntegrityError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+
+        async def attempt() -> SyncReport:
+            async with self.db.begin() as conn:
+                return await self._sync(conn, decls)
+
+        return await retry_conflicts(
+            attempt, what="task table sync", also=lambda e: isinstance(e, IntegrityError)
+        )
 
     async def _sync(self, conn: AsyncConnection, decls: dict[str, TaskDeclaration]) -> SyncReport:
         now = self.db.now()
