@@ -1,0 +1,167 @@
+"""/metrics: the worker's Prometheus registry (its own, never the global one).
+
+Three sources, none of which costs the hot path more than a counter increment:
+
+- events from the runtime (`RunEvents`): runs by outcome, their duration and lateness;
+- live values read at scrape time: runs in flight here, leases lost, whether the
+  database is up, database failures by kind (`DbHealth.errors_total`), the build;
+- the task table as the last `TableReader` refresh saw it: last success, next run,
+  quarantined. Every worker sharing a table reports the same values for these: aggregate
+  them with `max by (task)`, never `sum` (see README, "Monitoring").
+
+It never knows how runs are driven or where the table lives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cronloop.domain.outcome import Outcome
+from cronloop.web.table import TableReader
+from cronloop.web.view import WorkerView
+
+# seconds: from a quick task to a long backup
+DURATION_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
+# seconds late: the claim is made ahead, so most runs start within milliseconds
+LATENESS_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120)
+
+
+def version() -> str:
+    """`cronloop.__version__` when the package defines one, else the installed metadata."""
+    import cronloop
+
+    found = getattr(cronloop, "__version__", None)
+    if isinstance(found, str):
+        return found
+    try:
+        return metadata.version("cronloop")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    """The registry, and the runtime's event sink (`cronloop.runtime.events.RunEvents`)."""
+
+    def __init__(self, view: WorkerView, table: TableReader) -> None:
+        # no `_created` series: they double the output and no alert or panel needs them
+        disable_created_metrics()
+        self.registry = CollectorRegistry()
+        self.runs = Counter(
+            "cronloop_runs",
+            "Runs that ended on this worker, by outcome.",
+            ("task", "outcome"),
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "cronloop_run_duration_seconds",
+            "How long runs took on this worker.",
+            ("task",),
+            buckets=DURATION_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.lateness = Histogram(
+            "cronloop_run_lateness_seconds",
+            "From when a run was due to when it started, on this worker.",
+            ("task",),
+            buckets=LATENESS_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.registry.register(_Live(view))
+        self.registry.register(_Table(table))
+
+    def run_started(self, task: str, lateness_s: float) -> None:
+        self.lateness.labels(task).observe(lateness_s)
+
+    def run_ended(self, task: str, outcome: Outcome, duration_s: float) -> None:
+        self.runs.labels(task, outcome.value).inc()
+        self.duration.labels(task).observe(duration_s)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Live(Collector):
+    """Values read from the running worker at scrape time."""
+
+    def __init__(self, view: WorkerView) -> None:
+        self.view = view
+        self.version = version()
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "cronloop_build_info", "The cronloop version this worker runs.", labels=["version"]
+        )
+        info.add_metric([self.version], 1)
+        yield info
+        running = GaugeMetricFamily(
+            "cronloop_runs_running", "Runs in flight on this worker.", labels=["task"]
+        )
+        counts: dict[str, int] = {}
+        for name in self.view.running():
+            counts[name] = counts.get(name, 0) + 1
+        for name, count in sorted(counts.items()):
+            running.add_metric([name], count)
+        yield running
+        yield CounterMetricFamily(
+            "cronloop_leases_lost",
+            "Runs this worker stopped because it lost or could not renew their lease.",
+            value=self.view.leases_lost(),
+        )
+        yield GaugeMetricFamily(
+            "cronloop_database_up",
+            "1 when this worker's last database call succeeded, 0 during an outage.",
+            value=0 if self.view.health.down else 1,
+        )
+        errors = CounterMetricFamily(
+            "cronloop_database_errors",
+            "Failed database calls on this worker, by the error policy's kind.",
+            labels=["kind"],
+        )
+        for kind, count in self.view.health.errors_total().items():
+            errors.add_metric([kind], count)
+        yield errors
+
+
+class _Table(Collector):
+    """The task table as last read: the same on every worker sharing it (use max)."""
+
+    def __init__(self, table: TableReader) -> None:
+        self.table = table
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.table.snapshot
+        success = GaugeMetricFamily(
+            "cronloop_task_last_success_timestamp_seconds",
+            "When the task last ended successfully (Unix time), from the task table.",
+            labels=["task"],
+        )
+        for name, when in sorted(snap.last_success.items()):
+            success.add_metric([name], when.timestamp())
+        next_run = GaugeMetricFamily(
+            "cronloop_task_next_run_timestamp_seconds",
+            "When the task runs next (Unix time), from the task table.",
+            labels=["task"],
+        )
+        quarantined = GaugeMetricFamily(
+            "cronloop_task_quarantined",
+            "1 when the task is quarantined (needs `cronloop resume`), from the task table.",
+            labels=["task"],
+        )
+        for state in snap.states:
+            if state.next_run is not None:
+                next_run.add_metric([state.name], state.next_run.timestamp())
+            quarantined.add_metric([state.name], 1 if snap.quarantined(state) else 0)
+        yield success
+        yield next_run
+        yield quarantined
