@@ -31,6 +31,8 @@ METRICS = {
     "cronloop_database_up",
     "cronloop_database_errors",
     "cronloop_build_info",
+    "cronloop_outbox_messages",
+    "cronloop_outbox_oldest_planned_age_seconds",
 }
 
 
@@ -66,6 +68,7 @@ def test_a_worker_serves_metrics_health_and_the_api(cli: Cli) -> None:
     assert found[("cronloop_runs_total", (("outcome", "failed"), ("task", "boom")))] == 1
     assert found[("cronloop_run_lateness_seconds_count", (("task", "quick"),))] == 1
     assert found[("cronloop_database_up", ())] == 1
+    assert found[("cronloop_outbox_messages", (("state", "planned"),))] == 0
 
     assert call(listen, "GET", "/healthz").json()["status"] == "ok"
     ready = call(listen, "GET", "/readyz")

@@ -114,6 +114,7 @@ async def _web_server(
         heartbeat_age_s=dog.beat_age_s,
         heartbeat_limit_s=settings.watchdog_s,
         schema_current=schema_current,
+        sessions=db.sessions,
         wake=wake,
     )
     server = WebServer(settings, view)

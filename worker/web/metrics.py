@@ -6,8 +6,9 @@ Three sources, none of which costs the hot path more than a counter increment:
 - live values read at scrape time: runs in flight here, leases lost, whether the
   database is up, database failures by kind (`DbHealth.errors_total`), the build;
 - the task table as the last `TableReader` refresh saw it: last success, next run,
-  quarantined. Every worker sharing a table reports the same values for these: aggregate
-  them with `max by (task)`, never `sum` (see README, "Monitoring").
+  quarantined, and the gauges of installed sources (`cronloop.gauges`: the outbox).
+  Every worker sharing a table reports the same values for these: aggregate them with
+  `max by (task)` (or `max by (state)`), never `sum` (see README, "Monitoring").
 
 It never knows how runs are driven or where the table lives.
 """
@@ -28,6 +29,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from cronloop.domain.outcome import Outcome
+from cronloop.web.gauges import GaugeSample
 from cronloop.web.table import TableReader
 from cronloop.web.view import WorkerView
 
@@ -55,7 +57,7 @@ class Metrics:
 
     def __init__(self, view: WorkerView, table: TableReader) -> None:
         # no `_created` series: they double the output and no alert or panel needs them
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.runs = Counter(
             "cronloop_runs",
@@ -165,3 +167,16 @@ class _Table(Collector):
         yield success
         yield next_run
         yield quarantined
+        yield from _families(snap.gauges)
+
+
+def _families(samples: tuple[GaugeSample, ...]) -> Iterator[Metric]:
+    """The gauge sources' samples, one family per name (labels as the first sample's)."""
+    families: dict[str, GaugeMetricFamily] = {}
+    for sample in samples:
+        family = families.get(sample.name)
+        if family is None:
+            family = GaugeMetricFamily(sample.name, sample.help, labels=sorted(sample.labels))
+            families[sample.name] = family
+        family.add_metric([sample.labels[k] for k in sorted(sample.labels)], sample.value)
+    yield from families.values()

@@ -19,6 +19,7 @@ from aiohttp import web
 from cronloop.config.listen import Listen
 from cronloop.config.settings import ConfigError, Settings
 from cronloop.web.app import build_app
+from cronloop.web.gauges import GaugeReader, discover_sources
 from cronloop.web.metrics import Metrics
 from cronloop.web.table import TableReader
 from cronloop.web.view import WorkerView
@@ -44,7 +45,7 @@ class WebServer:
     def __init__(self, settings: Settings, view: WorkerView) -> None:
         self.listen = check_listen(settings)
         self.settings = settings
-        self.table = TableReader(view)
+        self.table = TableReader(view, GaugeReader(discover_sources(), view.sessions))
         self.metrics = Metrics(view, self.table)
         app = build_app(view, self.table, self.metrics, settings.http_token)
         self._runner = web.AppRunner(
@@ -52,7 +53,9 @@ class WebServer:
         )
 
     async def start(self) -> None:
-        """Bind; a failure is a configuration error naming `http_listen`."""
+        """Read the table once (the first scrape has data), then bind; a failure to bind
+        is a configuration error naming `http_listen`."""
+        await self.table.refresh()
         await self._runner.setup()
         site: web.BaseSite
         if self.listen.is_unix:

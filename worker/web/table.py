@@ -17,6 +17,7 @@ import structlog
 from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.records import RunEntry, TaskState
 from cronloop.runtime.dbhealth import DatabaseFailure
+from cronloop.web.gauges import GaugeReader, GaugeSample
 from cronloop.web.view import WorkerView
 
 log = structlog.get_logger("cronloop.web")
@@ -33,6 +34,7 @@ class Snapshot:
     history: tuple[RunEntry, ...] = ()
     last_success: dict[str, datetime] = field(default_factory=dict)
     schema_current: bool = True
+    gauges: tuple[GaugeSample, ...] = ()  # from the `cronloop.gauges` sources
     read_at: datetime | None = None
 
     def quarantined(self, state: TaskState) -> bool:
@@ -40,8 +42,9 @@ class Snapshot:
 
 
 class TableReader:
-    def __init__(self, view: WorkerView) -> None:
+    def __init__(self, view: WorkerView, gauges: GaugeReader | None = None) -> None:
         self.view = view
+        self.gauges = gauges
         self.snapshot = Snapshot()
         self.failed = False  # the last refresh failed (the database is away)
 
@@ -58,20 +61,23 @@ class TableReader:
             self.failed = True
             return self.snapshot
         self.failed = False
+        now = self.view.clock.now()
+        gauges = await self.gauges.read(now) if self.gauges else ()
         self.snapshot = Snapshot(
             states=tuple(states),
             history=tuple(history),
             last_success=last_successes(states, history, self.snapshot.last_success),
             schema_current=schema,
-            read_at=self.view.clock.now(),
+            gauges=gauges,
+            read_at=now,
         )
         return self.snapshot
 
     async def run(self) -> None:
-        """The side loop: refresh every `REFRESH_EVERY_S`."""
+        """The side loop: refresh every `REFRESH_EVERY_S` (the server read it at start)."""
         while True:
-            await self.refresh()
             await self.view.clock.sleep(REFRESH_EVERY_S)
+            await self.refresh()
 
 
 def last_successes(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cronloop.domain.clock import Clock
 from cronloop.runtime.dbhealth import DbHealth
@@ -26,4 +27,5 @@ class WorkerView:
     heartbeat_age_s: Callable[[], float]  # how long ago the loop last beat
     heartbeat_limit_s: float  # older than this, the loop is stuck (watchdog_s)
     schema_current: Callable[[], Awaitable[bool]]
+    sessions: Any  # the session factory tasks get as ctx.db (for gauge sources)
     wake: Callable[[], None]  # a task was triggered or resumed here: look at the table again

@@ -60,6 +60,7 @@ class World:
             heartbeat_age_s=lambda: self.beat_age_s,
             heartbeat_limit_s=30.0,
             schema_current=schema,
+            sessions=None,
             wake=wake,
         )
 
