@@ -109,6 +109,7 @@ async def _web_server(
         health=env.health,
         clock=env.clock,
         running=lambda: sup.running_names,
+        periods=lambda: {s.name: s.schedule.period_s() for s in sup.registry if s.schedule},
         leases_lost=lambda: sup.leases.lost_total,
         draining=sup.stop_event.is_set,
         heartbeat_age_s=dog.beat_age_s,

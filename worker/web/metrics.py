@@ -4,7 +4,8 @@ Three sources, none of which costs the hot path more than a counter increment:
 
 - events from the runtime (`RunEvents`): runs by outcome, their duration and lateness;
 - live values read at scrape time: runs in flight here, leases lost, whether the
-  database is up, database failures by kind (`DbHealth.errors_total`), the build;
+  database is up, database failures by kind (`DbHealth.errors_total`), the build, each
+  task's period (for "no success for two periods" alerts);
 - the task table as the last `TableReader` refresh saw it: last success, next run,
   quarantined, and the gauges of installed sources (`cronloop.gauges`: the outbox).
   Every worker sharing a table reports the same values for these: aggregate them with
@@ -81,6 +82,8 @@ class Metrics:
         )
         self.registry.register(_Live(view))
         self.registry.register(_Table(table))
+        self.table = table
+        self.clock = view.clock
 
     def run_started(self, task: str, lateness_s: float) -> None:
         self.lateness.labels(task).observe(lateness_s)
@@ -88,6 +91,8 @@ class Metrics:
     def run_ended(self, task: str, outcome: Outcome, duration_s: float) -> None:
         self.runs.labels(task, outcome.value).inc()
         self.duration.labels(task).observe(duration_s)
+        if outcome is Outcome.SUCCESS:
+            self.table.succeeded(task, self.clock.now())
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -109,12 +114,21 @@ class _Live(Collector):
         running = GaugeMetricFamily(
             "cronloop_runs_running", "Runs in flight on this worker.", labels=["task"]
         )
-        counts: dict[str, int] = {}
+        periods = self.view.periods()
+        counts = dict.fromkeys(periods, 0)  # 0 for this worker's idle tasks: no gap in graphs
         for name in self.view.running():
             counts[name] = counts.get(name, 0) + 1
         for name, count in sorted(counts.items()):
             running.add_metric([name], count)
         yield running
+        period = GaugeMetricFamily(
+            "cronloop_task_period_seconds",
+            "The task's period (for weekly and cron schedules: the gap between two slots).",
+            labels=["task"],
+        )
+        for name, seconds in sorted(periods.items()):
+            period.add_metric([name], seconds)
+        yield period
         yield CounterMetricFamily(
             "cronloop_leases_lost",
             "Runs this worker stopped because it lost or could not renew their lease.",

@@ -73,6 +73,12 @@ class TableReader:
         )
         return self.snapshot
 
+    def succeeded(self, task: str, when: datetime) -> None:
+        """A run of `task` just succeeded here: known before the next refresh."""
+        known = self.snapshot.last_success.get(task)
+        if known is None or known < when:
+            self.snapshot.last_success[task] = when
+
     async def run(self) -> None:
         """The side loop: refresh every `REFRESH_EVERY_S` (the server read it at start)."""
         while True:

@@ -7,7 +7,7 @@ supervisor's internals.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ class WorkerView:
     health: DbHealth  # every database call the server makes goes through the policy
     clock: Clock
     running: Callable[[], Sequence[str]]  # names of this worker's running runs
+    periods: Callable[[], Mapping[str, float]]  # each runnable task's period, seconds
     leases_lost: Callable[[], int]
     draining: Callable[[], bool]
     heartbeat_age_s: Callable[[], float]  # how long ago the loop last beat

@@ -55,6 +55,7 @@ class World:
             health=self.health,
             clock=self.clock,
             running=lambda: self.running,
+            periods=lambda: {"quick": 60.0, "later": 60.0},
             leases_lost=lambda: 2,
             draining=lambda: self.draining,
             heartbeat_age_s=lambda: self.beat_age_s,
@@ -115,6 +116,7 @@ async def test_metrics_parse_and_carry_the_names_ops_alert_on(
     assert server is not None
     server.metrics.run_started("quick", 0.004)
     server.metrics.run_ended("quick", Outcome.SUCCESS, 0.2)
+    succeeded = world.clock.now().timestamp()
     server.metrics.run_ended("quick", Outcome.FAILED, 1.5)
     world.running = ("quick", "quick", "later")
     world.health.counts[ErrorKind.OUTAGE] += 3
@@ -138,6 +140,9 @@ async def test_metrics_parse_and_carry_the_names_ops_alert_on(
     assert samples[("cronloop_database_up", ())] == 1
     assert samples[("cronloop_database_errors_total", (("kind", "outage"),))] == 3
     assert samples[("cronloop_task_quarantined", (("task", "later"),))] == 0
+    assert samples[("cronloop_task_period_seconds", (("task", "later"),))] == 60
+    last = samples[("cronloop_task_last_success_timestamp_seconds", (("task", "quick"),))]
+    assert last == succeeded  # known from the event, before the table says so
     next_run = samples[("cronloop_task_next_run_timestamp_seconds", (("task", "later"),))]
     assert next_run == (world.clock.now() + timedelta(hours=1)).timestamp()
     assert [s.labels["version"] for s in families["cronloop_build_info"].samples]
