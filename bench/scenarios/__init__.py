@@ -214,5 +214,24 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+def _with_http(base: Scenario) -> Scenario:
+    """`base` with the HTTP server on and /metrics scraped every second: its figures
+    against `base`'s are the cost of metrics (issue 12: within 5 %)."""
+    return Scenario(
+        f"{base.name}+http",
+        f"{base.what}; HTTP server on, /metrics scraped every second",
+        {CRONLOOP: SIDES[CRONLOOP]},
+        {scale: {**params, "http": True} for scale, params in base.params.items()},
+        (*base.figures, "scrapes"),
+        tuple(t for t in base.targets if t.vs_aps is None),
+        base.backends,
+        base.timeout_s,
+        base.lower_is_better,
+    )
+
+
+SCENARIOS = (*SCENARIOS, *(_with_http(s) for s in SCENARIOS if s.name in ("lateness", "burst")))
+
+
 def by_name() -> dict[str, Scenario]:
     return {s.name: s for s in SCENARIOS}
