@@ -79,7 +79,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             watchdog.stop()
             if server is not None:
-                await server.stop()  # after the drain: /readyz said "draining" meanwhile
+                await server.stop()  # closed with the side loops already, unless start failed
         if supervisor.stragglers:
             _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
         return code

@@ -27,6 +27,13 @@ from cronloop.web.view import WorkerView
 log = structlog.get_logger("cronloop.web")
 
 HISTORY_LIMIT_MAX = 500
+# the page is never framed (clickjacking), sniffed, cached, nor leaks its URL
+PAGE_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def build_app(
@@ -59,7 +66,9 @@ class Routes:
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(
-            text=render_page(token_needed=self.auth.enabled), content_type="text/html"
+            text=render_page(token_needed=self.auth.enabled),
+            content_type="text/html",
+            headers=PAGE_HEADERS,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -1,11 +1,12 @@
 """The listener: bind `http_listen` in the worker's loop, serve until the worker stops.
 
 `WebServer.start` binds before the worker reports ready, so a taken port or a refused
-address stops the start with a configuration error naming `http_listen`; `run` is the
-supervised side loop (it refreshes the task-table snapshot); `stop` closes the listener
-after the drain. A TCP listener on a non-loopback address is refused unless
-`http_allow_insecure = 1`: cronloop serves no TLS itself (put a TLS proxy in front) and
-the token would cross the network in clear. It never knows what the routes answer.
+address stops the start with a configuration error naming `http_listen`. `run` is the
+supervised side loop: it refreshes the task-table snapshot, and closes the listener when
+it is cancelled after the drain; `stop` does that too, for a start that failed. A TCP
+listener on a non-loopback address is refused unless `http_allow_insecure = 1`: cronloop
+serves no TLS itself (put a TLS proxy in front) and the token would cross the network in
+clear. It never knows what the routes answer.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class WebServer:
         self.table = TableReader(view, GaugeReader(discover_sources(), view.sessions))
         self.metrics = Metrics(view, self.table)
         app = build_app(view, self.table, self.metrics, settings.http_token)
+        self._stopped = False
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S
         )
@@ -77,10 +79,19 @@ class WebServer:
         )
 
     async def run(self) -> None:
-        """The side loop: keep the task-table snapshot fresh."""
-        await self.table.run()
+        """The side loop: keep the task-table snapshot fresh. Cancelled with the other
+        side loops once the drain is over: the listener closes then (until then /readyz
+        says "draining")."""
+        try:
+            await self.table.run()
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
+        """Close the listener (open requests get `SHUTDOWN_TIMEOUT_S`); idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self._runner.cleanup()
         if self.listen.is_unix:
             _remove_stale_socket(self.listen.path)
