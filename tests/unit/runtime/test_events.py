@@ -4,6 +4,7 @@ starts, its outcome and duration when it ends; and the lease keeper's count of l
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
