@@ -72,7 +72,7 @@ class Routes:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        body = self.registry.exposition()
+        body = await self.registry.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -58,6 +58,7 @@ class WebServer:
         """Read the table once (the first scrape has data), then bind; a failure to bind
         is a configuration error naming `http_listen`."""
         await self.table.refresh()
+        self.metrics.prepare(state.name for state in self.table.snapshot.states)
         await self._runner.setup()
         site: web.BaseSite
         if self.listen.is_unix:
