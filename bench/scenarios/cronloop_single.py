@@ -35,7 +35,7 @@ from bench.drivers.cronloop_service import (
 )
 from bench.measure import StatementCounter, lateness_figures, percentile, rss_mb
 
-SCRAPE_EVERY_S = 5.0  # a third of Prometheus's default interval: the cost shows more
+SCRAPE_EVERY_S = 15.0  # Prometheus's default scrape interval
 
 
 class Scraper:
@@ -45,6 +45,7 @@ class Scraper:
 
     def __init__(self, args: ChildArgs) -> None:
         self.on = bool(args.params.get("http"))
+        self.params_every = args.params.get("scrape_every_s")  # 0: the server, no scrapes
         self.scrapes = 0
         self._stop = threading.Event()
         self.port = _free_port() if self.on else 0
@@ -54,13 +55,15 @@ class Scraper:
         return [f"--http_listen=127.0.0.1:{self.port}"] if self.on else []
 
     def start(self) -> Scraper:
-        if self.on:
+        every = self.params_every
+        self.every_s = SCRAPE_EVERY_S if every is None else float(every)
+        if self.on and self.every_s > 0:
             threading.Thread(target=self._run, daemon=True, name="scraper").start()
         return self
 
     def _run(self) -> None:
         url = f"http://127.0.0.1:{self.port}/metrics"
-        while not self._stop.wait(SCRAPE_EVERY_S):
+        while not self._stop.wait(self.every_s):
             try:
                 with urllib.request.urlopen(url, timeout=5) as resp:
                     resp.read()
