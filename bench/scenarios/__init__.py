@@ -221,7 +221,11 @@ def _with_http(base: Scenario) -> Scenario:
         f"{base.name}+http",
         f"{base.what}; HTTP server on, /metrics scraped every 15 s",
         {CRONLOOP: SIDES[CRONLOOP]},
-        {scale: {**params, "http": True} for scale, params in base.params.items()},
+        {
+            # the smoke test (tiny) lasts seconds: scrape every second there
+            scale: {**params, "http": True, **({"scrape_every_s": 1} if scale == "tiny" else {})}
+            for scale, params in base.params.items()
+        },
         (*base.figures, "scrapes"),
         tuple(t for t in base.targets if t.vs_aps is None),
         base.backends,
