@@ -14,8 +14,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from cronloop import GaugeSample
 from cronloop.standard.outbox import ERROR, PLANNED, SENDING, SENT, outbox
-from cronloop.web.gauges import GaugeSample
 
 STATES = (PLANNED, SENDING, SENT, ERROR)
 

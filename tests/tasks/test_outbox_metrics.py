@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
+from cronloop import GaugeSample
 from cronloop.standard.outbox import outbox, queue_email
 from cronloop.standard.outbox_metrics import outbox_gauges
-from cronloop.web.gauges import GaugeSample
 
 
 def values(samples: Iterable[GaugeSample]) -> dict[tuple[str, str], float]:
