@@ -11,12 +11,13 @@ The public API for task authors::
 and for plugin authors (`cronloop.definitions.plugin`): `Plugin`, `Command`,
 `CommandContext`, `CommandError`, the settings a task or command reads (`Settings`,
 `Secret`, `state_directory`), time zones (`resolve_timezone`, `ScheduleError`) and the
-exit codes (`cronloop.exitcodes`). Plugin tables use `cronloop.sql`. Everything else under
-`cronloop.*` is internal and may change.
+exit codes (`cronloop.exitcodes`), and `GaugeSample` for the gauges a package adds to
+`/metrics` (entry-point group `cronloop.gauges`). Plugin tables use `cronloop.sql`.
+Everything else under `cronloop.*` is internal and may change.
 
 `__version__` is the one source of the version: pyproject reads it (setuptools attr),
-and `cronloop --version`, `check-config`, the READY status line and the first log line
-of `cronloop run` show it.
+and `cronloop --version`, `check-config`, the READY status line, the first log line
+of `cronloop run` and `cronloop_build_info` show it.
 """
 
 __version__ = "0.1.0"
@@ -30,11 +31,13 @@ from cronloop.definitions.plugin import Command, CommandContext, CommandError, P
 from cronloop.definitions.registry import TaskSpec, task
 from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.schedule import ScheduleError, resolve_timezone
+from cronloop.web.gauges import GaugeSample
 
 __all__ = [
     "Command",
     "CommandContext",
     "CommandError",
+    "GaugeSample",
     "Outcome",
     "Plugin",
     "ScheduleError",

@@ -214,5 +214,28 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+def _with_http(base: Scenario) -> Scenario:
+    """`base` with the HTTP server on and /metrics scraped every 15 s: its figures
+    against `base`'s are the cost of metrics (issue 12: within 5 %)."""
+    return Scenario(
+        f"{base.name}+http",
+        f"{base.what}; HTTP server on, /metrics scraped every 15 s",
+        {CRONLOOP: SIDES[CRONLOOP]},
+        {
+            # the smoke test (tiny) lasts seconds: scrape every second there
+            scale: {**params, "http": True, **({"scrape_every_s": 1} if scale == "tiny" else {})}
+            for scale, params in base.params.items()
+        },
+        (*base.figures, "scrapes"),
+        tuple(t for t in base.targets if t.vs_aps is None),
+        base.backends,
+        base.timeout_s,
+        base.lower_is_better,
+    )
+
+
+SCENARIOS = (*SCENARIOS, *(_with_http(s) for s in SCENARIOS if s.name in ("lateness", "burst")))
+
+
 def by_name() -> dict[str, Scenario]:
     return {s.name: s for s in SCENARIOS}

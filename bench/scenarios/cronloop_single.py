@@ -10,7 +10,10 @@ from __future__ import annotations
 import bisect
 import os
 import signal
+import socket
+import threading
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 from bench.child import ChildArgs, ChildResult, child_main
@@ -31,6 +34,53 @@ from bench.drivers.cronloop_service import (
     write_task_module,
 )
 from bench.measure import StatementCounter, lateness_figures, percentile, rss_mb
+
+SCRAPE_EVERY_S = 15.0  # Prometheus's default scrape interval
+
+
+class Scraper:
+    """With `"http": true` in the params: the HTTP server on (`http_listen` on a free
+    port) and a thread that scrapes /metrics every `SCRAPE_EVERY_S`, as Prometheus would;
+    the pair `X` / `X+http` shows what metrics cost the hot path."""
+
+    def __init__(self, args: ChildArgs) -> None:
+        self.on = bool(args.params.get("http"))
+        self.params_every = args.params.get("scrape_every_s")  # 0: the server, no scrapes
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self.port = _free_port() if self.on else 0
+
+    @property
+    def service_args(self) -> list[str]:
+        return [f"--http_listen=127.0.0.1:{self.port}"] if self.on else []
+
+    def start(self) -> Scraper:
+        every = self.params_every
+        self.every_s = SCRAPE_EVERY_S if every is None else float(every)
+        if self.on and self.every_s > 0:
+            threading.Thread(target=self._run, daemon=True, name="scraper").start()
+        return self
+
+    def _run(self) -> None:
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        while not self._stop.wait(self.every_s):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    resp.read()
+                self.scrapes += 1
+            except OSError:
+                continue  # not listening yet, or stopping
+
+    def stop(self, result: ChildResult) -> None:
+        self._stop.set()
+        if self.on:
+            result.figures["scrapes"] = self.scrapes
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def periodic(
@@ -67,9 +117,10 @@ def periodic(
         os.kill(os.getpid(), signal.SIGTERM)
 
     counter = StatementCounter(timed=is_claim).install()
+    scraper = Scraper(args).start()
     run = run_service(
         args,
-        ["--max_lifetime=0"],
+        ["--max_lifetime=0", *scraper.service_args],
         counter,
         before=lambda log: LogWatcher(log, 0, on_started=release).start(),
     )
@@ -87,6 +138,7 @@ def periodic(
     result.figures["window_start"] = start
     if len(rows) != len(done):
         result.notes.append(f"{len(rows) - len(done)} runs did not end in success")
+    scraper.stop(result)
     return result, run
 
 
@@ -166,9 +218,10 @@ def burst(args: ChildArgs) -> ChildResult:
     questions_at(args.sync_url, due.timestamp(), questions)
     counter = StatementCounter(timed=is_claim).install()
     settings = list(args.params.get("service_args", []))
+    scraper = Scraper(args).start()
     run = run_service(
         args,
-        ["--max_lifetime=0", *settings],
+        ["--max_lifetime=0", *settings, *scraper.service_args],
         counter,
         before=lambda log: LogWatcher(log, count).start(),
     )
@@ -191,6 +244,7 @@ def burst(args: ChildArgs) -> ChildResult:
         f["questions_per_run"] = f["questions"] / max(len(rows), 1)
     if len(rows) != count:
         result.notes.append(f"only {len(rows)} of {count} runs succeeded")
+    scraper.stop(result)
     return result
 
 
@@ -232,7 +286,16 @@ def memory(args: ChildArgs) -> ChildResult:
     return result
 
 
-SCENARIOS = {"lateness": lateness, "burst": burst, "idle": idle, "memory": memory, "scale": scale}
+SCENARIOS = {
+    "lateness": lateness,
+    "burst": burst,
+    "idle": idle,
+    "memory": memory,
+    "scale": scale,
+    # the same with the HTTP server on and /metrics scraped (params "http": true)
+    "lateness+http": lateness,
+    "burst+http": burst,
+}
 
 if __name__ == "__main__":
     child_main(SCENARIOS)

@@ -29,7 +29,7 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path) -> None:
             "--systems",
             "cronloop",
             "--only",
-            "burst,idle",
+            "burst,idle,burst+http",
             "--json",
             str(out),
         ],
@@ -45,4 +45,7 @@ def test_the_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert runs["burst"]["figures"]["runs"] == 1000
     assert runs["burst"]["figures"]["runs_per_s"] > 0
     assert runs["idle"]["figures"]["statements_per_poll"] >= 0
+    # the pair with the HTTP server on: the same runs, and /metrics was scraped meanwhile
+    assert runs["burst+http"]["figures"]["runs"] == 1000
+    assert runs["burst+http"]["figures"]["scrapes"] >= 1
     assert "## burst - SQLite" in proc.stdout and "target first_start_ms" in proc.stdout

@@ -9,6 +9,8 @@
 - `cli`: one-shot `cronloop` commands (`migrate`, `tasks`) and their results.
 - `sandbox`: a real systemd (`shared/tools/systemd-sandbox`) and its gate (skip, or fail
   under `SYSTEMD_SANDBOX_REQUIRED=1`).
+- `http`: a worker's HTTP endpoints from the outside (a free port, GET/POST over TCP or
+  a unix socket, the browser gate: skip, or fail under `CRONLOOP_REQUIRE_BROWSER=1`).
 - `galera`: reserved for the Galera cluster gate and helpers.
 
 It imports neither pytest at module level (the bench runs without it) nor anything of

@@ -76,31 +76,33 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def status_json(states: Sequence[TaskState]) -> str:
-    return json.dumps(
-        [
-            {
-                "name": s.name,
-                "status": s.status,
-                "status_reason": s.status_reason,
-                "schedule": s.schedule,
-                "last_run": _iso(s.latest_run_start),
-                "last_run_end": _iso(s.latest_run_end),
-                "next_run": _iso(s.next_run),
-                "runs": s.runs,
-                "avg_duration": s.avg_duration_s,
-                "min_duration": s.min_duration_s,
-                "max_duration": s.max_duration_s,
-                "last_outcome": s.last_outcome,
-                "last_message": s.last_message,
-                "last_error": s.last_error,
-                "running": s.running,
-                "owner": s.owner,
-                "consecutive_failures": s.consecutive_failures,
-            }
-            for s in states
-        ],
-        indent=2,
-    )
+    return json.dumps(status_items(states), indent=2)
+
+
+def status_items(states: Sequence[TaskState]) -> list[dict[str, Any]]:
+    """What `status --json` (and the web API's /api/tasks) gives for each task."""
+    return [
+        {
+            "name": s.name,
+            "status": s.status,
+            "status_reason": s.status_reason,
+            "schedule": s.schedule,
+            "last_run": _iso(s.latest_run_start),
+            "last_run_end": _iso(s.latest_run_end),
+            "next_run": _iso(s.next_run),
+            "runs": s.runs,
+            "avg_duration": s.avg_duration_s,
+            "min_duration": s.min_duration_s,
+            "max_duration": s.max_duration_s,
+            "last_outcome": s.last_outcome,
+            "last_message": s.last_message,
+            "last_error": s.last_error,
+            "running": s.running,
+            "owner": s.owner,
+            "consecutive_failures": s.consecutive_failures,
+        }
+        for s in states
+    ]
 
 
 def history_table(entries: Sequence[RunEntry], tz: tzinfo) -> str:
@@ -120,13 +122,18 @@ def history_table(entries: Sequence[RunEntry], tz: tzinfo) -> str:
 
 
 def history_json(entries: Sequence[RunEntry]) -> str:
+    return json.dumps(history_items(entries), indent=2)
+
+
+def history_items(entries: Sequence[RunEntry]) -> list[dict[str, Any]]:
+    """What `history --json` (and the web API's /api/history) gives for each run."""
     out: list[dict[str, Any]] = []
     for e in entries:
         item = dict(vars(e))
         for key in ("scheduled_for", "started", "ended"):
             item[key] = _iso(item[key])
         out.append(item)
-    return json.dumps(out, indent=2)
+    return out
 
 
 def tasks_table(registry: Registry) -> str:

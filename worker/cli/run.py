@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.engine import URL
 
 from cronloop import __version__
-from cronloop.cli.bootstrap import check_user, open_database, sync
+from cronloop.cli.bootstrap import Database, check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.registry import Registry, build_registry, discover
@@ -27,14 +27,19 @@ from cronloop.runtime.recording import RECORD_WINDOW_S
 from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Hooks, Supervisor
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
+from cronloop.store.sql.migrate import schema_state
 from cronloop.systemd import logs
 from cronloop.systemd.notify import Notifier
+from cronloop.web.server import WebServer, check_listen
+from cronloop.web.view import WorkerView
 
 log = structlog.get_logger("cronloop.cli")
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
+    if settings.http_listen:
+        check_listen(settings)  # before waiting for the database: a refusal is quick
     definitions = discover(settings.task_modules)
     registry = build_registry(settings, definitions)  # a bad setting stops here, unlogged
     # the first line of every run: which version a report came from
@@ -80,12 +85,15 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         def running() -> tuple[str, ...]:
             return supervisor.running_names
 
+        server = await _web_server(settings, db, env, supervisor, watchdog)
         supervisor.install_signal_handlers()
         watchdog.start()
         try:
             code = await supervisor.run()
         finally:
             watchdog.stop()
+            if server is not None:
+                await server.stop()  # closed with the side loops already, unless start failed
         if supervisor.stragglers:
             _exit_now(code)  # a stuck thread would hold up a normal interpreter exit forever
         return code
@@ -93,6 +101,42 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         env.close()
         notifier.close()
         await db.close()
+
+
+async def _web_server(
+    settings: Settings, db: Database, env: RunEnvironment, sup: Supervisor, dog: LoopWatchdog
+) -> WebServer | None:
+    """The HTTP server when `http_listen` is set: bound now, refreshed as a side loop,
+    fed the runs' events; None when it is off."""
+    if not settings.http_listen:
+        return None
+
+    def wake() -> None:
+        sup.due.forget()
+        sup.wake_event.set()
+
+    async def schema_current() -> bool:
+        return (await schema_state(db.engine)).is_current
+
+    view = WorkerView(
+        store=db.store,
+        health=env.health,
+        clock=env.clock,
+        running=lambda: sup.running_names,
+        periods=lambda: {s.name: s.schedule.period_s() for s in sup.registry if s.schedule},
+        leases_lost=lambda: sup.leases.lost_total,
+        draining=sup.stop_event.is_set,
+        heartbeat_age_s=dog.beat_age_s,
+        heartbeat_limit_s=settings.watchdog_s,
+        schema_current=schema_current,
+        sessions=db.sessions,
+        wake=wake,
+    )
+    server = WebServer(settings, view)
+    await server.start()
+    env.events = server.metrics
+    sup.side_loops.append(("http server", server.run))
+    return server
 
 
 def _loop_watchdog(

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 
+from cronloop.config.listen import parse_listen
 from cronloop.config.params import ParamValue
 from cronloop.config.values import (
     MASK,
@@ -102,6 +103,10 @@ class Settings:
     quarantine_timeouts: int = 5
     watchdog_s: float = 30.0
     db_pool_size: int = 20
+    # the embedded HTTP server (cronloop.web): off unless http_listen is set
+    http_listen: str = ""
+    http_token: Secret | None = None
+    http_allow_insecure: bool = False
     # repr=False: option values may be secrets (smtp_password); see describe_sources().
     task_options: Mapping[str, Mapping[str, ParamValue]] = field(
         default_factory=_no_options, repr=False
@@ -154,6 +159,9 @@ PARSERS: Mapping[str, Parser] = MappingProxyType(
         "quarantine_timeouts": integer(minimum=1),
         "watchdog_s": duration(minimum=0, above=True),
         "db_pool_size": integer(minimum=2, maximum=1000),
+        "http_listen": parse_listen,
+        "http_token": parse_secret,
+        "http_allow_insecure": parse_bool,
     }
 )
 

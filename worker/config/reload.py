@@ -44,6 +44,9 @@ NEEDS_RESTART = frozenset(
         "max_lifetime",  # the lifetime is drawn once, at start
         "lifetime_jitter_s",
         "log_format",
+        "http_listen",  # the HTTP listener, bound at start
+        "http_token",
+        "http_allow_insecure",
     }
 )
 LIVE = frozenset(

@@ -17,7 +17,8 @@ collected unvalidated in ``Settings.task_options`` for the registry to check.
 
 The password has its own ladder: command line > ``CRONLOOP_DATABASE_PASSWORD`` > the systemd
 credential ``$CREDENTIALS_DIRECTORY/database_password`` > ``database_password_file`` > the
-params file's ``database_password``.
+params file's ``database_password``. ``http_token`` (the web API's bearer token) has a
+shorter one: ``CRONLOOP_HTTP_TOKEN`` > the credential ``http_token`` > the params file.
 
 ``load_settings`` is pure given its inputs (no global state), so SIGHUP can call it again.
 Every problem found is reported at once in one ``ConfigError`` (exit status 78), each naming
@@ -126,6 +127,7 @@ def load_settings(
     loader.add_all(_env_values(environ), _ENV)
     loader.add_all(_flag_values(flags), _FLAG)
     loader.resolve_password(environ)
+    loader.resolve_token(environ)
     values, sources = loader.parse()
     _apply_verbose(values, sources, loader.raw)
     _check_file_modes(paths, file_values, problems, opened)
@@ -181,6 +183,15 @@ class _Loader:
         chosen = from_credentials or from_file
         if chosen is not None:
             self.raw["database_password"] = _Raw(chosen, _FILE)
+
+    def resolve_token(self, environ: Mapping[str, str]) -> None:
+        """``http_token``: env > the systemd credential ``http_token`` > params file."""
+        current = self.raw.get("http_token")
+        if current is not None and current.rank >= _ENV:
+            return
+        found = _credential(environ, "http_token", self.problems)
+        if found is not None:
+            self.raw["http_token"] = _Raw(found, _FILE)
 
     def _password_from_file(self) -> ParamValue | None:
         """Read ``database_password_file`` whenever it is set: a bad path is always an error."""
@@ -297,10 +308,15 @@ def _password_from_credentials(
     environ: Mapping[str, str], problems: list[str]
 ) -> ParamValue | None:
     """systemd's ``LoadCredential=database_password:...`` file, if the unit provides one."""
+    return _credential(environ, _CREDENTIAL_NAME, problems)
+
+
+def _credential(environ: Mapping[str, str], name: str, problems: list[str]) -> ParamValue | None:
+    """The systemd credential ``name`` (``LoadCredential=name:...``), if the unit gives it."""
     directory = environ.get("CREDENTIALS_DIRECTORY", "")
     if not directory:
         return None
-    path = Path(directory) / _CREDENTIAL_NAME
+    path = Path(directory) / name
     if not path.exists():
         return None
     try:
@@ -308,7 +324,7 @@ def _password_from_credentials(
     except ValueError as exc:
         problems.append(f"credentials directory: {str(path)!r}: {exc}")
         return None
-    return ParamValue("database_password", text, "credentials directory", 0)
+    return ParamValue(name, text, "credentials directory", 0)
 
 
 def _apply_verbose(

@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 MASK = "********"
+SECRET_KEYS = frozenset({"database_password", "http_token"})
+"""Settings that always hold a secret: refused on the command line, masked when shown."""
 
 Parser = Callable[[str], object]
 
@@ -256,7 +258,7 @@ def is_secret_key(key: str) -> bool:
     """Whether a normalised setting or option name always holds a secret, whatever its value."""
     if "." in key:
         return looks_secret(key.rpartition(".")[2])
-    return key == "database_password"
+    return key in SECRET_KEYS
 
 
 def format_value(value: object) -> str:

@@ -32,7 +32,7 @@ log = structlog.get_logger("cronloop.leases")
 class Lease:
     """One run's lease as this worker knows it. Read by the run; changed by the keeper."""
 
-    __slots__ = ("_confirmed_mono", "_margin_s", "_recording", "_stop", "claim", "log")
+    __slots__ = ("_confirmed_mono", "_margin_s", "_recording", "_stop", "claim", "log", "lost")
 
     def __init__(self, claim: Claim, confirmed_mono: float, margin_s: float) -> None:
         self.claim = claim
@@ -41,6 +41,7 @@ class Lease:
         self._margin_s = margin_s
         self._stop: Callable[[StopReason], None] = lambda reason: None
         self._recording = False
+        self.lost = False  # the keeper stopped the run for its lease (counted once)
 
     def attach(self, stop: Callable[[StopReason], None], run_log: Any) -> None:
         """The run says how the keeper stops it when the lease is lost."""
@@ -73,6 +74,7 @@ class LeaseKeeper:
         self.lease_s = lease_s
         self.health = health
         self._leases: dict[str, Lease] = {}  # run id -> its lease
+        self.lost_total = 0  # runs stopped for a lost lease (`cronloop_leases_lost_total`)
 
     @property
     def interval_s(self) -> float:
@@ -120,7 +122,7 @@ class LeaseKeeper:
                     continue  # its own write just cleared the token (and that write is fenced)
                 lease.log.error("lease lost: another worker may own this task now; stopping it")
                 lease._confirmed_mono = -math.inf
-                lease._stop(StopReason.LEASE_LOST)
+                self._lost(lease)
             else:
                 lease._confirmed_mono = sent_mono
 
@@ -135,4 +137,11 @@ class LeaseKeeper:
                     "cannot renew the lease; stopping the task before it expires",
                     lease_age_s=round(age, 3),
                 )
-                lease._stop(StopReason.LEASE_LOST)
+                self._lost(lease)
+
+    def _lost(self, lease: Lease) -> None:
+        """Stop the run for its lease; count each run once."""
+        if not lease.lost:
+            lease.lost = True
+            self.lost_total += 1
+        lease._stop(StopReason.LEASE_LOST)

@@ -34,6 +34,7 @@ from cronloop.domain.outcome import Outcome
 from cronloop.domain.planning import RetryPolicy, plan_next
 from cronloop.domain.records import Claim, RunRecord
 from cronloop.runtime.dbhealth import DbHealth
+from cronloop.runtime.events import NoEvents, RunEvents
 from cronloop.runtime.leases import Lease
 from cronloop.runtime.recording import Recorder, Written
 from cronloop.store.interface import Store
@@ -86,6 +87,8 @@ class RunEnvironment:
             window_s=record_window_s,
             eager_at=lambda: max(1, self._settings.max_concurrency // 2),
         )
+        # who hears of each run's start and end (the metrics, when the web server is on)
+        self.events: RunEvents = NoEvents()
 
     @property
     def settings(self) -> Settings:
@@ -187,6 +190,8 @@ class Runner:
             triggered=self.claim.triggered,
             took_over=self.claim.took_over,
         )
+        lateness_s = (started - self.claim.scheduled_for).total_seconds()
+        self.env.events.run_started(self.spec.name, max(0.0, lateness_s))
         inner = asyncio.ensure_future(self._invoke(ctx))
         ending = await self._drive(inner)
         straggler = self._still_running(inner) if ending.left_behind else None
@@ -323,6 +328,7 @@ class Runner:
         )
         if ending.left_behind:
             self.lease.recording(False)  # a kept lease is renewed (and checked) again
+        self.env.events.run_ended(self.spec.name, outcome, duration_s)
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(
             "run finished",

@@ -111,6 +111,10 @@ class LoopWatchdog:
         if self._loop_thread is None:
             self._loop_thread = threading.get_ident()
 
+    def beat_age_s(self) -> float:
+        """How long ago the loop last beat (for /healthz)."""
+        return max(0.0, self.clock() - self._last_beat)
+
     async def beat(self) -> None:
         """The loop's side, as a side loop of the supervisor; runs until cancelled."""
         self._loop_thread = threading.get_ident()

@@ -51,6 +51,9 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "quarantine_timeouts": 5,
     "watchdog_s": 30.0,
     "db_pool_size": 20,
+    "http_listen": "",
+    "http_token": None,
+    "http_allow_insecure": False,
 }
 
 
