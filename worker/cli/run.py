@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL
 from cronloop.cli.bootstrap import check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
+from cronloop.definitions.discovery import discover_jobs
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import SystemClock
 from cronloop.runtime.runner import RunEnvironment
@@ -30,7 +31,8 @@ from cronloop.systemd.notify import Notifier
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
     definitions = discover(settings.task_modules)
-    registry = build_registry(settings, definitions)
+    job_definitions = discover_jobs(settings.task_modules)
+    registry = build_registry(settings, definitions, job_definitions)
     notifier = Notifier()
     clock = SystemClock()
     # waiting for the database and migrating may outlast TimeoutStartSec
@@ -45,7 +47,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             def load() -> Settings:
                 return load_settings(param_file=args.param_file_, overrides=args.overrides_)
 
-            result = reload_settings(current, load, definitions)
+            result = reload_settings(current, load, definitions, job_definitions)
             if result is None:
                 return None
             logs.configure(result.settings.log_level, current.log_format)
