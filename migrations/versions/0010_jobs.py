@@ -51,6 +51,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_cronloop_job_kind_active_key", "cronloop_job", ["kind", "active_key"], unique=True
     )
+    op.create_index("ix_cronloop_job_state_finished", "cronloop_job", ["state", "finished"])
 
 
 def downgrade() -> None:

@@ -233,3 +233,29 @@ async def test_enqueue_joins_the_callers_transaction(backend: Backend) -> None:
     assert count.count == 2
     [first, _] = await q.acquire_jobs(NOW, 10, ALL)
     assert first.args == {"n": 2}
+
+
+async def test_prune_deletes_old_done_and_cancelled_jobs_only(backend: Backend) -> None:
+    q = jobs_of(backend)
+    done = await q.enqueue_job("hook", {}, run_at=NOW)
+    failed = await q.enqueue_job("report", {}, run_at=NOW)
+    cancelled = await q.enqueue_job("hook", {}, run_at=LATER)
+    waiting = await q.enqueue_job("hook", {}, run_at=LATER)
+    for claim in await q.acquire_jobs(NOW, 10, ALL):
+        if claim.kind == "hook":
+            await q.complete_job(claim)
+        else:
+            await q.fail_job(claim, "boom", None)
+    await q.cancel_job(cancelled)
+    finished = (await q.job_info(done)).finished
+    assert finished is not None
+    assert await q.prune_jobs(finished - timedelta(hours=1), 100) == 0
+    assert await q.prune_jobs(finished + timedelta(hours=1), 1) == 1
+    assert await q.prune_jobs(finished + timedelta(hours=1), 100) == 1
+    for gone in (done, cancelled):
+        with pytest.raises(UnknownJob):
+            await q.job_info(gone)
+    assert {(await q.job_info(i)).state for i in (failed, waiting)} == {
+        JobState.ERROR,
+        JobState.PLANNED,
+    }

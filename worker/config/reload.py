@@ -57,6 +57,7 @@ LIVE = frozenset(
         "timezone",
         "verbose",
         "log_level",
+        "job_retention_days",
         "retry_max",
         "retry_delay_s",
     }

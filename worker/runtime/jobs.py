@@ -37,6 +37,8 @@ from cronloop.store.sql.errors import ErrorKind
 log = structlog.get_logger("cronloop.jobs")
 
 ERROR_MAX = 4000  # characters of an error kept in last_error
+PRUNE_EVERY_S = 3600.0
+PRUNE_BATCH = 1000
 
 
 class _JobLeases:
@@ -200,6 +202,31 @@ class JobSide:
             self.running[job.kind] = self.running.get(job.kind, 0) + 1
             runners.append(JobRunner(self.specs[job.kind], job, self.env, self))
         return runners
+
+    async def housekeeping(self) -> None:
+        """The side loop that deletes done and cancelled jobs older than
+        `job_retention_days` (0: kept), in batches, once every `PRUNE_EVERY_S`."""
+        while True:
+            days = self.env.settings.job_retention_days
+            if self.specs and days > 0:
+                await self.prune(self.env.clock.now() - timedelta(days=days))
+            await self.env.clock.sleep(PRUNE_EVERY_S)
+
+    async def prune(self, before: datetime) -> int:
+        """Delete done and cancelled jobs finished before `before`, batch by batch."""
+        total = 0
+        prune = functools.partial(self.store.prune_jobs, before, PRUNE_BATCH)
+        while True:
+            try:
+                pruned = await self.env.health.call(prune, what="pruning jobs")
+            except DatabaseFailure:
+                break
+            total += pruned
+            if pruned < PRUNE_BATCH:
+                break
+        if total:
+            log.info("old jobs deleted", jobs=total, before=before.isoformat())
+        return total
 
     def ended(self, runner: JobRunner) -> None:
         """An attempt ended (its record written or given up)."""

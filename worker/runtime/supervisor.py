@@ -132,6 +132,7 @@ class Supervisor:
             for name, loop in (
                 ("lease keeper", self.leases.run),
                 ("job lease keeper", self.jobs.leases.run),
+                ("job housekeeping", self.jobs.housekeeping),
                 ("housekeeping", self._housekeeping_loop),
                 *self.side_loops,
             )

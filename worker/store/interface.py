@@ -260,3 +260,8 @@ class JobStore(Protocol):
     async def job_info(self, job_id: int) -> JobInfo:
         """One job row. Raises `UnknownJob`."""
         ...
+
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` done or cancelled jobs that finished before `before`
+        (jobs in error stay for the operator); how many were deleted."""
+        ...

@@ -227,6 +227,18 @@ class MemoryJobs:
             for (kind, state), rows in sorted(groups.items())
         ]
 
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        await asyncio.sleep(0)
+        ended = (JobState.DONE, JobState.CANCELLED)
+        due = [
+            r.id
+            for r in self.db.jobs.values()
+            if r.state in ended and r.finished is not None and r.finished < utc_only(before)
+        ][:limit]
+        for job_id in due:
+            del self.db.jobs[job_id]
+        return len(due)
+
     async def job_info(self, job_id: int) -> JobInfo:
         await asyncio.sleep(0)
         r = self._row(job_id)

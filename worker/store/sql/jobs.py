@@ -261,6 +261,15 @@ class SqlJobs:
             finished=r.finished,
         )
 
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        ended = (JobState.DONE.value, JobState.CANCELLED.value)
+        due = select(J.id).where(J.state.in_(ended), J.finished < before).limit(limit)
+        async with self.db.begin() as conn:
+            ids = list((await conn.execute(due)).scalars())
+            if ids:
+                await conn.execute(jobs.delete().where(J.id.in_(ids)))
+        return len(ids)
+
 
 def _within_slots(rows: Iterable[Any], slots: Mapping[str, int | None]) -> list[Any]:
     """The candidates, at most `slots[kind]` of each kind (None: no cap), in order."""

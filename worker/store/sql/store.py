@@ -225,6 +225,9 @@ class SqlStore:
     async def job_info(self, job_id: int) -> JobInfo:
         return await self._jobs.job_info(job_id)
 
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        return await self._jobs.prune_jobs(before, limit)
+
 
 # the name the runtime and the CLI know it by
 TaskStore = SqlStore

@@ -167,4 +167,5 @@ jobs = Table(
     _ts("finished"),
     Index(None, "state", "priority", "run_at"),
     Index(None, "kind", "active_key", unique=True),
+    Index(None, "state", "finished"),  # pruning
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,26 @@ async def test_a_shutdown_gives_the_attempt_back(sqlite: AsyncEngine) -> None:
     assert run.done() and run.result() == 0
     info = await store.job_info(job_id)
     assert (info.state, info.attempts) == (JobState.PLANNED, 0)
+
+
+async def test_housekeeping_prunes_finished_jobs_in_batches(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cronloop.runtime.jobs as runtime_jobs
+
+    monkeypatch.setattr(runtime_jobs, "PRUNE_BATCH", 2)
+    clock = FakeClock()
+
+    async def quick(ctx: TaskContext) -> None:
+        pass
+
+    sup = supervisor(sqlite, clock, spec("quick", quick))
+    store = SqlStore(sqlite)
+    for _ in range(5):
+        await store.enqueue_job("quick", {}, run_at=clock.now())
+    kept = await store.enqueue_job("quick", {}, run_at=clock.now() + timedelta(days=30))
+    assert await run_once(sup, clock) == 0
+    future = datetime.now(UTC) + timedelta(days=1)  # `finished` is the database's clock
+    assert await sup.jobs.prune(future) == 5
+    assert [(c.state, c.count) for c in await store.job_counts()] == [(JobState.PLANNED, 1)]
+    assert (await store.job_info(kept)).state == JobState.PLANNED
