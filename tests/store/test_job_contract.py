@@ -259,3 +259,14 @@ async def test_prune_deletes_old_done_and_cancelled_jobs_only(backend: Backend) 
         JobState.ERROR,
         JobState.PLANNED,
     }
+
+
+async def test_no_takeover_leaves_expired_leases_alone(backend: Backend) -> None:
+    q = jobs_of(backend)
+    await q.enqueue_job("hook", {}, run_at=NOW)
+    [old] = await q.acquire_jobs(NOW, 10, ALL)
+    await backend.expire_job_leases()
+    other = jobs_of(backend, "w2")
+    assert await other.acquire_jobs(NOW, 10, ALL, takeover=False) == []
+    assert await q.complete_job(old)  # its owner recorded it in time
+    assert await other.acquire_jobs(NOW, 10, ALL) == []

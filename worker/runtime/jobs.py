@@ -186,9 +186,13 @@ class JobSide:
             name: None if spec.concurrency is None else spec.concurrency - self.running.get(name, 0)
             for name, spec in self.specs.items()
         }
+        # just after an outage, an expired lease's owner may be recording that attempt
+        takeover = self.env.health.settled(self.env.settings.lease_s / 3)
         try:
             claims = await self.env.health.call(
-                lambda: self.store.acquire_jobs(self.env.clock.now(), capacity, slots),
+                lambda: self.store.acquire_jobs(
+                    self.env.clock.now(), capacity, slots, takeover=takeover
+                ),
                 what="acquiring jobs",
             )
         except DatabaseFailure:

@@ -216,12 +216,18 @@ class JobStore(Protocol):
         ...
 
     async def acquire_jobs(
-        self, now: datetime, limit: int, slots: Mapping[str, int | None]
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
     ) -> list[JobClaim]:
         """Lease up to `limit` jobs of the kinds in `slots` (kind -> free slots, None: no
         cap) that are planned and due at `now`, or running with an expired lease (taken
-        over: `took_over`), highest priority first, then earliest `run_at`. Each attempt
-        counts in `attempts`. Two workers never get the same attempt."""
+        over: `took_over`; not if `takeover=False`, as `claim_next`'s just after an
+        outage), highest priority first, then earliest `run_at`. Each attempt counts in
+        `attempts`. Two workers never get the same attempt."""
         ...
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:

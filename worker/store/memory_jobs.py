@@ -96,23 +96,29 @@ class MemoryJobs:
         self.db.jobs[row.id] = row
         return row.id
 
-    def _due(self, row: JobRow, now: datetime) -> bool:
+    def _due(self, row: JobRow, now: datetime, takeover: bool) -> bool:
         if row.state == JobState.PLANNED:
             return row.run_at <= now
         return (
-            row.state == JobState.RUNNING
+            takeover
+            and row.state == JobState.RUNNING
             and row.lease_until is not None
             and row.lease_until < self.db.now()
         )
 
     async def acquire_jobs(
-        self, now: datetime, limit: int, slots: Mapping[str, int | None]
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
     ) -> list[JobClaim]:
         await asyncio.sleep(0)
         utc_only(now)
         left = dict(slots)
         candidates = sorted(
-            (r for r in self.db.jobs.values() if r.kind in slots and self._due(r, now)),
+            (r for r in self.db.jobs.values() if r.kind in slots and self._due(r, now, takeover)),
             key=lambda r: (-r.priority, r.run_at, r.id),
         )
         token = uuid.uuid4().hex[:24]

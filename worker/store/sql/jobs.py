@@ -114,19 +114,24 @@ class SqlJobs:
         async with self.db.begin() as conn:
             return await insert_job(conn, self.db.dialect, row)
 
-    def _due(self, now: datetime) -> Any:
-        return or_(
-            and_(J.state == JobState.PLANNED.value, J.run_at <= now),
-            and_(J.state == JobState.RUNNING.value, J.lease_until < self.db.now()),
-        )
+    def _due(self, now: datetime, takeover: bool = True) -> Any:
+        planned = and_(J.state == JobState.PLANNED.value, J.run_at <= now)
+        if not takeover:
+            return planned
+        return or_(planned, and_(J.state == JobState.RUNNING.value, J.lease_until < self.db.now()))
 
     async def acquire_jobs(
-        self, now: datetime, limit: int, slots: Mapping[str, int | None]
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
     ) -> list[JobClaim]:
         kinds = [k for k, free in slots.items() if free is None or free > 0]
         if limit <= 0 or not kinds:
             return []
-        due = and_(J.kind.in_(kinds), self._due(now))
+        due = and_(J.kind.in_(kinds), self._due(now, takeover))
         query = (
             select(J.id, J.kind, J.args, J.state, J.run_at, J.attempts, J.max_retries)
             .where(due)

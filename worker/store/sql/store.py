@@ -197,9 +197,14 @@ class SqlStore:
         )
 
     async def acquire_jobs(
-        self, now: datetime, limit: int, slots: Mapping[str, int | None]
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
     ) -> list[JobClaim]:
-        return await self._jobs.acquire_jobs(now, limit, slots)
+        return await self._jobs.acquire_jobs(now, limit, slots, takeover=takeover)
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
         return await self._jobs.renew_jobs(claims)
