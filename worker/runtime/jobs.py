@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,13 +52,31 @@ class _JobLeases:
         return await self.store.renew_jobs(claims)
 
 
+def _bound(spec: JobSpec, job: JobClaim) -> Callable[..., Any]:
+    """The handler with the job's arguments; arguments it does not take fail the attempt
+    as `PermanentJobError` (no retry can fix them), without calling it."""
+    try:
+        inspect.signature(spec.func).bind(None, **job.args)
+    except TypeError as exc:
+        problem = f"job {spec.name!r}: the handler does not take these arguments: {exc}"
+
+        def refuse(ctx: Any) -> Any:
+            raise PermanentJobError(problem)
+
+        async def refuse_async(ctx: Any) -> Any:
+            raise PermanentJobError(problem)
+
+        return refuse if spec.blocking else refuse_async
+    return functools.partial(spec.func, **job.args)
+
+
 class JobRunner(Runner):
     """One attempt of one job."""
 
     def __init__(self, spec: JobSpec, job: JobClaim, env: RunEnvironment, side: JobSide) -> None:
         as_task = TaskSpec(
             name=spec.name,
-            func=functools.partial(spec.func, **job.args),
+            func=_bound(spec, job),
             schedule=None,
             timeout_s=spec.timeout_s,
             blocking=spec.blocking,

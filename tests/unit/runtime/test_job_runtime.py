@@ -217,3 +217,20 @@ async def test_housekeeping_prunes_finished_jobs_in_batches(
     assert await sup.jobs.prune(future) == 5
     assert [(c.state, c.count) for c in await store.job_counts()] == [(JobState.PLANNED, 1)]
     assert (await store.job_info(kept)).state == JobState.PLANNED
+
+
+async def test_arguments_the_handler_does_not_take_fail_for_good(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def hook(ctx: TaskContext, url: str) -> None:
+        nonlocal calls
+        calls += 1
+
+    sup = supervisor(sqlite, clock, spec("hook", hook, retry=RetryRule(5, 0.0, False)))
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("hook", {"uri": "https://x"}, run_at=clock.now())
+    assert await run_once(sup, clock) == 0
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts, calls) == (JobState.ERROR, 1, 0)
+    assert info.last_error is not None and "does not take these arguments" in info.last_error
