@@ -270,3 +270,14 @@ async def test_no_takeover_leaves_expired_leases_alone(backend: Backend) -> None
     assert await other.acquire_jobs(NOW, 10, ALL, takeover=False) == []
     assert await q.complete_job(old)  # its owner recorded it in time
     assert await other.acquire_jobs(NOW, 10, ALL) == []
+
+
+async def test_complete_many_lands_only_the_attempts_still_held(backend: Backend) -> None:
+    q = jobs_of(backend)
+    ids = [await q.enqueue_job("hook", {"i": i}, run_at=NOW) for i in range(3)]
+    claims = await q.acquire_jobs(NOW, 10, ALL)
+    assert await q.release_job(claims[1])  # no longer held by this claim
+    assert await q.complete_jobs(claims) == [True, False, True]
+    states = [(await q.job_info(i)).state for i in ids]
+    assert states == [JobState.DONE, JobState.PLANNED, JobState.DONE]
+    assert await q.complete_jobs([]) == []

@@ -114,7 +114,7 @@ class JobRunner(Runner):
         store, job, outcome = self.side.store, self.job, ending.outcome
         retry_at: datetime | None = None
         if outcome == Outcome.SUCCESS:
-            op: Any = functools.partial(store.complete_job, job)
+            op: Any = functools.partial(self.side.complete, job)  # grouped with others
         elif outcome in (Outcome.INTERRUPTED, Outcome.ABANDONED):
             op = functools.partial(store.release_job, job)  # fenced: a lost lease writes nothing
         else:
@@ -128,7 +128,7 @@ class JobRunner(Runner):
             error = (ending.error or outcome.value)[:ERROR_MAX]
             op = functools.partial(store.fail_job, job, error, retry_at)
         self.lease.recording(True)
-        written = await self._write(op)
+        written = await self._write(op, grouped=outcome == Outcome.SUCCESS)
         level = "info" if outcome in (Outcome.SUCCESS, Outcome.INTERRUPTED) else "warning"
         getattr(self.log, level)(
             "job finished",
@@ -143,13 +143,16 @@ class JobRunner(Runner):
         )
         return outcome, None, written
 
-    async def _write(self, op: Any) -> Written:
+    async def _write(self, op: Any, grouped: bool) -> Written:
         """The fenced write, retried through outages until it lands, is refused, or the
         run gives up (shutdown past its grace): then the lease expires and the attempt
         is taken over (at least once)."""
         while True:
             try:
-                landed = await self.env.health.call(op, what="recording a job")
+                if grouped:
+                    landed = await op()  # the group commit calls the policy itself
+                else:
+                    landed = await self.env.health.call(op, what="recording a job")
                 return Written.WRITTEN if landed else Written.LEASE_LOST
             except DatabaseFailure as failure:
                 if failure.kind is ErrorKind.REFUSED:
@@ -175,6 +178,9 @@ class JobSide:
         self.env = env
         self.leases = LeaseKeeper(_JobLeases(store), env.clock, env.settings.lease_s, env.health)
         self.running: dict[str, int] = {}  # kind -> attempts running here
+        # successful attempts waiting for the next group commit (see `complete`)
+        self._pending: list[tuple[JobClaim, asyncio.Future[bool]]] = []
+        self._flush_task: asyncio.Future[None] | None = None
         self._next_mono = 0.0  # when to ask the table again
 
     def __bool__(self) -> bool:
@@ -250,6 +256,34 @@ class JobSide:
         if total:
             log.info("old jobs deleted", jobs=total, before=before.isoformat())
         return total
+
+    async def complete(self, job: JobClaim) -> bool:
+        """Record a successful attempt, together with every other one that ends in the
+        same turn of the loop or while a write is in flight: one transaction for all.
+        Raises `DatabaseFailure` as the policy does (the caller retries; fenced)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.ensure_future(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the attempts ending in this turn join
+        while self._pending:
+            batch, self._pending = self._pending, []
+            claims = [job for job, _ in batch]
+            try:
+                landed = await self.env.health.call(
+                    functools.partial(self.store.complete_jobs, claims), what="recording jobs"
+                )
+            except DatabaseFailure as failure:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
+                continue
+            for (_, future), ok in zip(batch, landed, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
     def ended(self, runner: JobRunner) -> None:
         """An attempt ended (its record written or given up)."""

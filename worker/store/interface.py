@@ -238,6 +238,11 @@ class JobStore(Protocol):
         """The attempt succeeded: `done`, lease freed. False if the lease was lost."""
         ...
 
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        """`complete_job` for many attempts in one transaction, one bool per claim in
+        order; a lost lease fails only its own attempt."""
+        ...
+
     async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
         """The attempt failed: planned again at `retry_at`, or `error` for good when None;
         the error kept in `last_error`. Fenced like `complete_job`."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -174,6 +174,18 @@ class MemoryJobs:
 
     async def complete_job(self, claim: JobClaim) -> bool:
         return await self._fenced(claim, state=JobState.DONE.value, finished=self.db.now())
+
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        await asyncio.sleep(0)
+        landed = []
+        for claim in claims:
+            row = self.db.jobs.get(claim.job_id)
+            ok = row is not None and row.lease_token == claim.token
+            if row is not None and ok:
+                row.free_lease()
+                row.state, row.finished = JobState.DONE.value, self.db.now()
+            landed.append(ok)
+        return landed
 
     async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
         if retry_at is not None:

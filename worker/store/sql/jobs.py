@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -190,6 +190,25 @@ class SqlJobs:
 
     async def complete_job(self, claim: JobClaim) -> bool:
         return await self._fenced(claim, state=JobState.DONE.value, finished=self.db.now())
+
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        """One SELECT of the rows still held (locked), one UPDATE of those."""
+        if not claims:
+            return []
+        ids = [c.job_id for c in claims]
+        mine = and_(J.id.in_(ids), J.lease_token.in_(sorted({c.token for c in claims})))
+        async with self.db.begin() as conn:
+            rows = await conn.execute(select(J.id, J.lease_token).where(mine).with_for_update())
+            held = {(r.id, r.lease_token) for r in rows}
+            landed = [(c.job_id, c.token) in held for c in claims]
+            done_ids = [c.job_id for c, ok in zip(claims, landed, strict=True) if ok]
+            if done_ids:
+                await conn.execute(
+                    update(jobs)
+                    .where(J.id.in_(done_ids), mine)
+                    .values(**_NO_LEASE, state=JobState.DONE.value, finished=self.db.now())
+                )
+        return landed
 
     async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
         if retry_at is not None:

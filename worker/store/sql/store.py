@@ -212,6 +212,9 @@ class SqlStore:
     async def complete_job(self, claim: JobClaim) -> bool:
         return await self._jobs.complete_job(claim)
 
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        return await self._jobs.complete_jobs(claims)
+
     async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
         return await self._jobs.fail_job(claim, error, retry_at)
 
