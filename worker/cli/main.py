@@ -18,8 +18,8 @@ import structlog
 from cronloop import exitcodes
 from cronloop.cli.admin import COMMANDS
 from cronloop.cli.bootstrap import ExitError, check_user
-from cronloop.cli.plugins import add_subparsers, run_command
 from cronloop.cli.jobs import add_parsers as add_job_parsers
+from cronloop.cli.plugins import add_subparsers, run_command
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
 from cronloop.config.values import holds_secret, is_secret_key

@@ -33,7 +33,6 @@ from cronloop.runtime.leases import LeaseKeeper
 from cronloop.runtime.recording import RECORD_RETRY_MAX_S, Written
 from cronloop.runtime.runner import Ending, RunEnd, RunEnvironment, Runner
 from cronloop.store.interface import JobStore
-from cronloop.store.sql.errors import ErrorKind
 
 log = structlog.get_logger("cronloop.jobs")
 
@@ -155,7 +154,7 @@ class JobRunner(Runner):
                     landed = await self.env.health.call(op, what="recording a job")
                 return Written.WRITTEN if landed else Written.LEASE_LOST
             except DatabaseFailure as failure:
-                if failure.kind is ErrorKind.REFUSED:
+                if failure.refused:
                     return Written.REFUSED
                 if self._abort.done():
                     return Written.GAVE_UP

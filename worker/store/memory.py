@@ -334,7 +334,6 @@ def _sync(db: MemoryDatabase, decls: dict[str, TaskDeclaration]) -> SyncReport:
 
 
 if TYPE_CHECKING:  # mypy proves the implementation keeps the contract
-    from cronloop.store.interface import JobStore, Store
+    from cronloop.store.interface import Store
 
     _conforms: type[Store] = MemoryStore
-    _queues: type[JobStore] = MemoryStore

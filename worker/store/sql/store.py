@@ -241,7 +241,6 @@ class SqlStore:
 TaskStore = SqlStore
 
 if TYPE_CHECKING:  # mypy proves the implementation keeps the contract
-    from cronloop.store.interface import JobStore, Store
+    from cronloop.store.interface import Store
 
     _conforms: type[Store] = SqlStore
-    _queues: type[JobStore] = SqlStore
