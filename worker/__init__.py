@@ -18,6 +18,9 @@ Everything else under `cronloop.*` is internal and may change.
 `__version__` is the one source of the version: pyproject reads it (setuptools attr),
 and `cronloop --version`, `check-config`, the READY status line, the first log line
 of `cronloop run` and `cronloop_build_info` show it.
+
+Jobs: ``@job(name=..., max_retries=...)`` declares a handler, ``await enqueue(session,
+"name", {"arg": 1})`` queues one (see the README, "Queueing jobs").
 """
 
 __version__ = "0.1.0"
@@ -27,10 +30,12 @@ from cronloop.config.paths import state_directory
 from cronloop.config.settings import Settings
 from cronloop.config.values import Secret
 from cronloop.definitions.context import StopReason, StopRun, TaskContext
+from cronloop.definitions.jobs import PermanentJobError, job
 from cronloop.definitions.plugin import Command, CommandContext, CommandError, Plugin
 from cronloop.definitions.registry import TaskSpec, task
 from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.schedule import ScheduleError, resolve_timezone
+from cronloop.store.sql.enqueue import enqueue
 from cronloop.web.gauges import GaugeSample
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "CommandError",
     "GaugeSample",
     "Outcome",
+    "PermanentJobError",
     "Plugin",
     "ScheduleError",
     "Secret",
@@ -49,7 +55,9 @@ __all__ = [
     "TaskSpec",
     "TaskStatus",
     "__version__",
+    "enqueue",
     "exitcodes",
+    "job",
     "resolve_timezone",
     "state_directory",
     "task",

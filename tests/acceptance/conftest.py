@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from cronloop.store.sql.tables import runs, tasks
+from cronloop.store.sql.tables import jobs, runs, tasks
 from tests.support.cli import COMMAND_TIMEOUT_S, Result, migrate, run_cronloop
 from tests.support.env import CRONLOOP
 from tests.support.env import base_env as support_env
@@ -186,7 +186,7 @@ def cli(
 
     def module_database() -> str:
         db: ScratchDatabase = request.getfixturevalue("mariadb_db")
-        db.clear(runs, tasks)
+        db.clear(runs, tasks, jobs)
         return db.url()
 
     handle = make_cli(backend, tmp_path, foreign_tasks_off, module_database)

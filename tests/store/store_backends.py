@@ -28,7 +28,7 @@ from cronloop.store.memory import MemoryDatabase, MemoryStore
 from cronloop.store.sql.engine import create_engine
 from cronloop.store.sql.migrate import upgrade
 from cronloop.store.sql.store import SqlStore
-from cronloop.store.sql.tables import metadata, runs, tasks
+from cronloop.store.sql.tables import jobs, metadata, runs, tasks
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LONG_AGO = NOW - timedelta(days=3650)
@@ -96,6 +96,14 @@ class Backend:
         """The leases ran out (the worker was stopped or lost)."""
         await self.set_task(name, lease_until=LONG_AGO)
 
+    async def expire_job_leases(self) -> None:
+        """Every job lease ran out (the worker running them was lost)."""
+        raise NotImplementedError
+
+    def engine_or_none(self) -> AsyncEngine | None:
+        """The SQL engine behind the store (None: in memory)."""
+        return None
+
 
 class MemoryBackend(Backend):
     name = "memory"
@@ -116,6 +124,11 @@ class MemoryBackend(Backend):
 
     async def task_row(self, name: str) -> dict[str, Any]:
         return dataclasses.asdict(self.db.by_name(name))
+
+    async def expire_job_leases(self) -> None:
+        for row in self.db.jobs.values():
+            if row.lease_until is not None:
+                row.lease_until = LONG_AGO
 
     async def run_rows(self) -> dict[str, dict[str, Any]]:
         return {run_id: dataclasses.asdict(r) for run_id, r in self.db.runs.items()}
@@ -141,6 +154,15 @@ class SqlBackend(Backend):
             statement = statement.where(tasks.c.name == name)
         async with self.engine.begin() as conn:
             await conn.execute(statement)
+
+    async def expire_job_leases(self) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.lease_until.is_not(None)).values(lease_until=LONG_AGO)
+            )
+
+    def engine_or_none(self) -> AsyncEngine | None:
+        return self.engine
 
     async def task_row(self, name: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:

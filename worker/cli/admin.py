@@ -20,6 +20,7 @@ from cronloop.cli.bootstrap import (
     wait_for_database,
 )
 from cronloop.cli.display import history_json, history_table, status_json, status_table, tasks_table
+from cronloop.cli.jobs import JOB_COMMANDS, queue_summary
 from cronloop.cli.run import cmd_run
 from cronloop.config.settings import Settings, describe_sources
 from cronloop.domain.clock import SystemClock
@@ -48,6 +49,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"database: {database_label(settings)}")
             print(status_table(states, resolve_timezone(settings.timezone)))
+            print(queue_summary(await store.job_counts()))
         return exitcodes.OK
 
     return await _with_store(settings, show)
@@ -151,4 +153,5 @@ COMMANDS: dict[str, Command] = {
     "tasks": cmd_tasks,
     "migrate": cmd_migrate,
     "check-config": cmd_check_config,
+    **JOB_COMMANDS,
 }

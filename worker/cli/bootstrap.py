@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from cronloop import exitcodes
 from cronloop.cli.database_file import missing_database
 from cronloop.config.settings import ConfigError, Settings
+from cronloop.definitions.discovery import discover_jobs
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import Clock, SystemClock
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
@@ -68,7 +69,8 @@ def require_database(settings: Settings) -> None:
 
 
 def load_registry(settings: Settings) -> Registry:
-    return build_registry(settings, discover(settings.task_modules))
+    modules = settings.task_modules
+    return build_registry(settings, discover(modules), discover_jobs(modules))
 
 
 async def open_database(

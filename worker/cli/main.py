@@ -18,6 +18,7 @@ import structlog
 from cronloop import __version__, exitcodes
 from cronloop.cli.admin import COMMANDS
 from cronloop.cli.bootstrap import ExitError, check_user
+from cronloop.cli.jobs import add_parsers as add_job_parsers
 from cronloop.cli.plugins import add_subparsers, run_command
 from cronloop.config.params import normalize_key
 from cronloop.config.settings import ConfigError, load_settings
@@ -58,6 +59,7 @@ def build_parser(plugin_commands: Mapping[str, Command] | None = None) -> argpar
     sub.add_parser("tasks", help="the tasks this installation defines")
     sub.add_parser("migrate", help="create or upgrade cronloop's tables")
     sub.add_parser("check-config", help="the effective settings and where each came from")
+    add_job_parsers(sub)
     add_subparsers(sub, plugin_commands or {})  # backup, restore, demo, ...: the plugins'
     return parser
 

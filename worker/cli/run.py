@@ -21,6 +21,7 @@ from cronloop import __version__
 from cronloop.cli.bootstrap import Database, check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
+from cronloop.definitions.discovery import discover_jobs
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import SystemClock
 from cronloop.runtime.recording import RECORD_WINDOW_S
@@ -41,7 +42,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if settings.http_listen:
         check_listen(settings)  # before waiting for the database: a refusal is quick
     definitions = discover(settings.task_modules)
-    registry = build_registry(settings, definitions)  # a bad setting stops here, unlogged
+    job_definitions = discover_jobs(settings.task_modules)
+    registry = build_registry(settings, definitions, job_definitions)  # a bad setting stops here
     # the first line of every run: which version a report came from
     log.info("cronloop starting", version=__version__, python=platform.python_version())
     notifier = Notifier()
@@ -64,7 +66,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             def load() -> Settings:
                 return load_settings(param_file=args.param_file_, overrides=args.overrides_)
 
-            result = reload_settings(current, load, definitions)
+            result = reload_settings(current, load, definitions, job_definitions)
             if result is None:
                 return None
             logs.configure(result.settings.log_level, current.log_format)

@@ -94,6 +94,7 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"
     task_modules: tuple[str, ...] = ()
+    job_retention_days: int = 7  # done and cancelled jobs; 0 = keep
     auto_migrate: bool = False
     allow_root: bool = False
     startup_db_wait_s: float = 60.0
@@ -150,6 +151,7 @@ PARSERS: Mapping[str, Parser] = MappingProxyType(
         "log_level": choice("debug", "info", "warning", "error"),
         "log_format": choice("auto", "console", "plain", "json", "journal"),
         "task_modules": parse_modules,
+        "job_retention_days": integer(minimum=0),
         "auto_migrate": parse_bool,
         "allow_root": parse_bool,
         "startup_db_wait_s": duration(minimum=0),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields, replace
 import structlog
 
 from cronloop.config.settings import ConfigError, Settings
+from cronloop.definitions.jobs import JobDefinition
 from cronloop.definitions.registry import Registry, TaskDefinition, build_registry
 
 log = structlog.get_logger("cronloop.reload")
@@ -59,6 +60,7 @@ LIVE = frozenset(
         "timezone",
         "verbose",
         "log_level",
+        "job_retention_days",
         "retry_max",
         "retry_delay_s",
     }
@@ -90,11 +92,12 @@ def reload_settings(
     current: Settings,
     load: Callable[[], Settings],
     definitions: Iterable[TaskDefinition],
+    job_definitions: Iterable[JobDefinition] = (),
 ) -> Reloaded | None:
     """Load and validate the new configuration; None (and a log line) if it is invalid."""
     try:
         new = load()
-        registry = build_registry(new, definitions)
+        registry = build_registry(new, definitions, job_definitions)
     except ConfigError as exc:
         log.error(
             "configuration reload rejected; keeping the running configuration",

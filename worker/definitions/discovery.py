@@ -24,11 +24,58 @@ from cronloop.definitions.decorator import (
     defined_in,
     name_key,
 )
+from cronloop.definitions.jobs import JobDefinition, jobs_defined_in
 from cronloop.definitions.plugin import Plugin, load_plugins
 
-__all__ = ["ENTRY_POINT_GROUP", "collect", "discover"]
+__all__ = ["ENTRY_POINT_GROUP", "collect", "collect_jobs", "discover", "discover_jobs"]
 
 ENTRY_POINT_GROUP = "cronloop.tasks"
+
+
+def _roots(
+    task_modules: Iterable[str], use_entry_points: bool, plugins: Iterable[Plugin] | None
+) -> list[tuple[str, str]]:
+    """The modules to import, each with where it was named: plugins, entry points, the
+    `task_modules` setting."""
+    roots: list[tuple[str, str]] = []
+    if plugins is None:
+        plugins = load_plugins() if use_entry_points else ()
+    for plugin in plugins:
+        roots.extend((module, plugin.where()) for module in plugin.task_modules)
+    if use_entry_points:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            roots.append((ep.module, f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP}"))
+    roots.extend((module, "setting task_modules") for module in task_modules)
+    return roots
+
+
+def discover_jobs(
+    task_modules: Iterable[str],
+    *,
+    use_entry_points: bool = True,
+    plugins: Iterable[Plugin] | None = None,
+) -> list[JobDefinition]:
+    """The `@job` definitions of the same modules `discover` imports (the same roots, the
+    same errors); two functions with one job name are an error naming both modules."""
+    chosen: dict[str, JobDefinition] = {}
+    for name, where in _roots(task_modules, use_entry_points, plugins):
+        for definition in collect_jobs(_import(name, where)):
+            other = chosen.get(definition.name)
+            if other is not None and other.func is not definition.func:
+                raise TaskDefinitionError(
+                    f"job {definition.name!r} is defined twice: in {other.module} and "
+                    f"{definition.module}; give one of them name="
+                )
+            chosen[definition.name] = definition
+    return list(chosen.values())
+
+
+def collect_jobs(module: ModuleType) -> list[JobDefinition]:
+    """The jobs defined by ``module``'s code and by the submodules it imported."""
+    found: list[JobDefinition] = []
+    for each in _modules_below(module, module.__name__):
+        found.extend(jobs_defined_in(each))
+    return found
 
 
 def discover(
@@ -46,17 +93,8 @@ def discover(
     a worker that will not start. Two different functions with one task name are an error
     naming both modules.
     """
-    roots: list[tuple[str, str]] = []
-    if plugins is None:
-        plugins = load_plugins() if use_entry_points else ()
-    for plugin in plugins:
-        roots.extend((module, plugin.where()) for module in plugin.task_modules)
-    if use_entry_points:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            roots.append((ep.module, f"entry point {ep.name!r} in group {ENTRY_POINT_GROUP}"))
-    roots.extend((module, "setting task_modules") for module in task_modules)
     chosen: dict[str, TaskDefinition] = {}
-    for name, where in roots:
+    for name, where in _roots(task_modules, use_entry_points, plugins):
         for definition in collect(_import(name, where)):
             key = name_key(definition.name)  # unique regardless of case and of - or _
             other = chosen.get(key)

@@ -29,6 +29,7 @@ from cronloop.definitions.decorator import (
     task,
 )
 from cronloop.definitions.discovery import ENTRY_POINT_GROUP, discover
+from cronloop.definitions.jobs import JobDefinition, JobSpec, job_spec
 from cronloop.domain.schedule import Schedule, ScheduleError, parse_schedule, resolve_timezone
 
 __all__ = [
@@ -72,9 +73,10 @@ class TaskSpec:
 
 @dataclass(frozen=True)
 class Registry:
-    """The tasks this worker knows, by name."""
+    """The tasks this worker knows, by name, and the job kinds it runs."""
 
     specs: Mapping[str, TaskSpec]
+    jobs: Mapping[str, JobSpec] = field(default_factory=dict)
 
     def __contains__(self, name: object) -> bool:
         return name in self.specs
@@ -92,7 +94,11 @@ class Registry:
         return sorted(self.specs)
 
 
-def build_registry(settings: Settings, definitions: Iterable[TaskDefinition]) -> Registry:
+def build_registry(
+    settings: Settings,
+    definitions: Iterable[TaskDefinition],
+    job_definitions: Iterable[JobDefinition] = (),
+) -> Registry:
     """Combine definitions with the per-task settings; validate those settings.
 
     Unknown task names and unknown options in the settings are configuration errors (a
@@ -101,19 +107,37 @@ def build_registry(settings: Settings, definitions: Iterable[TaskDefinition]) ->
     """
     tz = resolve_timezone(settings.timezone)
     by_name = {d.name: d for d in definitions}
-    problems = _unknown_task_options(settings, {normalize_key(n): d for n, d in by_name.items()})
+    jobs_by_name = {d.name: d for d in job_definitions}
+    known: dict[str, TaskDefinition | JobDefinition] = {
+        normalize_key(n): d for n, d in by_name.items()
+    }
+    known.update((normalize_key(n), d) for n, d in jobs_by_name.items())
+    problems = _unknown_task_options(settings, known)
+    problems.extend(
+        f"{name!r} is both a task ({by_name[name].module}) and a job ({d.module}); "
+        "rename one of them (they share the settings prefix)"
+        for name, d in jobs_by_name.items()
+        if name in by_name
+    )
     specs: dict[str, TaskSpec] = {}
     for d in by_name.values():
         raw = settings.task_options.get(normalize_key(d.name), {})
         spec, spec_problems = _spec_from(d, raw, settings, tz)
         problems.extend(spec_problems)
         specs[d.name] = spec
+    jobs: dict[str, JobSpec] = {}
+    for jd in jobs_by_name.values():
+        raw = settings.task_options.get(normalize_key(jd.name), {})
+        jobs[jd.name], job_problems = job_spec(jd, raw, float(settings.task_timeout))
+        problems.extend(job_problems)
     if problems:
         raise ConfigError("\n".join(problems))
-    return Registry(specs=dict(sorted(specs.items())))
+    return Registry(specs=dict(sorted(specs.items())), jobs=dict(sorted(jobs.items())))
 
 
-def _unknown_task_options(settings: Settings, by_name: Mapping[str, TaskDefinition]) -> list[str]:
+def _unknown_task_options(
+    settings: Settings, by_name: Mapping[str, TaskDefinition | JobDefinition]
+) -> list[str]:
     problems = []
     for task_name, opts in settings.task_options.items():
         if task_name in by_name:

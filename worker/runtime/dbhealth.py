@@ -51,6 +51,11 @@ class DatabaseFailure(Exception):
         self.kind = kind
         self.error = exc
 
+    @property
+    def refused(self) -> bool:
+        """The database refused the data: retrying the same write cannot help."""
+        return self.kind is ErrorKind.REFUSED
+
 
 class DbHealth:
     """The policy, and what it knows: whether the database is down, since when, how

@@ -15,8 +15,8 @@ checkpoints ask, from a thread too) and tells it when its end is being written
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import structlog
 
@@ -24,9 +24,15 @@ from cronloop.definitions.context import StopReason
 from cronloop.domain.clock import Clock
 from cronloop.domain.records import Claim
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
-from cronloop.store.interface import Store
 
 log = structlog.get_logger("cronloop.leases")
+
+
+class Renews(Protocol):
+    """What the keeper needs of a store: `renew` (the task table's, or the job table's
+    through `renew_jobs`)."""
+
+    async def renew(self, claims: Iterable[Claim]) -> set[str]: ...
 
 
 class Lease:
@@ -68,7 +74,7 @@ class Lease:
 
 
 class LeaseKeeper:
-    def __init__(self, store: Store, clock: Clock, lease_s: float, health: DbHealth) -> None:
+    def __init__(self, store: Renews, clock: Clock, lease_s: float, health: DbHealth) -> None:
         self.store = store
         self.clock = clock
         self.lease_s = lease_s

@@ -26,6 +26,7 @@ from cronloop.domain.records import Claim
 from cronloop.runtime.control import Control, Lifetime
 from cronloop.runtime.dbhealth import DatabaseFailure
 from cronloop.runtime.due import DueTracker
+from cronloop.runtime.jobs import JobSide
 from cronloop.runtime.leases import LeaseKeeper
 from cronloop.runtime.planned import Planned
 from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
@@ -87,6 +88,8 @@ class Supervisor:
             self.store, self.leases, self.health, self.control.spawn, self._snapshot_running
         )
         self.status = StatusLine(self.clock, self.hooks.on_status)
+        # queued jobs fill the slots tasks leave free (runtime/jobs.py)
+        self.jobs = JobSide(self.registry.jobs, self.store, self.env, self.wake_event.set)
         # the loop may be in a long backoff when the database comes back
         self.health.on_recovered(self.wake_event.set)
         self._once_cutoff: datetime | None = None
@@ -130,6 +133,8 @@ class Supervisor:
             asyncio.ensure_future(self.control.supervised(name, loop))
             for name, loop in (
                 ("lease keeper", self.leases.run),
+                ("job lease keeper", self.jobs.leases.run),
+                ("job housekeeping", self.jobs.housekeeping),
                 ("housekeeping", self._housekeeping_loop),
                 *self.side_loops,
             )
@@ -165,7 +170,18 @@ class Supervisor:
         return self.exit_code
 
     async def _tick(self) -> bool:
-        """Claim and start what is due. Returns True if nothing was due."""
+        """Claim and start what is due, tasks first, then jobs in the slots left.
+        Returns True if nothing was due."""
+        idle = await self._tick_tasks()
+        free = self.settings.max_concurrency - len(self.runners) - len(self.planned)
+        runners = await self.jobs.acquire(free)
+        for runner in runners:
+            self._launch(runner)
+        if runners:
+            self._snapshot_running()
+        return idle and not runners
+
+    async def _tick_tasks(self) -> bool:
         self.hooks.on_tick()
         # cleared before claiming, so a run that ends from here on wakes the next sleep
         self.wake_event.clear()
@@ -250,8 +266,10 @@ class Supervisor:
             log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
             self.control.spawn(self._quietly(lambda: self.store.release(claim), "releasing"))
             return
-        runner = Runner(spec, claim, self.env, self.leases.track(claim, claimed_mono))
-        self.runners[claim.run_id] = runner
+        self._launch(Runner(spec, claim, self.env, self.leases.track(claim, claimed_mono)))
+
+    def _launch(self, runner: Runner) -> None:
+        self.runners[runner.claim.run_id] = runner
         self._names_stale = True
         task = asyncio.ensure_future(runner.run())
         self._tasks.add(task)
@@ -295,7 +313,9 @@ class Supervisor:
         start = self.planned.next_start()
         if start is not None:  # a run claimed ahead starts then
             delay = min(delay, max(0.0, (start - self.clock.now()).total_seconds()))
-        for cap in (cap_s, self.hooks.max_sleep_s):
+        free = self.settings.max_concurrency - len(self.runners) - len(self.planned)
+        jobs_cap = self.jobs.sleep_cap_s(free)
+        for cap in (cap_s, self.hooks.max_sleep_s, jobs_cap):
             if cap is not None:
                 delay = min(delay, cap)
         if delay <= 0:
@@ -320,6 +340,7 @@ class Supervisor:
             result = None
         if result is not None:
             settings, self.registry = result
+            self.jobs.use(self.registry.jobs)
             self.env.apply(settings)  # lease_s needs a restart: the keeper keeps its own
             self.due = DueTracker(self.settings.poll_interval)  # and ask again
         self.hooks.on_reloaded()

@@ -21,10 +21,11 @@ The rules every verb keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from cronloop.domain.jobs import JobClaim, JobCount, JobInfo, JobState
 from cronloop.domain.records import (
     Claim,
     ClaimBatch,
@@ -58,8 +59,96 @@ def strike_quarantine_reason(reason: str, strikes: int, name: str) -> str:
 
 
 @runtime_checkable
-class Store(Protocol):
-    """The verbs of cronloop's task table and run history."""
+class JobStore(Protocol):
+    """The verbs of the job queue (`cronloop_job`), kept by the same stores as `Store`.
+
+    The same rules: leases on the database clock, fenced by (job id, token) through the
+    one lease mechanism (`renew_jobs` is `renew` over the job table), one transaction per
+    verb. Due-ness (`run_at <= now`) uses the caller's `now`. A job is delivered at least
+    once: an attempt whose worker was lost is taken over once its lease expires.
+    """
+
+    async def enqueue_job(
+        self,
+        kind: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
+        max_retries: int | None = None,
+    ) -> int:
+        """Queue a job, committed; its id. With `unique_key`, while a job of that kind and
+        key is planned or running, that job's id is returned and nothing is added."""
+        ...
+
+    async def acquire_jobs(
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
+    ) -> list[JobClaim]:
+        """Lease up to `limit` jobs of the kinds in `slots` (kind -> free slots, None: no
+        cap) that are planned and due at `now`, or running with an expired lease (taken
+        over: `took_over`; not if `takeover=False`, as `claim_next`'s just after an
+        outage), highest priority first, then earliest `run_at`. Each attempt counts in
+        `attempts`. Two workers never get the same attempt."""
+        ...
+
+    async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
+        """`renew` for jobs (`JobClaim.claim`): the run ids whose lease was lost."""
+        ...
+
+    async def complete_job(self, claim: JobClaim) -> bool:
+        """The attempt succeeded: `done`, lease freed. False if the lease was lost."""
+        ...
+
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        """`complete_job` for many attempts in one transaction, one bool per claim in
+        order; a lost lease fails only its own attempt."""
+        ...
+
+    async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
+        """The attempt failed: planned again at `retry_at`, or `error` for good when None;
+        the error kept in `last_error`. Fenced like `complete_job`."""
+        ...
+
+    async def release_job(self, claim: JobClaim) -> bool:
+        """Give the attempt back unrun or interrupted: planned, due at once, the attempt
+        not counted. Fenced."""
+        ...
+
+    async def cancel_job(self, job_id: int) -> JobState:
+        """Cancel a planned job; the state it had (only `planned` changes). Raises
+        `UnknownJob`."""
+        ...
+
+    async def retry_job(self, job_id: int, now: datetime) -> JobState:
+        """Plan a job in `error` or `cancelled` again, attempts reset, due at `now`; the
+        state it had (others do not change). ValueError if its unique key is held by
+        another waiting job. Raises `UnknownJob`."""
+        ...
+
+    async def job_counts(self) -> list[JobCount]:
+        """Jobs by kind and state, with the oldest `run_at` of each group."""
+        ...
+
+    async def job_info(self, job_id: int) -> JobInfo:
+        """One job row. Raises `UnknownJob`."""
+        ...
+
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` done or cancelled jobs that finished before `before`
+        (jobs in error stay for the operator); how many were deleted."""
+        ...
+
+
+@runtime_checkable
+class Store(JobStore, Protocol):
+    """The verbs of cronloop's task table and run history, and the job queue's
+    (`JobStore`)."""
 
     @property
     def worker_id(self) -> str:

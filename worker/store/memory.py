@@ -37,6 +37,7 @@ from cronloop.store.interface import (
     strike_quarantine_reason,
     timeout_quarantine_reason,
 )
+from cronloop.store.memory_jobs import MemoryJobs
 from cronloop.store.memory_tables import (
     MemoryDatabase,
     RunRow,
@@ -60,8 +61,9 @@ def _running(row: TaskRow, db_now: datetime) -> bool:
     return row.lease_token is not None and row.lease_until is not None and row.lease_until >= db_now
 
 
-class MemoryStore:
-    """`Store` over a `MemoryDatabase` (a fresh one unless shared with other workers)."""
+class MemoryStore(MemoryJobs):
+    """`Store` over a `MemoryDatabase` (a fresh one unless shared with other workers);
+    the job queue's verbs (`JobStore`) are `MemoryJobs`', over the same attributes."""
 
     def __init__(
         self,

@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cronloop.domain.outcome import Outcome, TaskStatus
 from cronloop.domain.records import Claim, UnknownTask
+
+if TYPE_CHECKING:
+    from cronloop.store.memory_jobs import JobRow
 
 
 def utc_only(value: Any) -> Any:
@@ -95,6 +98,7 @@ class MemoryDatabase:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.tasks: dict[int, TaskRow] = {}
         self.runs: dict[str, RunRow] = {}
+        self.jobs: dict[int, JobRow] = {}  # cronloop_job (see memory_jobs)
         self._ids = 0
 
     def now(self, plus_s: float = 0.0) -> datetime:

@@ -42,6 +42,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "log_level": "info",
     "log_format": "auto",
     "task_modules": (),
+    "job_retention_days": 7,
     "auto_migrate": False,
     "allow_root": False,
     "startup_db_wait_s": 60.0,

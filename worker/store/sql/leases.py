@@ -1,5 +1,6 @@
 """Leases held: renewing them, giving a claim back, freeing a kept lease, and closing
-the history of runs whose worker vanished. A part of `SqlStore`.
+the history of runs whose worker vanished. A part of `SqlStore`; `renew_fenced` is also
+the job queue's renewal (`jobs`): one lease mechanism for both tables.
 
 Every write is conditional on (task id, lease token): a worker that lost its lease
 changes nothing. Lease times are the database's clock. Knows nothing of when to renew.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Table, and_, select, update
 
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.records import Claim
@@ -21,6 +22,31 @@ T = tasks.c
 R = runs.c
 
 
+async def renew_fenced(
+    db: Connector, table: Table, lease_s: float, claims: Iterable[Claim]
+) -> set[str]:
+    """Extend the leases held in `table` (the task table, or the job table: both have
+    `id`, `lease_token`, `lease_until`) by `lease_s` from the database clock; return the
+    run ids whose lease was lost.
+
+    One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token IN ...`
+    matches only our rows), and a SELECT only if some row did not match."""
+    claims = list(claims)
+    if not claims:
+        return set()
+    c = table.c
+    ids = [claim.task_id for claim in claims]
+    tokens = sorted({claim.token for claim in claims})
+    mine = and_(c.id.in_(ids), c.lease_token.in_(tokens))
+    async with db.begin() as conn:
+        result = await conn.execute(update(table).where(mine).values(lease_until=db.now(lease_s)))
+        if result.rowcount == len(claims):
+            return set()
+        rows = await conn.execute(select(c.id, c.lease_token).where(mine))
+        held = {(r.id, r.lease_token) for r in rows}
+    return {claim.run_id for claim in claims if (claim.task_id, claim.token) not in held}
+
+
 class Leases:
     """`renew`, `release`, `free_lease`, `reap_abandoned`."""
 
@@ -29,25 +55,8 @@ class Leases:
         self.lease_s = lease_s
 
     async def renew(self, claims: Iterable[Claim]) -> set[str]:
-        """Extend the leases of runs still owned; return the run ids whose lease was lost.
-
-        One UPDATE for all (tokens are random per claim batch, so `id IN ... AND token
-        IN ...` matches only our rows), and a SELECT only if some row did not match."""
-        claims = list(claims)
-        if not claims:
-            return set()
-        ids = [c.task_id for c in claims]
-        tokens = sorted({c.token for c in claims})
-        mine = and_(T.id.in_(ids), T.lease_token.in_(tokens))
-        async with self.db.begin() as conn:
-            result = await conn.execute(
-                update(tasks).where(mine).values(lease_until=self.db.now(self.lease_s))
-            )
-            if result.rowcount == len(claims):
-                return set()
-            rows = await conn.execute(select(T.id, T.lease_token).where(mine))
-            held = {(r.id, r.lease_token) for r in rows}
-        return {c.run_id for c in claims if (c.task_id, c.token) not in held}
+        """Extend the leases of runs still owned; return the run ids whose lease was lost."""
+        return await renew_fenced(self.db, tasks, self.lease_s, claims)
 
     async def release(self, claim: Claim) -> bool:
         """Give a claim back unrun (this worker cannot run that task): free the lease and

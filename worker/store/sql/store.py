@@ -10,6 +10,8 @@ SQLite write lock, the probe's kept connection) into the parts and offers their 
 - `record.Recording`: `complete`, `complete_many` (quarantine on repeated timeouts)
 - `quarantine.Quarantine`: `strike` (the watchdog's road to quarantine)
 - `admin.AdminVerbs`: `pause`, `resume`, `trigger`, `status`, `history`, `task_names`
+- `jobs.SqlJobs`: the job queue (`JobStore`): `enqueue_job`, `acquire_jobs`, `renew_jobs`,
+  `complete_job`, `fail_job`, `release_job`, `cancel_job`, `retry_job`, `job_counts`, `job_info`
 
 Knows nothing of asyncio tasks, deadlines or the loop.
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cronloop.domain.jobs import JobClaim, JobCount, JobInfo, JobState
 from cronloop.domain.records import (
     Claim,
     ClaimBatch,
@@ -40,6 +43,7 @@ from cronloop.store.interface import Ended
 from cronloop.store.sql.admin import AdminVerbs
 from cronloop.store.sql.claims import Claims, make_worker_id
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.jobs import SqlJobs
 from cronloop.store.sql.leases import Leases
 from cronloop.store.sql.quarantine import Quarantine
 from cronloop.store.sql.record import Recording
@@ -76,6 +80,7 @@ class SqlStore:
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
         self._admin = AdminVerbs(self._db)
+        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s)
 
     @property
     def worker_id(self) -> str:
@@ -169,6 +174,67 @@ class SqlStore:
 
     async def task_names(self) -> list[str]:
         return await self._admin.task_names()
+
+    # -- the job queue (contracts: `JobStore`) --------------------------------------------
+
+    async def enqueue_job(
+        self,
+        kind: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        run_at: datetime | None = None,
+        priority: int = 0,
+        unique_key: str | None = None,
+        max_retries: int | None = None,
+    ) -> int:
+        return await self._jobs.enqueue_job(
+            kind,
+            args,
+            run_at=run_at,
+            priority=priority,
+            unique_key=unique_key,
+            max_retries=max_retries,
+        )
+
+    async def acquire_jobs(
+        self,
+        now: datetime,
+        limit: int,
+        slots: Mapping[str, int | None],
+        *,
+        takeover: bool = True,
+    ) -> list[JobClaim]:
+        return await self._jobs.acquire_jobs(now, limit, slots, takeover=takeover)
+
+    async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
+        return await self._jobs.renew_jobs(claims)
+
+    async def complete_job(self, claim: JobClaim) -> bool:
+        return await self._jobs.complete_job(claim)
+
+    async def complete_jobs(self, claims: Sequence[JobClaim]) -> list[bool]:
+        return await self._jobs.complete_jobs(claims)
+
+    async def fail_job(self, claim: JobClaim, error: str, retry_at: datetime | None) -> bool:
+        return await self._jobs.fail_job(claim, error, retry_at)
+
+    async def release_job(self, claim: JobClaim) -> bool:
+        return await self._jobs.release_job(claim)
+
+    async def cancel_job(self, job_id: int) -> JobState:
+        return await self._jobs.cancel_job(job_id)
+
+    async def retry_job(self, job_id: int, now: datetime) -> JobState:
+        return await self._jobs.retry_job(job_id, now)
+
+    async def job_counts(self) -> list[JobCount]:
+        return await self._jobs.job_counts()
+
+    async def job_info(self, job_id: int) -> JobInfo:
+        return await self._jobs.job_info(job_id)
+
+    async def prune_jobs(self, before: datetime, limit: int) -> int:
+        return await self._jobs.prune_jobs(before, limit)
 
 
 # the name the runtime and the CLI know it by

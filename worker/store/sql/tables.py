@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Computed,
     DateTime,
     Dialect,
     Float,
@@ -147,4 +148,35 @@ locks = Table(
     Column("holder", String(255)),  # who holds it (host:pid), for the operator
     Column("token", String(36)),  # the holder's fencing token; NULL: free
     _ts("until"),  # the lease's end, database clock
+)
+
+# the unique key while the job is planned or running, else NULL: a unique index over
+# (kind, active_key) makes "one waiting job per key" hold on SQLite and MariaDB alike
+# (both allow many NULLs in a unique index), for rows inserted by any code
+ACTIVE_KEY_SQL = "CASE WHEN state IN ('planned', 'running') THEN unique_key END"
+
+jobs = Table(
+    "cronloop_job",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("kind", String(190), nullable=False),
+    Column("args", Text, nullable=False),  # a JSON object: the handler's keyword arguments
+    Column("state", String(16), nullable=False, server_default="planned"),
+    Column("priority", Integer, nullable=False, server_default="0"),  # higher runs first
+    _ts("run_at", nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_retries", Integer),  # None: the kind's setting
+    Column("unique_key", String(190)),
+    Column("active_key", String(190), Computed(ACTIVE_KEY_SQL, persisted=True)),
+    Column("owner", String(255)),
+    Column("lease_token", String(36)),
+    _ts("lease_until"),
+    Column("last_error", Text),
+    _ts("created", nullable=False),
+    _ts("finished"),
+    Index(None, "state", "priority", "run_at"),
+    Index(None, "kind", "active_key", unique=True),
+    Index(None, "state", "finished"),  # pruning
 )

@@ -1,0 +1,236 @@
+"""The job side of the loop on a real SQLite table with a fake clock: attempts run with
+their arguments, retries with backoff, permanent failures, per-kind concurrency,
+deadlines, and a shutdown that gives an attempt back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cronloop.config.settings import Settings
+from cronloop.definitions.context import TaskContext
+from cronloop.definitions.jobs import JobSpec, PermanentJobError
+from cronloop.definitions.registry import Registry
+from cronloop.domain.clock import FakeClock
+from cronloop.domain.jobs import JobState, RetryRule
+from cronloop.runtime.runner import RunEnvironment
+from cronloop.runtime.supervisor import Supervisor
+from cronloop.store.sql.engine import create_engine, session_factory
+from cronloop.store.sql.migrate import upgrade
+from cronloop.store.sql.store import SqlStore
+
+
+@pytest.fixture
+async def sqlite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'j.db'}"))
+    await upgrade(engine)
+    yield engine
+    await engine.dispose()
+
+
+def spec(
+    name: str, func: Callable[..., Any], *, retry: RetryRule | None = None, **kw: Any
+) -> JobSpec:
+    return JobSpec(
+        name=name,
+        func=func,
+        timeout_s=kw.pop("timeout_s", 60.0),
+        retry=retry or RetryRule(0, 0.0, False),
+        concurrency=kw.pop("concurrency", None),
+    )
+
+
+def supervisor(engine: AsyncEngine, clock: FakeClock, *specs: JobSpec, **opts: Any) -> Supervisor:
+    config = Settings(max_lifetime=0, lifetime_jitter_s=0, poll_interval=1.0, grace_s=1.0, **opts)
+    store = SqlStore(engine, worker_id="w")
+    env = RunEnvironment(store=store, settings=config, clock=clock, db=session_factory(engine))
+    return Supervisor(Registry({}, {s.name: s for s in specs}), env, once=True)
+
+
+async def run_once(sup: Supervisor, clock: FakeClock, step_s: float = 0.5) -> int:
+    """Run `--once` to its end, moving the fake clock while it sleeps (bounded)."""
+    task = asyncio.ensure_future(sup.run())
+    for _ in range(400):
+        if task.done():
+            return task.result()
+        await asyncio.sleep(0.005)
+        clock.advance(step_s)
+    task.cancel()
+    raise AssertionError("run --once did not end")
+
+
+async def test_an_attempt_gets_its_arguments_and_the_job_is_done(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    seen: list[tuple[str, int]] = []
+
+    async def hook(ctx: TaskContext, url: str, n: int) -> str:
+        await ctx.checkpoint()
+        seen.append((url, n))
+        return "sent"
+
+    sup = supervisor(sqlite, clock, spec("hook", hook))
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("hook", {"url": "https://x", "n": 2}, run_at=clock.now())
+    assert await run_once(sup, clock) == 0
+    assert seen == [("https://x", 2)]
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts) == (JobState.DONE, 1)
+
+
+async def test_failures_are_retried_with_backoff_then_error(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    attempts: list[float] = []
+
+    async def flaky(ctx: TaskContext) -> None:
+        attempts.append(clock.monotonic())
+        raise RuntimeError("upstream 503")
+
+    sup = supervisor(sqlite, clock, spec("flaky", flaky, retry=RetryRule(2, 10.0, True)))
+    sup.once = False  # --once would end before the retries are due
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("flaky", {}, run_at=clock.now())
+    run = asyncio.ensure_future(sup.run())
+    for _ in range(400):
+        if (await store.job_info(job_id)).state == JobState.ERROR:
+            break
+        await asyncio.sleep(0.005)
+        clock.advance(0.5)
+    sup.request_stop()
+    await asyncio.wait_for(run, 5)
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts) == (JobState.ERROR, 3)
+    assert info.last_error == "RuntimeError: upstream 503"
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert len(gaps) == 2 and 10 <= gaps[0] < 12 and 20 <= gaps[1] < 22
+
+
+async def test_a_permanent_failure_skips_the_retries(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+
+    async def bad(ctx: TaskContext) -> None:
+        raise PermanentJobError("no such ticket")
+
+    sup = supervisor(sqlite, clock, spec("bad", bad, retry=RetryRule(5, 0.0, False)))
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("bad", {}, run_at=clock.now())
+    assert await run_once(sup, clock) == 0
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts) == (JobState.ERROR, 1)
+    assert info.last_error is not None and "no such ticket" in info.last_error
+
+
+async def test_per_kind_concurrency_caps_attempts_at_once(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    running = 0
+    peak = 0
+
+    async def slow(ctx: TaskContext, i: int) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await clock.sleep(1.0)
+        running -= 1
+
+    sup = supervisor(sqlite, clock, spec("slow", slow, concurrency=2), max_concurrency=10)
+    store = SqlStore(sqlite)
+    ids = [await store.enqueue_job("slow", {"i": i}, run_at=clock.now()) for i in range(6)]
+    assert await run_once(sup, clock) == 0
+    assert peak == 2
+    assert {(await store.job_info(i)).state for i in ids} == {JobState.DONE}
+
+
+async def test_a_timed_out_attempt_is_retried(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def hangs_once(ctx: TaskContext) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            while True:
+                await ctx.checkpoint()
+                await clock.sleep(0.5)
+
+    sup = supervisor(
+        sqlite, clock, spec("hangs", hangs_once, timeout_s=2.0, retry=RetryRule(1, 0.0, False))
+    )
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("hangs", {}, run_at=clock.now())
+    assert await run_once(sup, clock) == 0
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts, calls) == (JobState.DONE, 2, 2)
+    assert info.last_error is not None and "deadline" in info.last_error
+
+
+async def test_a_shutdown_gives_the_attempt_back(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    started = asyncio.Event()
+
+    async def long(ctx: TaskContext) -> None:
+        started.set()
+        while True:
+            await ctx.checkpoint()
+            await clock.sleep(0.5)
+
+    sup = supervisor(sqlite, clock, spec("long", long), shutdown_grace=1.0)
+    sup.once = False
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("long", {}, run_at=clock.now())
+    run = asyncio.ensure_future(sup.run())
+    await asyncio.wait_for(started.wait(), 5)
+    sup.request_stop()
+    for _ in range(100):
+        if run.done():
+            break
+        await asyncio.sleep(0.005)
+        clock.advance(0.5)
+    assert run.done() and run.result() == 0
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts) == (JobState.PLANNED, 0)
+
+
+async def test_housekeeping_prunes_finished_jobs_in_batches(
+    sqlite: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cronloop.runtime.jobs as runtime_jobs
+
+    monkeypatch.setattr(runtime_jobs, "PRUNE_BATCH", 2)
+    clock = FakeClock()
+
+    async def quick(ctx: TaskContext) -> None:
+        pass
+
+    sup = supervisor(sqlite, clock, spec("quick", quick))
+    store = SqlStore(sqlite)
+    for _ in range(5):
+        await store.enqueue_job("quick", {}, run_at=clock.now())
+    kept = await store.enqueue_job("quick", {}, run_at=clock.now() + timedelta(days=30))
+    assert await run_once(sup, clock) == 0
+    future = datetime.now(UTC) + timedelta(days=1)  # `finished` is the database's clock
+    assert await sup.jobs.prune(future) == 5
+    assert [(c.state, c.count) for c in await store.job_counts()] == [(JobState.PLANNED, 1)]
+    assert (await store.job_info(kept)).state == JobState.PLANNED
+
+
+async def test_arguments_the_handler_does_not_take_fail_for_good(sqlite: AsyncEngine) -> None:
+    clock = FakeClock()
+    calls = 0
+
+    async def hook(ctx: TaskContext, url: str) -> None:
+        nonlocal calls
+        calls += 1
+
+    sup = supervisor(sqlite, clock, spec("hook", hook, retry=RetryRule(5, 0.0, False)))
+    store = SqlStore(sqlite)
+    job_id = await store.enqueue_job("hook", {"uri": "https://x"}, run_at=clock.now())
+    assert await run_once(sup, clock) == 0
+    info = await store.job_info(job_id)
+    assert (info.state, info.attempts, calls) == (JobState.ERROR, 1, 0)
+    assert info.last_error is not None and "does not take these arguments" in info.last_error
