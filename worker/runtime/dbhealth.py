@@ -29,14 +29,12 @@ from typing import TypeVar
 import structlog
 
 from cronloop.domain.clock import Clock
-from cronloop.store.sql.errors import ErrorKind, classify
+from cronloop.store.sql.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind, classify
 from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.database")
 T = TypeVar("T")
 
-CONFLICT_RETRIES = 5  # a lost race is retried this often before the caller hears of it
-CONFLICT_JITTER_S = 0.005  # up to this much per attempt, so racing workers fall apart
 MAX_BACKOFF_S = 10.0  # so a worker resumes within 10 s once the database is back
 REMINDER_EVERY_S = 60.0
 

@@ -26,6 +26,12 @@ class ErrorKind(StrEnum):
 
 
 # MariaDB / MySQL server error numbers
+# The one answer to a conflict, for every caller (the runtime's DbHealth, and
+# `store.sql.retry` for everything else): the whole transaction again at once, with a
+# little jitter, this many times before the caller hears of it.
+CONFLICT_RETRIES = 5
+CONFLICT_JITTER_S = 0.005  # up to this much per attempt, so racing writers fall apart
+
 CONFLICT_CODES = frozenset(
     {
         1213,  # ER_LOCK_DEADLOCK; also Galera's certification failure (wsrep abort)

@@ -22,14 +22,12 @@ from typing import ParamSpec, TypeVar
 
 import structlog
 
-from cronloop.store.sql.errors import ErrorKind, classify
+from cronloop.store.sql.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind, classify
 
 log = structlog.get_logger("cronloop.database")
 T = TypeVar("T")
 P = ParamSpec("P")
 
-CONFLICT_RETRIES = 5  # a lost race is retried this often before the caller hears of it
-CONFLICT_JITTER_S = 0.005  # up to this much per attempt, so racing writers fall apart
 CONFLICTS_SEEN: Counter[str] = Counter()  # per `what`, since the process started
 
 _rng = random.Random()
