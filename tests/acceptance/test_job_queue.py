@@ -92,6 +92,8 @@ def test_a_worker_drains_the_queue_each_job_once(cli: Cli) -> None:
     ledger = prepare(cli)
     enqueue_many(cli, "note", 40)
     assert cli.ok("enqueue", "note", "--args", '{"i": 40}', MODULES).out.strip().isdigit()
+    typo = cli.run("enqueue", "ntoe", "--args", "{}", MODULES)  # queued for nobody: refused
+    assert typo.rc == 1 and "no job kind 'ntoe'" in typo.err and "note" in typo.err
     cli.ok("run", "--once", MODULES)
     assert sorted(ledger.read_text().split("\n")[:-1]) == sorted(f"note {i}" for i in range(41))
     counts = json.loads(cli.ok("jobs", "--json", MODULES).out)

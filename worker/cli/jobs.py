@@ -14,6 +14,7 @@ from typing import Any
 from cronloop import exitcodes
 from cronloop.cli.bootstrap import ExitError, check_user, open_database
 from cronloop.config.settings import Settings
+from cronloop.definitions.discovery import discover_jobs
 from cronloop.domain.jobs import JobCount, JobState, UnknownJob
 
 
@@ -70,6 +71,7 @@ async def _with_jobs(settings: Settings, action: Any) -> int:
 
 async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     values, at = _args_of(args.args), _when(args.at)
+    _check_kind(args.name, settings)
 
     async def act(store: Any) -> int:
         job_id = await store.enqueue_job(
@@ -79,6 +81,16 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         return exitcodes.OK
 
     return await _with_jobs(settings, act)
+
+
+def _check_kind(name: str, settings: Settings) -> None:
+    """An operator's typo must not queue a job no worker will ever run: the kind must be
+    one the configured modules define (code may still enqueue any kind, for workers
+    configured elsewhere)."""
+    kinds = sorted(d.name for d in discover_jobs(settings.task_modules))
+    if name not in kinds:
+        known = ", ".join(kinds) if kinds else "none"
+        raise ExitError(f"no job kind {name!r} is defined here (known: {known})", exitcodes.ERROR)
 
 
 def counts_table(counts: Sequence[JobCount]) -> str:
