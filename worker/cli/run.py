@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.engine import URL
 
 from cronloop import __version__
-from cronloop.cli.bootstrap import Database, check_user, open_database, sync
+from cronloop.cli.bootstrap import Database, check_clocks, check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.discovery import discover_jobs
@@ -60,6 +60,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         record_window_s=RECORD_WINDOW_S,
     )
     try:
+        await check_clocks(db.engine, settings)
         await sync(db, registry, clock)
 
         async def reloader(current: Settings) -> tuple[Settings, Registry] | None:

@@ -59,6 +59,8 @@ class JobRow:
 class MemoryJobs:
     """`JobStore` over a `MemoryDatabase` (its `jobs` rows)."""
 
+    max_clock_skew_s: float = 0.0  # an expired lease is taken over only this much later
+
     def __init__(self, db: MemoryDatabase, worker_id: str, lease_s: float) -> None:
         self.db = db
         self.worker_id = worker_id
@@ -103,7 +105,7 @@ class MemoryJobs:
             takeover
             and row.state == JobState.RUNNING
             and row.lease_until is not None
-            and row.lease_until < self.db.now()
+            and row.lease_until < self.db.now(-self.max_clock_skew_s)
         )
 
     async def acquire_jobs(

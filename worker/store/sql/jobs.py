@@ -118,7 +118,10 @@ class SqlJobs:
         planned = and_(J.state == JobState.PLANNED.value, J.run_at <= now)
         if not takeover:
             return planned
-        return or_(planned, and_(J.state == JobState.RUNNING.value, J.lease_until < self.db.now()))
+        return or_(
+            planned,
+            and_(J.state == JobState.RUNNING.value, J.lease_until < self.db.expired_before()),
+        )
 
     async def acquire_jobs(
         self,

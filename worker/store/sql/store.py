@@ -69,9 +69,10 @@ class SqlStore:
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        max_clock_skew_s: float = 0.0,
     ) -> None:
         self.engine = engine
-        self._db = Connector(engine)
+        self._db = Connector(engine, max_clock_skew_s=max_clock_skew_s)
         self._taskset = TaskSet(self._db)
         self._claims = Claims(self._db, worker_id or make_worker_id(), lease_s)
         self._leases = Leases(self._db, lease_s)
