@@ -34,6 +34,14 @@ def wrapped(orig: BaseException) -> sa_exc.DBAPIError:
         (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), ErrorKind.OUTAGE),
         (pymysql.err.OperationalError(1047, "WSREP has not yet prepared node"), ErrorKind.OUTAGE),
         (pymysql.err.OperationalError(1053, "Server shutdown in progress"), ErrorKind.OUTAGE),
+        (
+            pymysql.err.OperationalError(
+                1180,
+                "Error while appending streaming replication fragment"
+                "(provider status: Not connected to Primary Component)",
+            ),
+            ErrorKind.OUTAGE,
+        ),
         (pymysql.err.InterfaceError(0, ""), ErrorKind.OUTAGE),
         (pymysql.err.DataError(1406, "Data too long for column 'last_message'"), ErrorKind.REFUSED),
         (pymysql.err.DataError(1366, "Incorrect string value"), ErrorKind.REFUSED),
