@@ -1,7 +1,8 @@
 """The scenarios, their workloads at each scale, and the targets cronloop must reach.
 
 A scenario is run by each side that implements it, in a child process (the modules
-beside this one: `cronloop_single`, `apscheduler`, `workers`, `takeover`, `emails`), on
+beside this one: `cronloop_single`, `apscheduler`, `workers`, `galera`, `takeover`,
+`emails`), on
 a fresh database. Targets are checked on the
 median over repetitions; a target may also compare with APScheduler's median.
 """
@@ -191,6 +192,27 @@ SCENARIOS: tuple[Scenario, ...] = (
             Target("missed", "==", 0),
             Target("burst_scaling", ">=", 1.5),
         ),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "galera",
+        "3 workers, the steady load: one per node of a 3-node Galera cluster vs one server",
+        {CRONLOOP: "bench.scenarios.galera"},
+        {
+            "tiny": {"tasks": 20, "duration_s": 8},
+            "quick": {"tasks": 100, "duration_s": 20},
+            "full": {"tasks": 200, "duration_s": 60},
+        },
+        (
+            "runs_per_s_single",
+            "runs_per_s_cluster",
+            "throughput_ratio",
+            "conflicts_per_run_single",
+            "conflicts_per_run_cluster",
+            "duplicates_cluster",
+            "missed_cluster",
+        ),
+        (Target("duplicates_cluster", "==", 0), Target("missed_cluster", "==", 0)),
         backends=("mariadb",),
     ),
     Scenario(
