@@ -117,6 +117,9 @@ async def measure_clocks(
     listed in `unreadable`, not an error."""
     address = f"{engine.url.host}:{engine.url.port or 3306}"
     async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        # with several hosts (`store.sql.hosts`) the one this connection reached
+        address = getattr(raw.info.get("db_host"), "label", None) or address
         first = await read_clock(conn, address, local)
         members = await cluster_addresses(conn)
     nodes = [first]
