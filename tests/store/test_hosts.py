@@ -152,6 +152,35 @@ async def test_a_dead_preferred_host_at_start_costs_one_refused_connect(
         await engine.dispose()
 
 
+@pytest.mark.mariadb
+async def test_a_silent_host_cut_short_by_the_callers_timeout_is_skipped_next_time(
+    mariadb_database: str,
+) -> None:
+    """A node that accepts TCP but never answers (hung, half-dead): the caller's bound on
+    the call cancels the connect before its own timeout; the host is skipped next."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # no handshake, ever
+
+    silent = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    url = make_url(mariadb_database)
+    hosts_setting = (f"127.0.0.1:{port}", f"{url.host}:{url.port or 3306}")
+    engine = create_engine(Settings(database_url=mariadb_database, database_hosts=hosts_setting))
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(select_1(engine), 0.5)
+        assert await asyncio.wait_for(select_1(engine), 5.0) == 1
+        hosts = hosts_of(engine)
+        assert hosts is not None and hosts.current == hosts.hosts[1]
+    finally:
+        await engine.dispose()
+        silent.close()
+        for writer in held:
+            writer.transport.abort()
+
+
 def test_one_host_has_no_failover_and_the_url_takes_the_first_host() -> None:
     settings = Settings(
         database_url="mysql://u@ignored:1/db", database_hosts=("n1:3307", "n2", "[::1]:3308")

@@ -116,12 +116,17 @@ def attach_failover(engine: AsyncEngine, hosts: HostList) -> None:
                 params["port"] = host.port
             try:
                 conn = dialect.connect(*cargs, **params)
-            except Exception as exc:
+            except BaseException as exc:
+                # a caller's timeout cancelling a connect to a silent host marks it too,
+                # or the next attempt would wait on the same host again
                 hosts.mark_down(host, _short(exc))
+                if not isinstance(exc, Exception):
+                    raise
                 last = exc
                 continue
-            if not _ready(conn):
-                hosts.mark_down(host, "wsrep_ready = OFF (not in the primary component)")
+            why = _not_ready(conn)
+            if why is not None:
+                hosts.mark_down(host, why)
                 conn.close()
                 continue
             record.info["db_host"] = host
@@ -151,20 +156,25 @@ def attach_failover(engine: AsyncEngine, hosts: HostList) -> None:
         ctx.is_disconnect = True  # the pool is thrown away: its connections go to that node
 
 
-def _ready(conn: Any) -> bool:
-    """Whether a new connection's node can serve: with Galera on (`wsrep_on`), its
-    `wsrep_ready`; a server without Galera is ready."""
-    cursor = conn.cursor()
+def _not_ready(conn: Any) -> str | None:
+    """Why a new connection's node cannot serve (None: it can): with Galera on
+    (`wsrep_on`), its `wsrep_ready`; a server without Galera is ready."""
     try:
-        cursor.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
-        row = cursor.fetchone()
-        if row is None or str(row[1]).upper() != "ON":
-            return True
-        cursor.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    return row is not None and str(row[1]).upper() == "ON"
+        cursor = conn.cursor()
+        try:
+            cursor.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+            row = cursor.fetchone()
+            if row is None or str(row[1]).upper() != "ON":
+                return None
+            cursor.execute("SHOW GLOBAL STATUS LIKE 'wsrep_ready'")
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    except Exception as exc:
+        return _short(exc)
+    if row is not None and str(row[1]).upper() == "ON":
+        return None
+    return "wsrep_ready = OFF (not in the primary component)"
 
 
 def _host_of(ctx: ExceptionContext) -> Host | None:
