@@ -4,6 +4,7 @@ exceptions are classified (real exceptions from real servers where one can be ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -232,3 +233,58 @@ async def test_the_start_up_wait_backs_off_through_the_policy_then_exits_75() ->
     errors = [e["event"] for e in logs if e["log_level"] == "error"]
     assert errors == ["database unreachable; retrying with backoff"], errors  # once
     assert clock.monotonic() - 1000 <= 31  # gave up at the deadline, not after it
+
+
+async def test_a_cancel_the_driver_turned_into_an_error_is_still_a_cancel() -> None:
+    """SQLAlchemy rolls back on the way out of a transaction; when the cancel closed the
+    connection under it (aiomysql does), the rollback's error replaces the CancelledError.
+    Taken for an outage, that cancel was lost: the housekeeping side loop went on to its
+    next sleep, and `run --once` hung until the watchdog killed it (exit 70)."""
+    health = DbHealth(FakeClock(), lambda: 5.0)
+    started = asyncio.Event()
+
+    async def op() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise wrapped(pymysql.err.InterfaceError(0, "")) from None
+
+    task = asyncio.ensure_future(health.call(op, what="reaping"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert not health.down and sum(health.counts.values()) == 0
+
+
+async def test_a_cancel_a_driver_swallowed_is_still_a_cancel() -> None:
+    health = DbHealth(FakeClock(), lambda: 5.0)
+    started = asyncio.Event()
+
+    async def op() -> str:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return "done anyway"
+
+    task = asyncio.ensure_future(health.call(op, what="reaping"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_timeout_is_not_taken_for_a_cancel() -> None:
+    """`asyncio.timeout` cancels too, then takes its cancel back: an outage, as before."""
+    health = DbHealth(FakeClock(), lambda: 0.01)
+
+    async def hung() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise wrapped(pymysql.err.InterfaceError(0, "")) from None
+
+    with pytest.raises(DatabaseFailure) as failure:
+        await health.call(hung, what="lease renewal")
+    assert failure.value.kind is ErrorKind.OUTAGE
