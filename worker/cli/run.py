@@ -7,6 +7,7 @@ then hands over to the supervisor with systemd notifications and a SIGHUP reload
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
@@ -29,6 +30,7 @@ from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Hooks, Supervisor
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
 from cronloop.store.sql.migrate import schema_state
+from cronloop.store.sql.store import short_lived_store
 from cronloop.systemd import logs
 from cronloop.systemd.notify import Notifier
 from cronloop.web.server import WebServer, check_listen
@@ -154,7 +156,9 @@ def _loop_watchdog(
     return LoopWatchdog(
         settings.watchdog_s,
         running_tasks=running,
-        on_stall=strike_recorder(url, settings.quarantine_strikes),
+        on_stall=strike_recorder(
+            functools.partial(short_lived_store, url), settings.quarantine_strikes
+        ),
         code_of=code_of,
     )
 

@@ -2,7 +2,7 @@
 
 Every database call the runtime makes (the probe, claims, releases, lease renewals,
 recordings, reaping, the start-up wait) goes through `DbHealth.call`, which bounds it in
-time and acts on the kind of failure (`cronloop.store.sql.errors.classify`):
+time and acts on the kind of failure, as the store classifies it (`Store.classify_error`):
 
 - conflict (deadlock, lock wait timeout, a Galera certification failure, SQLite busy):
   the transaction is retried at once, a few times, with a little jitter; logged at debug
@@ -33,7 +33,7 @@ from typing import TypeVar
 import structlog
 
 from cronloop.domain.clock import Clock
-from cronloop.store.sql.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind, classify
+from cronloop.store.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind
 from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.database")
@@ -67,8 +67,8 @@ class DbHealth:
         self,
         clock: Clock,
         timeout_s: Callable[[], float],
+        classify_error: Callable[[BaseException], ErrorKind],
         *,
-        classify_error: Callable[[BaseException], ErrorKind] = classify,
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock

@@ -36,6 +36,7 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 
 # a run that ended: its claim, how it ended, and whether its lease must be kept
 Ended = tuple[Claim, RunRecord, bool]
@@ -276,4 +277,9 @@ class Store(JobStore, Protocol):
 
     async def close(self) -> None:
         """Let go of what the store keeps open (not the engine: its owner disposes it)."""
+        ...
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        """What kind of failure `exc`, raised by one of these verbs, is: the drivers'
+        codes are the store's to know, what to do about each kind the caller's."""
         ...

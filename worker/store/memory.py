@@ -30,6 +30,7 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import (
     ABANDONED_ERROR,
     DISABLED_BY_CONFIG,
@@ -85,6 +86,13 @@ class MemoryStore(MemoryJobs):
 
     async def close(self) -> None:
         pass
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        """Nothing here fails as a database does, but a test's injected connection
+        error is an outage; anything else is a bug."""
+        return (
+            ErrorKind.OUTAGE if isinstance(exc, ConnectionError | TimeoutError) else ErrorKind.BUG
+        )
 
     async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
         await asyncio.sleep(0)

@@ -21,11 +21,13 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronloop.domain.jobs import JobClaim, JobCount, JobInfo, JobState
@@ -39,10 +41,13 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import Ended
 from cronloop.store.sql.admin import AdminVerbs
 from cronloop.store.sql.claims import Claims, make_worker_id
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.engine import create_short_lived_engine
+from cronloop.store.sql.errors import classify
 from cronloop.store.sql.jobs import SqlJobs
 from cronloop.store.sql.leases import Leases
 from cronloop.store.sql.quarantine import Quarantine
@@ -107,6 +112,9 @@ class SqlStore:
     async def close(self) -> None:
         """Return the probe's kept connection."""
         await self._db.drop_probe()
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        return classify(exc)
 
     # -- the verbs, as the parts implement them (contracts: `Store`) ----------------------
 
@@ -244,3 +252,17 @@ if TYPE_CHECKING:  # mypy proves the implementation keeps the contract
     from cronloop.store.interface import Store
 
     _conforms: type[Store] = SqlStore
+
+
+@asynccontextmanager
+async def short_lived_store(url: URL, timeout_s: float = 3.0) -> AsyncIterator[SqlStore]:
+    """A store on a throw-away engine whose every wait is bounded by `timeout_s`, for a
+    thread with an event loop of its own: the watchdog's strike while the service's
+    loop (and its engine) is blocked. Closed and disposed on the way out."""
+    engine = create_short_lived_engine(url, timeout_s)
+    store = SqlStore(engine)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await engine.dispose()
