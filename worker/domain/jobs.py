@@ -2,7 +2,8 @@
 
 A job is one queued call of a `@job` handler with JSON arguments. Its states are
 `planned` (waiting, maybe for a later `run_at`), `running` (leased by a worker), `done`,
-`error` (retries exhausted or a permanent failure; the last error kept) and `cancelled`.
+`error` (retries exhausted or a permanent failure; the last error kept), `cancelled` and
+`quarantined` (its attempts lost their worker `quarantine_strikes` times: a poison job).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class JobState(StrEnum):
     DONE = "done"
     ERROR = "error"
     CANCELLED = "cancelled"
+    QUARANTINED = "quarantined"  # lost its worker `quarantine_strikes` times
 
 
 #: the states in which a job's unique key is held (a second enqueue returns that job)
@@ -80,6 +82,7 @@ class JobInfo:
     last_error: str | None
     created: datetime
     finished: datetime | None
+    strikes: int = 0  # attempts whose worker was lost (taken over)
 
 
 @dataclass(frozen=True)

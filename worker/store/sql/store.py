@@ -69,6 +69,7 @@ class SqlStore:
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.engine = engine
         self._db = Connector(engine)
@@ -80,7 +81,7 @@ class SqlStore:
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
         self._admin = AdminVerbs(self._db)
-        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s)
+        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s, quarantine_strikes)
 
     @property
     def worker_id(self) -> str:
