@@ -180,6 +180,7 @@ class Totals:
     retried: int = 0
     failed: int = 0
     released: int = 0
+    quarantined: int = 0  # rows whose sender was lost too often: `error` at the claim
 
     def count(self, mark: oc.Mark) -> None:
         if mark.state in (oc.DELETED, ob.SENT):
@@ -354,12 +355,16 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
                 quarantine_strikes=ctx.settings.quarantine_strikes,
             )
             _report_takeovers(ctx, got, recovered)
+            totals.quarantined += len(got.quarantined)
             rows = got.rows
             if not rows:
                 break
             await Batch(ctx, opts, token, rows, totals).run(connections[: len(rows)])
-            # Leave the rest to the next run (2 s later) rather than end at the deadline.
-            if len(rows) < opts.batch_size or ctx.time_left() < ctx.timeout_s / 2:
+            # Leave the rest to the next run (2 s later) rather than end at the deadline;
+            # suspects held back (one per batch) are sent by the next batches.
+            if (len(rows) < opts.batch_size and not got.held_back) or (
+                ctx.time_left() < ctx.timeout_s / 2
+            ):
                 break
     finally:
         await asyncio.shield(_close_all(connections))
@@ -371,13 +376,15 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
                 failed=totals.failed,
                 released=totals.released,
                 recovered=len(recovered),
+                quarantined=totals.quarantined,
                 pruned=pruned,
             )
     if totals == Totals() and not recovered:
         return None
+    quarantined = f", quarantined {totals.quarantined}" if totals.quarantined else ""
     return (
         f"sent {totals.sent}, retry {totals.retried}, error {totals.failed}, "
-        f"released {totals.released}, recovered {len(recovered)}"
+        f"released {totals.released}, recovered {len(recovered)}{quarantined}"
     )
 
 

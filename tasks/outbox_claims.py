@@ -108,7 +108,10 @@ async def claim(
 ) -> Acquired:
     """Take up to `limit` due rows, oldest first, for this run, and the rows whose lease
     expired (`Acquired.took_over`): one short transaction. Two workers never both take a
-    row (the claim's UPDATE re-checks the conditions)."""
+    row (the claim's UPDATE re-checks the conditions). At most one row of a batch lost
+    its sender before (a suspect; the rest are `Acquired.held_back` for the next
+    batches): a message that kills its sender takes no other suspect down with it, so
+    the bystanders of its last crash are never quarantined for it."""
     async with db() as session, session.begin():
         return await acquire_queued(
             session,
@@ -121,6 +124,7 @@ async def claim(
             lease_s=lease_s,
             skip_locked=skip_locked,
             quarantine_strikes=quarantine_strikes,
+            suspects=1,
         )
 
 

@@ -335,3 +335,23 @@ async def test_a_released_or_failed_attempt_is_no_strike(backend: Backend) -> No
     [claim] = await q.acquire_jobs(NOW, 10, ALL)
     info = await q.job_info(job_id)
     assert (info.state, info.strikes) == (JobState.RUNNING, 0)
+
+
+async def test_suspects_are_leased_at_most_as_many_as_asked(backend: Backend) -> None:
+    """A suspect (being taken over, or struck before) is counted apart: the job side asks
+    for one at a time, so no two run together on a worker and the bystanders of a poison
+    job's crash are not taken over with it."""
+    q = striking(backend, "w1", strikes=3)
+    ids = [await q.enqueue_job("hook", {"i": i}, run_at=NOW) for i in range(3)]
+    assert len(await q.acquire_jobs(NOW, 10, ALL)) == 3
+    await backend.expire_job_leases()  # three attempts lost with their worker
+    fresh = await q.enqueue_job("hook", {"i": 3}, run_at=NOW)
+    got = await striking(backend, "w2", strikes=3).acquire_jobs(NOW, 10, ALL, suspects=1)
+    assert [(c.job_id, c.took_over, c.strikes, c.suspect) for c in got] == [
+        (ids[0], True, 1, True),
+        (fresh, False, 0, False),
+    ]
+    none = await striking(backend, "w2", strikes=3).acquire_jobs(NOW, 10, ALL, suspects=0)
+    assert none == []
+    rest = await striking(backend, "w3", strikes=3).acquire_jobs(NOW, 10, ALL)
+    assert sorted(c.job_id for c in rest) == ids[1:] and all(c.suspect for c in rest)

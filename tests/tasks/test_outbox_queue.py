@@ -187,3 +187,33 @@ def _stored(engine: AsyncEngine, value: datetime) -> Any:
     if engine.dialect.name == "sqlite":
         return value.strftime("%Y-%m-%d %H:%M:%S.%f")
     return value
+
+
+async def test_one_suspect_per_batch_so_bystanders_are_not_quarantined(
+    engine: AsyncEngine, settings: Settings, tmp_path: Path
+) -> None:
+    """A dead sender's rows are taken over one per batch (each batch's other rows are
+    fresh), and the run goes on while some are held back. When that batch's sender dies
+    too, only its suspect was struck twice: the fresh rows and the other suspects are
+    sent, the suspect is quarantined."""
+    args = {"to": "a@example.org", "subject": "s", "body_text": "b"}
+    crashed = [await queue_email(sessions(engine), **args) for _ in range(4)]
+    assert len((await claim(engine)).rows) == 4  # then that worker died
+    await expire(engine)
+    fresh = [await queue_email(sessions(engine), **args) for _ in range(3)]
+    first = await claim(engine, limit=10)
+    assert [r.message_id for r in first.rows] == [crashed[0], *fresh]
+    assert first.held_back == 3
+    await expire(engine)  # that one died too
+    ctx = make_context(
+        engine,
+        name="email",
+        settings=settings,
+        options=options_of(send_queued_email, file_dir=str(tmp_path), batch_size=10),
+    )
+    assert await send_queued_email(ctx) == (
+        "sent 6, retry 0, error 0, released 0, recovered 6, quarantined 1"
+    )
+    async with engine.connect() as conn:
+        left = (await conn.execute(select(C.message_id, C.state, C.strikes))).all()
+    assert [tuple(r) for r in left] == [(crashed[0], "error", 2)]

@@ -39,7 +39,7 @@ class JobClaim:
     """One attempt of a job this worker now owns, until its lease runs out.
 
     `attempts` counts this one; `took_over` is true when the lease taken had expired
-    (the worker running it was lost)."""
+    (the worker running it was lost), which counted in `strikes`."""
 
     job_id: int
     kind: str
@@ -50,6 +50,12 @@ class JobClaim:
     attempts: int
     max_retries: int | None  # the job's own limit; None: its kind's
     took_over: bool = False
+    strikes: int = 0  # attempts that lost their worker, this takeover included
+
+    @property
+    def suspect(self) -> bool:
+        """The job lost a worker before: it runs beside no other suspect on a worker."""
+        return self.strikes > 0
 
     @property
     def claim(self) -> Claim:

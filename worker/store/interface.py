@@ -105,6 +105,7 @@ class JobStore(Protocol):
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         """Lease up to `limit` jobs of the kinds in `slots` (kind -> free slots, None: no
         cap) that are planned and due at `now`, or running with an expired lease (taken
@@ -113,7 +114,9 @@ class JobStore(Protocol):
         `attempts`. Two workers never get the same attempt. A takeover is a strike
         against the job (its worker was lost); the one that would be its
         `quarantine_strikes`-th quarantines it instead (state `quarantined`, the reason
-        in `last_error`), as a task that keeps blocking the loop is."""
+        in `last_error`), as a task that keeps blocking the loop is. At most `suspects`
+        (None: any number) of the jobs leased are suspects (`JobClaim.suspect`: being
+        taken over, or struck before)."""
         ...
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:

@@ -117,6 +117,7 @@ class MemoryJobs:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         await asyncio.sleep(0)
         utc_only(now)
@@ -131,13 +132,17 @@ class MemoryJobs:
             if len(claims) >= limit:
                 break
             free = left.get(row.kind)
-            if free is not None:
-                if free <= 0:
-                    continue
-                left[row.kind] = free - 1
+            if free is not None and free <= 0:
+                continue
             took_over = row.state == JobState.RUNNING
             if took_over and self._quarantines(row):
                 continue
+            if took_over or row.strikes > 0:  # a suspect (`queue.is_suspect`)
+                if suspects is not None and suspects <= 0:
+                    continue
+                suspects = None if suspects is None else suspects - 1
+            if free is not None:
+                left[row.kind] = free - 1
             row.strikes += 1 if took_over else 0
             row.state = JobState.RUNNING.value
             row.owner, row.lease_token = self.worker_id, token
@@ -154,6 +159,7 @@ class MemoryJobs:
                     attempts=row.attempts,
                     max_retries=row.max_retries,
                     took_over=took_over,
+                    strikes=row.strikes,
                 )
             )
         return claims

@@ -129,6 +129,7 @@ class SqlJobs:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         kinds = [k for k, free in slots.items() if free is None or free > 0]
         if limit <= 0 or not kinds:
@@ -150,6 +151,7 @@ class SqlJobs:
                 skip_locked=skip_locked,
                 takeover=takeover,
                 quarantine_strikes=self.quarantine_strikes,
+                suspects=suspects,
                 pick=lambda rows: _within_slots(rows, slots),
             )
         for job_id, strikes in got.quarantined:
@@ -165,6 +167,7 @@ class SqlJobs:
                 attempts=r.attempts + 1,
                 max_retries=r.max_retries,
                 took_over=got.took_over(JOB_QUEUE, r),
+                strikes=r.strikes + (1 if got.took_over(JOB_QUEUE, r) else 0),
             )
             for r in got.rows
         ]

@@ -87,10 +87,12 @@ class QueueShape:
 @dataclass(frozen=True)
 class Acquired:
     """What `acquire` leased (the candidate rows won, in order; `row.state` is the state
-    before: `running` for a takeover) and what it quarantined (id, strikes)."""
+    before: `running` for a takeover), what it quarantined (id, strikes), and how many
+    suspects it left for a later claim."""
 
     rows: list[Any]
     quarantined: list[tuple[int, int]]
+    held_back: int = 0  # suspects left for a later claim (`suspects`)
 
     def took_over(self, shape: QueueShape, row: Any) -> bool:
         return bool(row.state == shape.running)
@@ -111,12 +113,14 @@ async def acquire(
     skip_locked: bool,
     takeover: bool = True,
     quarantine_strikes: int = 0,
+    suspects: int | None = None,
     pick: Pick | None = None,
 ) -> Acquired:
     """Lease up to `limit` due rows (and `where`) in the caller's transaction on `conn`
     (an AsyncConnection or AsyncSession). `columns` are read with them; `pick` may drop
     candidates (per-kind caps). Due-ness uses `now` (default: the database clock).
-    `quarantine_strikes` 0: never quarantine."""
+    `quarantine_strikes` 0: never quarantine. `suspects`: at most this many rows that
+    lost a worker before (`is_suspect`) among those leased (None: no limit)."""
     c = shape.col
     due = shape.due_clause(dialect, db_now(dialect) if now is None else now, takeover)
     if where is not None:
@@ -130,8 +134,6 @@ async def acquire(
     if skip_locked:
         query = query.with_for_update(skip_locked=True)
     rows = list((await conn.execute(query)).all())
-    if pick is not None:
-        rows = pick(rows)
     if not rows:
         return Acquired([], [])
     doomed = [
@@ -140,8 +142,14 @@ async def acquire(
     quarantined = await _quarantine(conn, shape, doomed, due) if doomed else []
     gone = {row_id for row_id, _ in quarantined} | {r.id for r in doomed}
     rows = [r for r in rows if r.id not in gone]
+    held_back = 0
+    if suspects is not None:
+        chosen = _at_most_suspects(shape, rows, suspects)
+        held_back, rows = len(rows) - len(chosen), chosen
+    if pick is not None:
+        rows = pick(rows)
     if not rows:
-        return Acquired([], quarantined)
+        return Acquired([], quarantined, held_back)
     ids = [r.id for r in rows]
     result = await conn.execute(
         update(shape.table)
@@ -160,7 +168,27 @@ async def acquire(
         ours = select(c("id")).where(c("id").in_(ids), c(shape.token) == token)
         taken = set((await conn.execute(ours)).scalars())
         rows = [r for r in rows if r.id in taken]
-    return Acquired(rows, quarantined)
+    return Acquired(rows, quarantined, held_back)
+
+
+def is_suspect(shape: QueueShape, row: Any) -> bool:
+    """The row lost a worker before (struck), or is being taken over now."""
+    return bool(row.state == shape.running or int(row.strikes) > 0)
+
+
+def _at_most_suspects(shape: QueueShape, rows: list[Any], suspects: int) -> list[Any]:
+    """The candidates, at most `suspects` of them suspects, in order. The job side asks
+    for one at a time per worker, so no suspect runs beside another: the bystanders a
+    poison job's crash struck are never taken over together with it, and they are not
+    quarantined for what it did."""
+    chosen = []
+    for row in rows:
+        if is_suspect(shape, row):
+            if suspects <= 0:
+                continue
+            suspects -= 1
+        chosen.append(row)
+    return chosen
 
 
 async def _quarantine(

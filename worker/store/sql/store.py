@@ -204,8 +204,11 @@ class SqlStore:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
-        return await self._jobs.acquire_jobs(now, limit, slots, takeover=takeover)
+        return await self._jobs.acquire_jobs(
+            now, limit, slots, takeover=takeover, suspects=suspects
+        )
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
         return await self._jobs.renew_jobs(claims)
