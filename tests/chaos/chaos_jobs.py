@@ -47,6 +47,7 @@ CREATE TABLE cronloop_chaos_job_exec (
 
 @job(max_retries=5, retry_delay_s=0.5, exponential_delay=False, timeout=30)
 async def chaos_job(ctx: TaskContext, n: int) -> None:
+    ctx.log.info("chaos job began", n=n)
     await asyncio.sleep(WORK_S)
     await ctx.checkpoint()
     job_id = int(ctx.run_id.rsplit("-", 1)[1])

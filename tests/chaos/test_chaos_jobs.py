@@ -91,8 +91,9 @@ def test_a_worker_killed_mid_drain_loses_no_job(
     workers = [fleet.start(*ARGS, chaos=CHAOS) for _ in range(3)]
     for w in workers:
         w.wait_for("worker started", timeout=60)
-    workers[0].wait_for("job finished", count=2 * MAX_CONCURRENCY, timeout=60)
-    workers[0].kill()  # with attempts in flight: their leases are taken over
+    # its third batch began: those attempts are in flight (0.2 s of work each)
+    workers[0].wait_for("chaos job began", count=2 * MAX_CONCURRENCY + 1, timeout=60)
+    workers[0].kill()  # their leases expire, and they are taken over
     killed_at = time.monotonic()
     wait_until(lambda: done_count(jobs_db) == JOBS, DRAIN_TIMEOUT_S, "every job done")
     report["drain_after_kill_s"] = round(time.monotonic() - killed_at, 1)
