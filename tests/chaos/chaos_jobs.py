@@ -6,13 +6,15 @@ would write its effect: the tests read that table, not cronloop's, to count lost
 duplicated jobs. The row commits before cronloop records the attempt, so an attempt
 whose record is lost (its worker killed, its lease lost in an outage) is seen twice:
 that is the at-least-once window the tests bound. `CHAOS_JOB_S` is each attempt's work
-(default 0.02 s).
+(default 0.02 s). `loop_blocker` blocks the event loop (`time.sleep` in a coroutine) for
+`CHAOS_BLOCK_S` seconds (default 30): the watchdog's business.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from datetime import UTC, datetime
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, Table, insert
@@ -57,3 +59,9 @@ async def chaos_job(ctx: TaskContext, n: int) -> None:
                 n=n, job_id=job_id, pid=os.getpid(), finished=datetime.now(UTC)
             )
         )
+
+
+@job(max_retries=5, retry_delay_s=0.5, timeout=60)
+async def loop_blocker(ctx: TaskContext) -> None:
+    ctx.log.info("loop blocker began")
+    time.sleep(float(os.environ.get("CHAOS_BLOCK_S", "30")))  # noqa: ASYNC251  (the point)

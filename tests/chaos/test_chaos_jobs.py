@@ -1,5 +1,6 @@
 """Chaos during a drain of the job queue, on MariaDB with real workers: a worker killed
-with -9, and the database gone for 10 s (through `proxy.TcpProxy`).
+with -9, and the database gone for 10 s (through `proxy.TcpProxy`); and a job that blocks
+the event loop of every worker that runs it, until it is quarantined.
 
 The evidence is the handler's own table (`chaos_jobs`: one row per attempt that did its
 work), not cronloop's. What must hold: every job done (0 lost, none in error or
@@ -10,6 +11,7 @@ documented at-least-once window: workers x `max_concurrency`).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -123,3 +125,47 @@ def test_a_database_outage_mid_drain_loses_no_job(
         w.signal()
         assert w.wait() == 0, w.tail()
     report.update(audit(jobs_db, in_flight=2 * MAX_CONCURRENCY))
+
+
+def test_a_job_that_blocks_the_loop_is_quarantined_and_no_task_struck(
+    fleet: Fleet, chaos_db: ChaosDB, report: dict[str, Any]
+) -> None:
+    """The real `cronloop run`, restarted as systemd would: the job blocks the loop, the
+    watchdog names it (not the steady task beside it) and exits 70; the next worker takes
+    the attempt over once its lease expires (strike 1) and is blocked too; the third
+    quarantines the job at its second takeover and keeps running the steady task."""
+    with chaos_db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO cronloop_job (kind, args, run_at, created) "
+            "VALUES ('loop_blocker', '{}', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))"
+        )
+    chaos = {"CHAOS_STEADY": "1", "CHAOS_BLOCK_S": "30"}
+    args = ("--task_modules=chaos_tasks,chaos_jobs", "--watchdog_s=2", "--quarantine_strikes=2")
+    exits = []
+    for attempt in (1, 2):
+        w = fleet.start(*args, chaos=chaos, label=f"run{attempt}")
+        w.wait_for("loop blocker began", timeout=30)
+        exits.append(w.wait(timeout=30))
+        (event,) = w.find("event loop blocked; exiting so the service restarts")
+        assert event["blamed"] == ["loop_blocker"], event
+    survivor = fleet.start(*args, chaos=chaos, label="run3")
+    survivor.wait_for("job quarantined: its worker was lost", strikes=2, timeout=30)
+    steady_before = steady_runs(chaos_db)
+    survivor.wait_for("run finished", task="steady", outcome="success", timeout=30)
+    assert fleet.stop_all()[-1] == 0, survivor.tail()
+    assert not survivor.find("loop blocker began")
+    [(state, strikes, attempts, reason)] = chaos_db.rows(
+        "SELECT state, strikes, attempts, last_error FROM cronloop_job"
+    )
+    task_strikes = dict(chaos_db.rows("SELECT name, strikes FROM cronloop_task"))
+    report.update(exits=exits, job_state=state, job_strikes=strikes, steady_runs=steady_before)
+    assert exits == [70, 70]
+    assert (state, strikes, attempts) == ("quarantined", 2, 2)
+    assert "cronloop retry" in reason
+    assert task_strikes.get("steady") == 0  # the bystander is not blamed
+    jobs = json.loads(fleet.cli("jobs", "--json").out)
+    assert [(j["job"], j["state"]) for j in jobs] == [("loop_blocker", "quarantined")]
+
+
+def steady_runs(db: ChaosDB) -> int:
+    return int(db.scalar("SELECT COUNT(*) FROM cronloop_chaos_exec WHERE task = 'steady'") or 0)
