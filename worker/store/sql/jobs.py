@@ -153,6 +153,7 @@ class SqlJobs:
                 quarantine_strikes=self.quarantine_strikes,
                 suspects=suspects,
                 pick=lambda rows: _within_slots(rows, slots),
+                expired_before=self.db.now(),
             )
         for job_id, strikes in got.quarantined:
             log.error("job quarantined: its worker was lost", job_id=job_id, strikes=strikes)

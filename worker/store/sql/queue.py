@@ -65,15 +65,15 @@ class QueueShape:
             self.col("state") == self.running,
         )
 
-    def due_clause(self, dialect: Dialect, now: Any, takeover: bool) -> ColumnElement[bool]:
+    def due_clause(self, now: Any, takeover: bool, expired_before: Any) -> ColumnElement[bool]:
         """Planned and due at `now` (a value or the database clock), or (`takeover`)
-        running with a lease expired on the database clock (or none: a row written by
-        hand)."""
+        running with a lease that ended before `expired_before` (the database clock) or
+        none (a row written by hand)."""
         c = self.col
         planned = and_(c("state") == self.planned, c(self.due) <= now)
         if not takeover:
             return planned
-        lapsed = or_(c("lease_until").is_(None), c("lease_until") < db_now(dialect))
+        lapsed = or_(c("lease_until").is_(None), c("lease_until") < expired_before)
         expired = and_(c("state") == self.running, lapsed)
         return or_(planned, expired)
 
@@ -115,14 +115,20 @@ async def acquire(
     quarantine_strikes: int = 0,
     suspects: int | None = None,
     pick: Pick | None = None,
+    expired_before: Any = None,
 ) -> Acquired:
     """Lease up to `limit` due rows (and `where`) in the caller's transaction on `conn`
     (an AsyncConnection or AsyncSession). `columns` are read with them; `pick` may drop
     candidates (per-kind caps). Due-ness uses `now` (default: the database clock).
     `quarantine_strikes` 0: never quarantine. `suspects`: at most this many rows that
-    lost a worker before (`is_suspect`) among those leased (None: no limit)."""
+    lost a worker before (`is_suspect`) among those leased (None: no limit). A lease
+    is expired before `expired_before` (default: the database clock's now)."""
     c = shape.col
-    due = shape.due_clause(dialect, db_now(dialect) if now is None else now, takeover)
+    due = shape.due_clause(
+        db_now(dialect) if now is None else now,
+        takeover,
+        db_now(dialect) if expired_before is None else expired_before,
+    )
     if where is not None:
         due = and_(where, due)
     query = (
