@@ -108,7 +108,10 @@ async def open_database(
         await engine.dispose()
         raise
     store = TaskStore(
-        engine, lease_s=settings.lease_s, quarantine_timeouts=settings.quarantine_timeouts
+        engine,
+        lease_s=settings.lease_s,
+        quarantine_timeouts=settings.quarantine_timeouts,
+        quarantine_strikes=settings.quarantine_strikes,
     )
     return Database(engine=engine, store=store, sessions=session_factory(engine))
 

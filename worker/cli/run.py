@@ -147,19 +147,24 @@ def _loop_watchdog(
     settings: Settings, registry: Registry, url: URL, running: Callable[[], Sequence[str]]
 ) -> LoopWatchdog:
     """A thread that exits 70 when the loop stalls for `watchdog_s`, striking the task
-    that blocked it (quarantined after `quarantine_strikes`)."""
+    that blocked it (quarantined after `quarantine_strikes`). A job that blocked it is
+    told from the tasks beside it by its code too, so they are not struck for it; its
+    own strike is counted when another worker takes its attempt over (the job queue's
+    rule, `store.sql.queue`)."""
 
     def code_of(name: str) -> CodeType | None:
-        spec = registry.specs.get(name)
+        spec = registry.specs.get(name) or registry.jobs.get(name)
         return getattr(spec.func, "__code__", None) if spec else None
 
+    record = strike_recorder(functools.partial(short_lived_store, url), settings.quarantine_strikes)
+
+    def on_stall(names: list[str], stalled_s: float) -> None:
+        tasks = [n for n in names if n in registry.specs]
+        if tasks:
+            record(tasks, stalled_s)
+
     return LoopWatchdog(
-        settings.watchdog_s,
-        running_tasks=running,
-        on_stall=strike_recorder(
-            functools.partial(short_lived_store, url), settings.quarantine_strikes
-        ),
-        code_of=code_of,
+        settings.watchdog_s, running_tasks=running, on_stall=on_stall, code_of=code_of
     )
 
 

@@ -73,11 +73,13 @@ class MemoryStore(MemoryJobs):
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.db = db or MemoryDatabase()
         self.worker_id = worker_id or f"memory:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
         self.quarantine_timeouts = quarantine_timeouts
+        self.quarantine_strikes = quarantine_strikes
         self._who = {"last_user": "memory", "last_host": "memory"}
 
     async def database_now(self) -> datetime:

@@ -74,6 +74,7 @@ class SqlStore:
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.engine = engine
         self._db = Connector(engine)
@@ -85,7 +86,7 @@ class SqlStore:
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
         self._admin = AdminVerbs(self._db)
-        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s)
+        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s, quarantine_strikes)
 
     @property
     def worker_id(self) -> str:
@@ -211,8 +212,11 @@ class SqlStore:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
-        return await self._jobs.acquire_jobs(now, limit, slots, takeover=takeover)
+        return await self._jobs.acquire_jobs(
+            now, limit, slots, takeover=takeover, suspects=suspects
+        )
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
         return await self._jobs.renew_jobs(claims)
