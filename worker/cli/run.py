@@ -13,7 +13,7 @@ import platform
 import sys
 from collections.abc import Callable, Sequence
 from types import CodeType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 from sqlalchemy.engine import URL
@@ -33,8 +33,9 @@ from cronloop.store.sql.migrate import schema_state
 from cronloop.store.sql.store import short_lived_store
 from cronloop.systemd import logs
 from cronloop.systemd.notify import Notifier
-from cronloop.web.server import WebServer, check_listen
-from cronloop.web.view import WorkerView
+
+if TYPE_CHECKING:
+    from cronloop.web.server import WebServer
 
 log = structlog.get_logger("cronloop.cli")
 
@@ -42,6 +43,9 @@ log = structlog.get_logger("cronloop.cli")
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
     if settings.http_listen:
+        # the web server (aiohttp) is imported only when it is on: a third of start-up
+        from cronloop.web.server import check_listen
+
         check_listen(settings)  # before waiting for the database: a refusal is quick
     definitions = discover(settings.task_modules)
     job_definitions = discover_jobs(settings.task_modules)
@@ -114,6 +118,8 @@ async def _web_server(
     fed the runs' events; None when it is off."""
     if not settings.http_listen:
         return None
+    from cronloop.web.server import WebServer
+    from cronloop.web.view import WorkerView
 
     def wake() -> None:
         sup.due.forget()
