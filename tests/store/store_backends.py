@@ -70,15 +70,23 @@ class Backend:
         *,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
         max_clock_skew_s: float = 0.0,
     ) -> Store:
         """A worker's store over the same table (closed at the end of the test)."""
-        store = self._make(worker_id, lease_s, quarantine_timeouts, max_clock_skew_s)
+        store = self._make(
+            worker_id, lease_s, quarantine_timeouts, quarantine_strikes, max_clock_skew_s
+        )
         self.opened.append(store)
         return store
 
     def _make(
-        self, worker_id: str, lease_s: float, quarantine_timeouts: int, max_clock_skew_s: float
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
     ) -> Store:
         raise NotImplementedError
 
@@ -130,13 +138,19 @@ class MemoryBackend(Backend):
         self.db = MemoryDatabase()
 
     def _make(
-        self, worker_id: str, lease_s: float, quarantine_timeouts: int, max_clock_skew_s: float
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
     ) -> Store:
         return MemoryStore(
             self.db,
             worker_id=worker_id,
             lease_s=lease_s,
             quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
             max_clock_skew_s=max_clock_skew_s,
         )
 
@@ -174,13 +188,19 @@ class SqlBackend(Backend):
         self.name = engine.dialect.name
 
     def _make(
-        self, worker_id: str, lease_s: float, quarantine_timeouts: int, max_clock_skew_s: float
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
     ) -> Store:
         return SqlStore(
             self.engine,
             worker_id=worker_id,
             lease_s=lease_s,
             quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
             max_clock_skew_s=max_clock_skew_s,
         )
 
