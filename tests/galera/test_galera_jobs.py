@@ -79,7 +79,12 @@ class GaleraBackend(SqlBackend):
         self.engines = engines
 
     def _make(
-        self, worker_id: str, lease_s: float, quarantine_timeouts: int, quarantine_strikes: int
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
     ) -> Store:
         store = SqlStore(
             self.engines[NODE_OF.get(worker_id, 0)],
@@ -87,6 +92,7 @@ class GaleraBackend(SqlBackend):
             lease_s=lease_s,
             quarantine_timeouts=quarantine_timeouts,
             quarantine_strikes=quarantine_strikes,
+            max_clock_skew_s=max_clock_skew_s,
         )
         return ConflictRetrying(store)  # type: ignore[return-value]
 
