@@ -1,8 +1,9 @@
-"""/metrics: the worker's Prometheus registry (its own, never the global one).
+"""/metrics: the worker's Prometheus families, built from its own state once per scrape.
 
-Three sources, none of which costs the hot path more than a counter increment:
+Three sources, none of which costs the hot path more than a few additions:
 
-- events from the runtime (`RunEvents`): runs by outcome, their duration and lateness;
+- events from the runtime (`RunEvents`), kept as plain numbers in a `RunTally`: runs by
+  outcome, their duration and lateness histograms;
 - live values read at scrape time: runs in flight here, leases lost, whether the
   database is up, database failures by kind (`DbHealth.errors_total`), the build, each
   task's period (for "no success for two periods" alerts);
@@ -11,6 +12,9 @@ Three sources, none of which costs the hot path more than a counter increment:
   Every worker sharing a table reports the same values for these: aggregate them with
   `max by (task)` (or `max by (state)`), never `sum` (see README, "Monitoring").
 
+A scrape copies the tally on the loop (milliseconds), then builds the metric families
+and lets prometheus-client write the text format in a thread. No labelled metric
+objects: with a thousand tasks their per-child samples cost as much as the writing.
 It never knows how runs are driven or where the table lives.
 """
 
@@ -20,27 +24,29 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from importlib import metadata
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cronloop.domain.outcome import Outcome
 from cronloop.web.gauges import GaugeSample
 from cronloop.web.table import TableReader
+from cronloop.web.tally import HistogramCopy, RunTally, TallyCopy
 from cronloop.web.view import WorkerView
 
 # Few buckets: each is one line per task in every scrape, and with a thousand tasks
 # writing the text format is what a scrape costs (a bucket less is 1,000 lines less).
-# seconds: from a quick task to a long backup
-DURATION_BUCKETS_S = (0.01, 0.1, 1, 10, 60, 300, 1800)
-# seconds late: the claim is made ahead, so most runs start within milliseconds
-LATENESS_BUCKETS_S = (0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10)
+# seconds: a quick task, a batch, a long job, a backup
+DURATION_BUCKETS_S = (0.1, 1, 10, 60, 600)
+# seconds late: on target (the claim is made ahead, most runs start within
+# milliseconds), late, a poll interval or so late, stalled
+LATENESS_BUCKETS_S = (0.005, 0.05, 0.5, 5)
 
 
 def version() -> str:
@@ -57,59 +63,83 @@ def version() -> str:
 
 
 class Metrics:
-    """The registry, and the runtime's event sink (`cronloop.runtime.events.RunEvents`)."""
+    """The families of /metrics, and the runtime's event sink
+    (`cronloop.runtime.events.RunEvents`)."""
 
     def __init__(self, view: WorkerView, table: TableReader) -> None:
-        # no `_created` series: they double the output and no alert or panel needs them
-        disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry()
-        self.runs = Counter(
-            "cronloop_runs",
-            "Runs that ended on this worker, by outcome.",
-            ("task", "outcome"),
-            registry=self.registry,
-        )
-        self.duration = Histogram(
-            "cronloop_run_duration_seconds",
-            "How long runs took on this worker.",
-            ("task",),
-            buckets=DURATION_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.lateness = Histogram(
-            "cronloop_run_lateness_seconds",
-            "From when a run was due to when it started, on this worker.",
-            ("task",),
-            buckets=LATENESS_BUCKETS_S,
-            registry=self.registry,
-        )
-        self.registry.register(_Live(view))
-        self.registry.register(_Table(table))
+        self.tally = RunTally(DURATION_BUCKETS_S, LATENESS_BUCKETS_S)
+        self.live = _Live(view)
+        self.table_families = _Table(table)
         self.table = table
         self.clock = view.clock
 
     def prepare(self, tasks: Iterable[str]) -> None:
-        """Create each task's histograms now: a first observation would otherwise build
-        them on the hot path (about 0.1 ms a task), and the series exist from the start
-        (at 0), so `rate()` sees a task's first run."""
-        for task in tasks:
-            self.duration.labels(task)
-            self.lateness.labels(task)
+        """Each task's histograms exist from the start (at 0), so `rate()` sees a
+        task's first run."""
+        self.tally.prepare(tasks)
 
     def run_started(self, task: str, lateness_s: float) -> None:
-        self.lateness.labels(task).observe(lateness_s)
+        self.tally.started(task, lateness_s)
 
     def run_ended(self, task: str, outcome: Outcome, duration_s: float) -> None:
-        self.runs.labels(task, outcome.value).inc()
-        self.duration.labels(task).observe(duration_s)
+        self.tally.ended(task, outcome.value, duration_s)
         if outcome is Outcome.SUCCESS:
             self.table.succeeded(task, self.clock.now())
 
+    def scrape(self) -> Collector:
+        """What one scrape writes: the tally copied now, the rest read when collected.
+        Call it on the loop (the tally is written there)."""
+        return _Scrape(self.tally.copy(), (self.live, self.table_families))
+
     async def exposition(self) -> bytes:
-        """The text format, written in a thread: with a thousand tasks it takes a quarter
-        of a second of CPU, which the loop must not spend in one go. The collectors read
-        only plain values and copies, so reading them from a thread is safe."""
-        return await asyncio.to_thread(generate_latest, self.registry)
+        """The text format: the tally is copied here, on the loop; the families are
+        built and written in a thread (about 0.1 s of CPU for a thousand tasks, which
+        the loop must not spend in one go). The other collectors read only plain
+        values and copies, so reading them from a thread is safe."""
+        return await asyncio.to_thread(generate_latest, self.scrape())
+
+
+class _Scrape(Collector):
+    """One scrape's families: the run tally's, then the live and table collectors'."""
+
+    def __init__(self, tally: TallyCopy, others: tuple[Collector, ...]) -> None:
+        self.tally = tally
+        self.others = others
+
+    def collect(self) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "cronloop_runs",
+            "Runs that ended on this worker, by outcome.",
+            labels=["task", "outcome"],
+        )
+        for (task, outcome), count in sorted(self.tally.runs.items()):
+            runs.add_metric([task, outcome], count)
+        yield runs
+        yield _histogram(
+            "cronloop_run_duration_seconds",
+            "How long runs took on this worker.",
+            self.tally.duration,
+        )
+        yield _histogram(
+            "cronloop_run_lateness_seconds",
+            "From when a run was due to when it started, on this worker.",
+            self.tally.lateness,
+        )
+        for other in self.others:
+            yield from other.collect()
+
+
+def _histogram(name: str, help_text: str, data: HistogramCopy) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text, labels=["task"])
+    # the `le` values as prometheus-client writes them for its own histograms
+    bounds = [floatToGoString(b) for b in data.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+    for task in sorted(data.counts):
+        cumulative, total = [], 0
+        for bound, count in zip(bounds, data.counts[task], strict=True):
+            total += count
+            cumulative.append((bound, float(total)))
+        family.add_metric([task], cumulative, data.sums[task])
+    return family
 
 
 class _Live(Collector):
