@@ -6,6 +6,9 @@ a busy worker), then measures:
 
 - `scrape_cpu_ms`: process CPU time of one `exposition()` (the text /metrics answers),
   median of `--repeat` scrapes;
+- `scrape_wall_ms`: its wall time (longer than the CPU: the thread pauses to let the
+  loop take the GIL), and `longest_hold_ms`: the longest stretch the scrape thread
+  worked without a pause (what a loop callback may wait for the GIL, about);
 - `event_us`: CPU time of one run's two events (`run_started` + `run_ended`), what the
   hot path pays per run with the server on;
 - the size of the answer (lines, bytes).
@@ -33,6 +36,7 @@ from cronloop.domain.records import TaskDeclaration
 from cronloop.runtime.dbhealth import DbHealth
 from cronloop.store.memory import MemoryStore
 from cronloop.web.metrics import Metrics
+from cronloop.web.pacing import Pacer
 from cronloop.web.table import TableReader
 from cronloop.web.view import WorkerView
 
@@ -81,15 +85,20 @@ async def measure(tasks: int, repeat: int) -> dict[str, float]:
             metrics.run_ended(name, Outcome.FAILED, 1.5)
     event_s = (time.process_time() - t0) / (tasks * EVENTS_PER_TASK // 2)
     body = await metrics.exposition()  # warm-up
-    cpu_s = []
+    cpu_s, wall_s, hold_s = [], [], []
     for _ in range(repeat):
-        c0 = time.process_time()
-        body = await metrics.exposition()
+        pacer = Pacer()
+        c0, w0 = time.process_time(), time.perf_counter()
+        body = await metrics.exposition(pacer)
         cpu_s.append(time.process_time() - c0)
+        wall_s.append(time.perf_counter() - w0)
+        hold_s.append(pacer.longest_s)
     return {
         "tasks": tasks,
         "scrape_cpu_ms": round(statistics.median(cpu_s) * 1000, 1),
         "scrape_cpu_ms_min": round(min(cpu_s) * 1000, 1),
+        "scrape_wall_ms": round(statistics.median(wall_s) * 1000, 1),
+        "longest_hold_ms": round(statistics.median(hold_s) * 1000, 2),
         "event_us": round(event_s * 1e6, 2),
         "lines": body.count(b"\n"),
         "bytes": len(body),
