@@ -74,13 +74,14 @@ def _histogram_samples(name: str, data: HistogramCopy) -> Iterator[Sample]:
     # the `le` values as prometheus-client writes them for its own histograms
     bounds = [floatToGoString(b) for b in data.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
     bucket, count, total = f"{name}_bucket", f"{name}_count", f"{name}_sum"
-    for task in sorted(data.counts):
-        cumulative = 0
-        for le, n in zip(bounds, data.counts[task], strict=True):
+    for task in sorted(data.series):
+        series = data.series[task]
+        cumulative = 0.0
+        for le, n in zip(bounds, series[:-1], strict=True):
             cumulative += n
-            yield Sample(bucket, {"task": task, "le": le}, float(cumulative))
-        yield Sample(count, {"task": task}, float(cumulative))
-        yield Sample(total, {"task": task}, data.sums[task])
+            yield Sample(bucket, {"task": task, "le": le}, cumulative)
+        yield Sample(count, {"task": task}, cumulative)
+        yield Sample(total, {"task": task}, series[-1])
 
 
 def live_families(view: WorkerView, version: str, pacer: Pacer) -> Iterator[Metric]:

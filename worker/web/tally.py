@@ -1,12 +1,13 @@
 """What the runtime's run events leave behind for /metrics, as plain numbers.
 
-Per task: the runs by outcome, and two histograms (duration, lateness) kept as lists of
-per-bucket counts and a sum. An event costs a dictionary look-up, a bisect and two
-additions on the loop thread (prometheus-client's labelled children cost ten times
-that: a label check, a lock and a child object per task). A scrape takes `copy()` on the
-loop, a few milliseconds for a thousand tasks, and writes the text from that copy in a
-thread, so the writing never sees a histogram half-updated. Only the loop thread writes
-here. It never knows the exposition format nor where the events come from.
+Per task: the runs by outcome, and two histograms (duration, lateness), each a tuple of
+the count in every bucket followed by the sum. An event costs a dictionary look-up, a
+bisect and a new small tuple on the loop thread (prometheus-client's labelled children
+cost ten times that: a label check, a lock and a child object per task). Immutable
+values make `copy()` three dictionary copies, well under a millisecond on the loop even
+for 10,000 tasks, and a histogram's buckets and sum always agree in it. Only the loop
+thread writes here. It never knows the exposition format nor where the events come
+from.
 """
 
 from __future__ import annotations
@@ -15,48 +16,42 @@ from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+Series = tuple[float, ...]  # the count in each bucket (not cumulative), +Inf last, then the sum
+
 
 @dataclass(frozen=True)
 class HistogramCopy:
     """One family's histograms at one moment: `bounds` (upper bounds, seconds, +Inf
-    implied) and, per task, the count in each bucket (not cumulative) and the sum."""
+    implied) and each task's `Series`."""
 
     bounds: tuple[float, ...]
-    counts: dict[str, list[int]]
-    sums: dict[str, float]
+    series: dict[str, Series]
 
 
 class Histograms:
     """Per-task histograms with the same bucket bounds; `observe` is the hot path."""
 
     def __init__(self, bounds: Sequence[float]) -> None:
-        if list(bounds) != sorted(set(bounds)) or not bounds:
+        if not bounds or list(bounds) != sorted(set(bounds)):
             raise ValueError(f"histogram bounds must be increasing and distinct: {bounds!r}")
         self.bounds = tuple(float(b) for b in bounds)
-        self._counts: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
+        self._empty: Series = (0,) * (len(self.bounds) + 1) + (0.0,)
+        self._series: dict[str, Series] = {}
 
     def add(self, task: str) -> None:
         """Make `task`'s series exist (at 0) before its first observation."""
-        if task not in self._counts:
-            self._counts[task] = [0] * (len(self.bounds) + 1)
-            self._sums[task] = 0.0
+        self._series.setdefault(task, self._empty)
 
     def observe(self, task: str, value: float) -> None:
-        counts = self._counts.get(task)
-        if counts is None:
-            self.add(task)
-            counts = self._counts[task]
+        old = self._series.get(task, self._empty)
         # bucket i holds bounds[i-1] < value <= bounds[i]; the last one is +Inf
-        counts[bisect_left(self.bounds, value)] += 1
-        self._sums[task] += value
+        new = list(old)
+        new[bisect_left(self.bounds, value)] += 1
+        new[-1] += value
+        self._series[task] = tuple(new)
 
     def copy(self) -> HistogramCopy:
-        return HistogramCopy(
-            self.bounds,
-            {task: counts[:] for task, counts in self._counts.items()},
-            dict(self._sums),
-        )
+        return HistogramCopy(self.bounds, dict(self._series))
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ def test_a_value_on_a_bound_counts_in_that_bucket() -> None:
     hist = Histograms((0.1, 1.0))
     for value in (0.0, 0.1, 0.100001, 1.0, 1.5, 99.0):
         hist.observe("t", value)
-    copy = hist.copy()
-    assert copy.counts["t"] == [2, 2, 2]  # (..0.1], (0.1..1], (1..+Inf)
-    assert copy.sums["t"] == pytest.approx(0.0 + 0.1 + 0.100001 + 1.0 + 1.5 + 99.0)
+    *counts, total = hist.copy().series["t"]
+    assert counts == [2, 2, 2]  # (..0.1], (0.1..1], (1..+Inf)
+    assert total == pytest.approx(0.0 + 0.1 + 0.100001 + 1.0 + 1.5 + 99.0)
 
 
 def test_a_copy_does_not_move_with_later_events() -> None:
@@ -41,8 +41,8 @@ def test_a_copy_does_not_move_with_later_events() -> None:
     tally.ended("t", "success", 0.5)
     tally.started("t", 2.0)
     assert before.runs == {("t", "success"): 1}
-    assert before.duration.counts["t"] == [1, 0] and before.lateness.counts["t"] == [0, 0]
-    assert tally.copy().duration.counts["t"] == [2, 0]
+    assert before.duration.series["t"] == (1, 0, 0.5) and before.lateness.series["t"] == (0, 0, 0)
+    assert tally.copy().duration.series["t"] == (2, 0, 1.0)
 
 
 @pytest.mark.parametrize("bounds", [(), (1.0, 0.5), (1.0, 1.0)])
