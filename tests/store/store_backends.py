@@ -65,14 +65,21 @@ class Backend:
         self.opened: list[Store] = []
 
     def store(
-        self, worker_id: str = "w1", *, lease_s: float = 30.0, quarantine_timeouts: int = 0
+        self,
+        worker_id: str = "w1",
+        *,
+        lease_s: float = 30.0,
+        quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
     ) -> Store:
         """A worker's store over the same table (closed at the end of the test)."""
-        store = self._make(worker_id, lease_s, quarantine_timeouts)
+        store = self._make(worker_id, lease_s, quarantine_timeouts, quarantine_strikes)
         self.opened.append(store)
         return store
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self, worker_id: str, lease_s: float, quarantine_timeouts: int, quarantine_strikes: int
+    ) -> Store:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -112,9 +119,15 @@ class MemoryBackend(Backend):
         super().__init__()
         self.db = MemoryDatabase()
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self, worker_id: str, lease_s: float, quarantine_timeouts: int, quarantine_strikes: int
+    ) -> Store:
         return MemoryStore(
-            self.db, worker_id=worker_id, lease_s=lease_s, quarantine_timeouts=quarantine_timeouts
+            self.db,
+            worker_id=worker_id,
+            lease_s=lease_s,
+            quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
         )
 
     async def set_task(self, name: str | None = None, **values: Any) -> None:
@@ -140,12 +153,15 @@ class SqlBackend(Backend):
         self.engine = engine
         self.name = engine.dialect.name
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self, worker_id: str, lease_s: float, quarantine_timeouts: int, quarantine_strikes: int
+    ) -> Store:
         return SqlStore(
             self.engine,
             worker_id=worker_id,
             lease_s=lease_s,
             quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
         )
 
     async def set_task(self, name: str | None = None, **values: Any) -> None:

@@ -21,9 +21,10 @@ from cronloop.definitions.discovery import discover_jobs
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import Clock, SystemClock
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
+from cronloop.store.errors import ErrorKind
 from cronloop.store.sql.claims import SyncReport, TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import create_engine, session_factory
-from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.errors import classify
 from cronloop.store.sql.migrate import schema_state, upgrade
 from cronloop.systemd.logs import short_error as short
 
@@ -107,7 +108,10 @@ async def open_database(
         await engine.dispose()
         raise
     store = TaskStore(
-        engine, lease_s=settings.lease_s, quarantine_timeouts=settings.quarantine_timeouts
+        engine,
+        lease_s=settings.lease_s,
+        quarantine_timeouts=settings.quarantine_timeouts,
+        quarantine_strikes=settings.quarantine_strikes,
     )
     return Database(engine=engine, store=store, sessions=session_factory(engine))
 
@@ -119,7 +123,7 @@ async def wait_for_database(engine: AsyncEngine, wait_s: float, clock: Clock | N
     that is not an outage (a wrong password, an unknown database) does not get better by
     waiting: exit 78 at once, naming it."""
     clock = clock or SystemClock()
-    health = DbHealth(clock, lambda: CONNECT_TIMEOUT_S)
+    health = DbHealth(clock, lambda: CONNECT_TIMEOUT_S, classify)
     deadline = clock.monotonic() + wait_s
     attempt = 0
     while True:

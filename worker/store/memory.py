@@ -30,6 +30,7 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import (
     ABANDONED_ERROR,
     DISABLED_BY_CONFIG,
@@ -72,11 +73,13 @@ class MemoryStore(MemoryJobs):
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.db = db or MemoryDatabase()
         self.worker_id = worker_id or f"memory:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
         self.quarantine_timeouts = quarantine_timeouts
+        self.quarantine_strikes = quarantine_strikes
         self._who = {"last_user": "memory", "last_host": "memory"}
 
     async def database_now(self) -> datetime:
@@ -85,6 +88,13 @@ class MemoryStore(MemoryJobs):
 
     async def close(self) -> None:
         pass
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        """Nothing here fails as a database does, but a test's injected connection
+        error is an outage; anything else is a bug."""
+        return (
+            ErrorKind.OUTAGE if isinstance(exc, ConnectionError | TimeoutError) else ErrorKind.BUG
+        )
 
     async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
         await asyncio.sleep(0)

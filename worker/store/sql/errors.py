@@ -2,36 +2,30 @@
 
 This module owns the driver knowledge: MariaDB/MySQL error numbers (through aiomysql and
 PyMySQL), sqlite3's messages, SQLAlchemy's wrappers. It answers one question, `classify`,
-with one of four kinds; what to do about each kind (retry now, back off, record a
-placeholder, crash) is the runtime's database-health policy, which never sees a driver.
-It never logs, retries or sleeps.
+with one of the four kinds of `cronloop.store.errors` (the SQL store's `classify_error`);
+what to do about each kind (retry now, back off, record a placeholder, crash) is the
+runtime's database-health policy, which never sees a driver. It never logs, retries or
+sleeps.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from enum import StrEnum
 
 import pymysql.err  # type: ignore[import-untyped]  # no stubs installed
 from sqlalchemy import exc as sa_exc
 
+from cronloop.store.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind
 
-class ErrorKind(StrEnum):
-    """The four kinds of database failure; the values are metric labels."""
-
-    CONFLICT = "conflict"  # a lost race: retry the whole transaction at once
-    OUTAGE = "outage"  # the database cannot be reached or cannot serve now
-    REFUSED = "refused"  # the database refused this data: retrying it cannot help
-    BUG = "bug"  # our SQL or our code is wrong: fail loudly
-
+__all__ = [
+    "CONFLICT_JITTER_S",
+    "CONFLICT_RETRIES",
+    "ErrorKind",
+    "classify",
+    "code_of",
+]
 
 # MariaDB / MySQL server error numbers
-# The one answer to a conflict, for every caller (the runtime's DbHealth, and
-# `store.sql.retry` for everything else): the whole transaction again at once, with a
-# little jitter, this many times before the caller hears of it.
-CONFLICT_RETRIES = 5
-CONFLICT_JITTER_S = 0.005  # up to this much per attempt, so racing writers fall apart
-
 CONFLICT_CODES = frozenset(
     {
         1213,  # ER_LOCK_DEADLOCK; also Galera's certification failure (wsrep abort)
