@@ -35,6 +35,7 @@ from cronloop.domain.outcome import Outcome
 from cronloop.domain.records import TaskDeclaration
 from cronloop.runtime.dbhealth import DbHealth
 from cronloop.store.memory import MemoryStore
+from cronloop.store.sql.errors import classify
 from cronloop.web.metrics import Metrics
 from cronloop.web.pacing import Pacer
 from cronloop.web.table import TableReader
@@ -51,7 +52,7 @@ def _view(store: MemoryStore, clock: FakeClock, names: list[str]) -> WorkerView:
     periods = dict.fromkeys(names, 10.0)
     return WorkerView(
         store=store,
-        health=DbHealth(clock, lambda: 5.0),
+        health=DbHealth(clock, lambda: 5.0, classify),
         clock=clock,
         running=lambda: names[:5],
         periods=lambda: periods,

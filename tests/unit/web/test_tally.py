@@ -16,6 +16,7 @@ from cronloop.domain.outcome import Outcome
 from cronloop.domain.records import TaskDeclaration
 from cronloop.runtime.dbhealth import DbHealth
 from cronloop.store.memory import MemoryStore
+from cronloop.store.sql.errors import classify
 from cronloop.web.metrics import DURATION_BUCKETS_S, LATENESS_BUCKETS_S, Metrics
 from cronloop.web.table import TableReader
 from cronloop.web.tally import Histograms, RunTally
@@ -57,7 +58,7 @@ def _view(store: MemoryStore, clock: FakeClock) -> WorkerView:
 
     return WorkerView(
         store=store,
-        health=DbHealth(clock, lambda: 5.0),
+        health=DbHealth(clock, lambda: 5.0, classify),
         clock=clock,
         running=lambda: (),
         periods=lambda: {},
