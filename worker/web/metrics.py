@@ -12,7 +12,7 @@ Three sources, none of which costs the hot path more than a few additions:
   Every worker sharing a table reports the same values for these: aggregate them with
   `max by (task)` (or `max by (state)`), never `sum` (see README, "Monitoring").
 
-A scrape copies the tally on the loop (a millisecond for a thousand tasks), then, in a
+A scrape copies the tally on the loop (three dictionary copies), then, in a
 thread, the families (`cronloop.web.families`) make their samples while
 prometheus-client writes the text format, pausing now and then so the loop never waits
 long for the GIL (`cronloop.web.pacing`). No labelled metric objects (a lock and a
