@@ -270,7 +270,8 @@ def burst(
     span = (last_end - due).total_seconds()
     shares = sorted(Counter(r.worker for r in ok).values())
     notes.append(
-        f"{pattern.rstrip('_%')} burst with {n_workers} worker(s): {len(ok)} runs in "
+        f"{'no-op' if pattern == 'burst_%' else pattern.rstrip('_%')} burst with "
+        f"{n_workers} worker(s): {len(ok)} runs in "
         f"{span:.2f}s, per worker {shares}"
     )
     cpu_s = sum(after.cpu_s) - sum(before.cpu_s)
