@@ -124,7 +124,8 @@ def periodic(
     scraper = Scraper(args).start()
     run = run_service(
         args,
-        ["--max_lifetime=0", *scraper.service_args],
+        # service_args: settings for an experiment (the scenarios run with the defaults)
+        ["--max_lifetime=0", *args.params.get("service_args", []), *scraper.service_args],
         counter,
         before=lambda log: LogWatcher(log, 0, on_started=release).start(),
     )

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench import profile
 from bench.child import ChildArgs, ChildResult
 from bench.drivers.cronloop_fleet import WorkerError, fleet_main
 
@@ -114,10 +116,11 @@ async def email_rates(async_url: str, port: int, plan: Plan) -> dict[str, tuple[
             "smtp_port": port,
             "sender": "bench@example.org",
         }
+        spy = profile.window(time.time())  # --profile: the shipped task's run (and fill)
+        shipped = await et.measure(engine, settings, plan.messages, smtp)
+        profile.finish(spy)
         rates = {
-            "shipped": _per_msg(
-                await et.measure(engine, settings, plan.messages, smtp), plan.messages
-            ),
+            "shipped": _per_msg(shipped, plan.messages),
             # the baseline is slow: its rate is steady after a couple of thousand messages
             "serial": _per_msg(
                 await et.measure_one_at_a_time(engine, settings, plan.serial, smtp), plan.serial
