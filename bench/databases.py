@@ -111,5 +111,14 @@ def server_cpu_s(sync_url: str) -> float | None:
     url = make_url(sync_url)
     if url.host not in (None, "127.0.0.1", "localhost", "::1"):
         return None
-    pid = listener_pid(url.port or 3306)
-    return None if pid is None else process_cpu_s(pid)
+    port = url.port or 3306
+    pid = _SERVER_PIDS.get(port) or listener_pid(port)  # a scan of /proc: ~15 ms
+    cpu = None if pid is None else process_cpu_s(pid)
+    if cpu is None:
+        _SERVER_PIDS.pop(port, None)  # gone (restarted): look again next time
+    elif pid is not None:
+        _SERVER_PIDS[port] = pid
+    return cpu
+
+
+_SERVER_PIDS: dict[int, int] = {}

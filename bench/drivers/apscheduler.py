@@ -197,7 +197,7 @@ class Window:
     async def open(self) -> None:
         # Read in a thread so the loop keeps scheduling; its own statements come before reset.
         self._q0 = await asyncio.to_thread(server_questions, self.sync_url)
-        self._db_cpu0 = server_cpu_s(self.sync_url)
+        self._db_cpu0 = await asyncio.to_thread(server_cpu_s, self.sync_url)
         self.counter.reset()
         self.probe.wakeup_ms.clear()
         self._cpu0 = cpu_s()
@@ -207,7 +207,7 @@ class Window:
         self.end = time.time()
         cpu = cpu_s() - self._cpu0
         statements = self.counter.count
-        db_cpu1 = server_cpu_s(self.sync_url)
+        db_cpu1 = await asyncio.to_thread(server_cpu_s, self.sync_url)
         q1 = await asyncio.to_thread(server_questions, self.sync_url)
         wall = self.end - self.start
         figures: dict[str, float] = {
@@ -286,6 +286,7 @@ def set_up(args: ChildArgs, keep: bool = True, timed: Callable[[str], bool] | No
     probe = Probe(scheduler, keep=keep)
     RECORDER.reset(keep)
     scheduler.start(paused=True)
+    server_cpu_s(args.sync_url)  # find the server's process now, not in a window
     result.notes.extend(backend_notes(store))
     return SetUp(result, counter, scheduler, store, probe, RECORDER)
 

@@ -120,6 +120,7 @@ def periodic(
         time.sleep(max(0.0, window["end"] + 3.0 - time.time()))  # past the window's end
         os.kill(os.getpid(), signal.SIGTERM)
 
+    server_cpu_s(args.sync_url)  # find the server's process now, not at the window's edge
     counter = StatementCounter(timed=is_claim).install()
     scraper = Scraper(args).start()
     run = run_service(
@@ -229,6 +230,7 @@ def burst(args: ChildArgs) -> ChildResult:
         set_due(args, count, lambda i: due)
     questions: dict[float, int | None] = {}
     db_cpu: dict[float, float | None] = {}
+    server_cpu_s(args.sync_url)  # find the server's process now, not at the instant
     questions_at(args.sync_url, due.timestamp(), questions, db_cpu)
     counter = StatementCounter(timed=is_claim).install()
     settings = list(args.params.get("service_args", []))
