@@ -170,3 +170,12 @@ class Sampler:
     def cpu_s(self, start: float, end: float) -> float:
         """CPU seconds between the samples at `start` and `end` (the window's own)."""
         return self.at(end)[1] - self.at(start)[1]
+
+    def cpu_s_around(self, start: float, end: float) -> float:
+        """CPU seconds from the last sample at or before `start` to the first at or after
+        `end`: never less than the window's own, even when it is shorter than the
+        sampling interval (a burst of a few hundred ms); at most two intervals more."""
+        times = [p[0] for p in self.points]
+        i = max(0, bisect.bisect_right(times, start) - 1)
+        j = min(len(self.points) - 1, bisect.bisect_left(times, end))
+        return self.points[j][1] - self.points[i][1]

@@ -264,7 +264,8 @@ def window_figures(
     f["runs"] = runs
     f["statements"] = run.counter.between(start, end)
     f["cpu_pct"] = run.sampler.cpu_pct(start, end)
-    f["cpu_ms_per_run"] = cpu_ms_per(f["cpu_pct"] / 100 * (end - start), runs)
+    # the samples around the window: a short burst falls between two samples
+    f["cpu_ms_per_run"] = cpu_ms_per(run.sampler.cpu_s_around(start, end), runs)
     if runs:
         f["statements_per_run"] = f["statements"] / runs
     c0, c1 = (server_cpu or {}).get(start), (server_cpu or {}).get(end)
