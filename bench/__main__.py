@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.databases import DEFAULT_MARIADB, scratch_database
+from bench.profile import ENV as PROFILE_ENV
 from bench.report import Measurements, draw_lateness, print_report
-from bench.scenarios import SCENARIOS, SIDES, Scenario, by_name
+from bench.scenarios import CRONLOOP, SCENARIOS, SIDES, Scenario, by_name
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import bench and tests
 
@@ -68,6 +69,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="draw the lateness distributions (needs the `plot` extra)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy profile of the cronloop side of each run: DIR/<scenario>-<db>-<n>.svg "
+        "(flame graph) and -top.txt (top entries); figures of a profiled run are not the "
+        "table's (needs py-spy, and root or ptrace rights)",
+    )
     return parser.parse_args(argv)
 
 
@@ -81,7 +91,12 @@ def selected(opts: argparse.Namespace) -> list[Scenario]:
 
 
 def run_child(
-    module: str, scenario: Scenario, backend: str, opts: argparse.Namespace, params: dict[str, Any]
+    module: str,
+    scenario: Scenario,
+    backend: str,
+    opts: argparse.Namespace,
+    params: dict[str, Any],
+    profile_to: Path | None = None,
 ) -> dict[str, Any]:
     """One scenario, one system, one fresh database, in a child process."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{scenario.name}-") as tmp:
@@ -107,6 +122,8 @@ def run_child(
                 str(workdir),
             ]
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(workdir)])}
+            if profile_to is not None:
+                env[PROFILE_ENV] = str(profile_to.resolve())
             started = time.monotonic()
             proc = subprocess.run(
                 cmd,
@@ -180,12 +197,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for rep in range(opts.repeat):
                     label = f"{scenario.name} / {backend} / {system} #{rep + 1}"
                     print(f"running {label} ...", file=sys.stderr, flush=True)
+                    profile_to = (
+                        opts.profile / f"{scenario.name}-{backend}-{rep + 1}"
+                        if opts.profile is not None and system == CRONLOOP
+                        else None
+                    )
                     result = run_child(
                         scenario.modules[system],
                         scenario,
                         backend,
                         opts,
                         scenario.params[opts.scale],
+                        profile_to,
                     )
                     if "error" in result:
                         print(f"  FAILED: {result['error']}", file=sys.stderr)
@@ -195,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts.json.write_text(json.dumps(measurements.as_json(), indent=1), encoding="utf-8")
     print_report(measurements, selected(opts))
     print(f"\nresults written to {opts.json}")
+    if opts.profile is not None:
+        print(f"profiles of the cronloop side written to {opts.profile}/ (.svg, -top.txt)")
     if opts.png is not None:
         draw_lateness(measurements, opts.png)
         print(f"lateness distribution drawn in {opts.png}")

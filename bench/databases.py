@@ -1,6 +1,7 @@
 """The benchmark's databases: a fresh SQLite file, or a scratch database on a MariaDB
 server (the tests' scratch-database helpers, `tests.support.mariadb`, with the bench's
-own `--server`), and MariaDB's server-wide statement counter.
+own `--server`), MariaDB's server-wide statement counter, and the CPU time of the server
+process (read from /proc: the server must run on this machine).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from bench.measure import listener_pid, process_cpu_s
 from tests.support.mariadb import scratch_database as mariadb_scratch
 from tests.support.mariadb import server_version
 
@@ -98,3 +100,25 @@ def _read_questions(sync_url: str) -> int:
             return int(row[1])
     finally:
         conn.close()
+
+
+def server_cpu_s(sync_url: str) -> float | None:
+    """CPU seconds (user + system) of the MariaDB server process behind `sync_url` so far:
+    the process listening on its port on this machine. None on SQLite (the database is
+    the scheduler's own process) or when the server is not a local process."""
+    if not sync_url.startswith("mysql"):
+        return None
+    url = make_url(sync_url)
+    if url.host not in (None, "127.0.0.1", "localhost", "::1"):
+        return None
+    port = url.port or 3306
+    pid = _SERVER_PIDS.get(port) or listener_pid(port)  # a scan of /proc: ~15 ms
+    cpu = None if pid is None else process_cpu_s(pid)
+    if cpu is None:
+        _SERVER_PIDS.pop(port, None)  # gone (restarted): look again next time
+    elif pid is not None:
+        _SERVER_PIDS[port] = pid
+    return cpu
+
+
+_SERVER_PIDS: dict[int, int] = {}

@@ -21,13 +21,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
     from cronloop.config.settings import Settings
+
+
+class Throughput(NamedTuple):
+    """Messages per second while sending, and this process's CPU seconds meanwhile."""
+
+    msgs_per_s: float
+    cpu_s: float
+
+    def cpu_ms_per_msg(self, n: int) -> float:
+        return 1000 * self.cpu_s / n if n else float("nan")
+
+
+def _cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def serve(port: int, latency_s: float) -> None:
@@ -90,12 +107,12 @@ async def remaining(engine: AsyncEngine) -> int:
 
 async def measure(
     engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
-) -> float:
+) -> Throughput:
     from cronloop.standard.email import send_queued_email
     from cronloop.testing import make_context, options_of
 
     await fill(engine, n)
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), _cpu_s()
     while await remaining(engine):
         ctx = make_context(
             engine,
@@ -105,12 +122,12 @@ async def measure(
             options=options_of(send_queued_email, **options),
         )
         await send_queued_email(ctx)
-    return n / (time.perf_counter() - started)
+    return Throughput(n / (time.perf_counter() - started), _cpu_s() - cpu0)
 
 
 async def measure_one_at_a_time(
     engine: AsyncEngine, settings: Settings, n: int, options: dict[str, Any]
-) -> float:
+) -> Throughput:
     """iTop's ExecAsyncTask, the rate cronloop must beat: one message per run, each run
     with its own housekeeping, claim, SMTP session (connect, send, quit) and record. The
     task itself does this when a run takes one message and then finds itself past half
@@ -122,7 +139,7 @@ async def measure_one_at_a_time(
 
     one = {**options, "concurrency": 1, "batch_size": 1}
     await fill(engine, n)
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), _cpu_s()
     while await remaining(engine):
         ctx = make_context(
             engine,
@@ -133,7 +150,7 @@ async def measure_one_at_a_time(
         )
         ctx = dataclasses.replace(ctx, _deadline_mono=ctx._clock.monotonic() + 600)
         await send_queued_email(ctx)
-    return n / (time.perf_counter() - started)
+    return Throughput(n / (time.perf_counter() - started), _cpu_s() - cpu0)
 
 
 async def bench(args: argparse.Namespace, port: int) -> list[tuple[int, float]]:
@@ -160,9 +177,10 @@ async def bench(args: argparse.Namespace, port: int) -> list[tuple[int, float]]:
                 "batch_size": args.batch_size,
                 "sender": "bench@example.org",
             }
-            rate = await measure(engine, settings, args.n, options)
+            rate, cpu = await measure(engine, settings, args.n, options)
             print(
-                f"{engine.dialect.name}: concurrency {concurrency}: {rate:,.0f} messages/s",
+                f"{engine.dialect.name}: concurrency {concurrency}: {rate:,.0f} messages/s, "
+                f"{1000 * cpu / args.n:.2f} ms CPU per message",
                 flush=True,
             )
             results.append((concurrency, rate))

@@ -1,6 +1,7 @@
 """What the benchmark measures with, on either side: statement counting through
 SQLAlchemy's cursor events, this process's CPU and RSS (read once, or sampled by a
-thread), and percentiles.
+thread), another process's CPU (from /proc, e.g. a worker's or the database server's),
+and percentiles.
 """
 
 from __future__ import annotations
@@ -65,6 +66,54 @@ def cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` so far (its threads included), from
+    /proc/PID/stat; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # after "pid (comm)": state is field 3, utime 14 and stime 15 (1-based, proc(5))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def listener_pid(port: int) -> int | None:
+    """The process listening on TCP `port` on this machine (IPv4 or IPv6), or None: the
+    socket's inode from /proc/net/tcp*, then the process holding it among /proc/*/fd."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            # local address "HEX_IP:HEX_PORT", state 0A = LISTEN, inode column 10
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
+def cpu_ms_per(cpu_seconds: float, count: float) -> float:
+    """Milliseconds of CPU per run (or message, or poll); NaN without any."""
+    return 1000 * cpu_seconds / count if count else float("nan")
+
+
 def rss_mb() -> float:
     """Resident set size of this process now, in MB (from /proc)."""
     with open("/proc/self/statm", encoding="ascii") as f:
@@ -117,3 +166,16 @@ class Sampler:
     def cpu_pct(self, start: float, end: float) -> float:
         a, b = self.at(start), self.at(end)
         return 100 * (b[1] - a[1]) / max(b[0] - a[0], 1e-9)
+
+    def cpu_s(self, start: float, end: float) -> float:
+        """CPU seconds between the samples at `start` and `end` (the window's own)."""
+        return self.at(end)[1] - self.at(start)[1]
+
+    def cpu_s_around(self, start: float, end: float) -> float:
+        """CPU seconds from the last sample at or before `start` to the first at or after
+        `end`: never less than the window's own, even when it is shorter than the
+        sampling interval (a burst of a few hundred ms); at most two intervals more."""
+        times = [p[0] for p in self.points]
+        i = max(0, bisect.bisect_right(times, start) - 1)
+        j = min(len(self.points) - 1, bisect.bisect_left(times, end))
+        return self.points[j][1] - self.points[i][1]

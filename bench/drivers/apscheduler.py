@@ -38,8 +38,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bench.child import ChildArgs, ChildResult
-from bench.databases import server_questions
-from bench.measure import StatementCounter, cpu_s, percentile, rss_mb
+from bench.databases import server_cpu_s, server_questions
+from bench.measure import StatementCounter, cpu_ms_per, cpu_s, percentile, rss_mb
 
 TICK = "bench.drivers.apscheduler:tick"  # the reference the job store pickles
 JOB_DEFAULTS = {"misfire_grace_time": None, "coalesce": False, "max_instances": 1}
@@ -191,11 +191,13 @@ class Window:
         self.counter, self.sync_url, self.probe = counter, sync_url, probe
         self.start = self.end = 0.0
         self._q0: int | None = None
+        self._db_cpu0: float | None = None
         self._cpu0 = 0.0
 
     async def open(self) -> None:
         # Read in a thread so the loop keeps scheduling; its own statements come before reset.
         self._q0 = await asyncio.to_thread(server_questions, self.sync_url)
+        self._db_cpu0 = await asyncio.to_thread(server_cpu_s, self.sync_url)
         self.counter.reset()
         self.probe.wakeup_ms.clear()
         self._cpu0 = cpu_s()
@@ -205,6 +207,7 @@ class Window:
         self.end = time.time()
         cpu = cpu_s() - self._cpu0
         statements = self.counter.count
+        db_cpu1 = await asyncio.to_thread(server_cpu_s, self.sync_url)
         q1 = await asyncio.to_thread(server_questions, self.sync_url)
         wall = self.end - self.start
         figures: dict[str, float] = {
@@ -212,9 +215,12 @@ class Window:
             "statements": statements,
             "window_s": round(wall, 3),
             "cpu_pct": 100 * cpu / wall if wall > 0 else math.nan,
+            "cpu_ms_per_run": cpu_ms_per(cpu, runs),
         }
         if runs:
             figures["statements_per_run"] = statements / runs
+        if self._db_cpu0 is not None and db_cpu1 is not None:
+            figures["db_cpu_ms_per_run"] = cpu_ms_per(db_cpu1 - self._db_cpu0, runs)
         if self._q0 is not None and q1 is not None:
             figures["questions"] = q1 - self._q0
             if runs:
@@ -280,6 +286,7 @@ def set_up(args: ChildArgs, keep: bool = True, timed: Callable[[str], bool] | No
     probe = Probe(scheduler, keep=keep)
     RECORDER.reset(keep)
     scheduler.start(paused=True)
+    server_cpu_s(args.sync_url)  # find the server's process now, not in a window
     result.notes.extend(backend_notes(store))
     return SetUp(result, counter, scheduler, store, probe, RECORDER)
 

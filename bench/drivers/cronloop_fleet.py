@@ -61,7 +61,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, ins
 from cronloop import TaskContext, task
 from cronloop.store.sql.tables import UTCDateTime
 
-STEADY, EVERY, BURST, LONG_S = {steady}, {every!r}, {burst}, {long_s!r}
+STEADY, EVERY, BURST, LONG_S, IO, IO_S = {steady}, {every!r}, {burst}, {long_s!r}, {io}, {io_s!r}
 ledger = Table(
     "{ledger}", MetaData(),
     Column("id", BigInteger, primary_key=True, autoincrement=True),
@@ -81,6 +81,10 @@ async def noop(ctx: TaskContext) -> None:
     return None
 
 
+async def wait_io(ctx: TaskContext) -> None:
+    await asyncio.sleep(IO_S)  # a run that waits on I/O (a remote call, a query)
+
+
 async def long(ctx: TaskContext) -> None:
     await record(ctx)
     for _ in range(int(LONG_S * 10)):
@@ -92,6 +96,8 @@ for _i in range(STEADY):
     task(record, every=EVERY, name=f"steady_{{_i:05d}}", timeout=30)
 for _i in range(BURST):
     task(noop, every=3600, name=f"burst_{{_i:05d}}", timeout=30)
+for _i in range(IO):
+    task(wait_io, every=3600, name=f"io_{{_i:05d}}", timeout=30)
 if LONG_S:
     task(long, every=3600, name="fleet_long", timeout=LONG_S * 2)
 '''
@@ -148,6 +154,8 @@ def prepared(
     every: float = 1.0,
     burst: int = 0,
     long_s: float = 0.0,
+    io: int = 0,
+    io_s: float = 0.1,
 ) -> Iterator[Setup]:
     """Write the task module, migrate and register its tasks (parked, or due now for the
     long task), create the ledger table."""
@@ -156,7 +164,13 @@ def prepared(
     module = f"bench_fleet_{name}_{os.getpid()}"
     (workdir / f"{module}.py").write_text(
         TASK_MODULE.format(
-            steady=steady, every=float(every), burst=burst, long_s=float(long_s), ledger=LEDGER
+            steady=steady,
+            every=float(every),
+            burst=burst,
+            long_s=float(long_s),
+            io=io,
+            io_s=float(io_s),
+            ledger=LEDGER,
         ),
         encoding="utf-8",
     )
@@ -166,8 +180,9 @@ def prepared(
         register(args.url, module, workdir)
         with engine.connect() as conn:
             conn.exec_driver_sql(LEDGER_DDL)
-        if steady or burst:
-            park(engine, "steady_%" if steady else "burst_%")
+        for pattern, n in (("steady_%", steady), ("burst_%", burst), ("io_%", io)):
+            if n:
+                park(engine, pattern)
         yield Setup(args, workdir, module, env, engine)
     finally:
         engine.dispose()

@@ -29,9 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
 from bench.child import ChildArgs, ChildResult
-from bench.databases import server_questions
+from bench.databases import server_cpu_s, server_questions
 from bench.drivers import task_rows
-from bench.measure import Sampler, StatementCounter
+from bench.measure import Sampler, StatementCounter, cpu_ms_per
 from tests.support.cli import standard_tasks_off
 from tests.support.env import base_env
 
@@ -133,11 +133,19 @@ class LogWatcher:
         self._stop.set()
 
 
-def questions_at(sync_url: str, when: float, into: dict[float, int | None]) -> threading.Thread:
-    """Read MariaDB's Questions counter at wall time `when`, in a thread."""
+def questions_at(
+    sync_url: str,
+    when: float,
+    into: dict[float, int | None],
+    server_cpu: dict[float, float | None] | None = None,
+) -> threading.Thread:
+    """Read MariaDB's Questions counter (and the server process's CPU seconds into
+    `server_cpu`) at wall time `when`, in a thread."""
 
     def read() -> None:
         time.sleep(max(0.0, when - time.time()))
+        if server_cpu is not None:
+            server_cpu[when] = server_cpu_s(sync_url)
         into[when] = server_questions(sync_url)
 
     thread = threading.Thread(target=read, daemon=True, name="bench-questions")
@@ -248,13 +256,21 @@ def window_figures(
     end: float,
     runs: int,
     questions: dict[float, int | None],
+    server_cpu: dict[float, float | None] | None = None,
 ) -> None:
+    """Runs, statements, CPU (% of a core, and ms per run) in [start, end); MariaDB's
+    questions and server CPU per run when they were read at both edges."""
     f = result.figures
     f["runs"] = runs
     f["statements"] = run.counter.between(start, end)
     f["cpu_pct"] = run.sampler.cpu_pct(start, end)
+    # the samples around the window: a short burst falls between two samples
+    f["cpu_ms_per_run"] = cpu_ms_per(run.sampler.cpu_s_around(start, end), runs)
     if runs:
         f["statements_per_run"] = f["statements"] / runs
+    c0, c1 = (server_cpu or {}).get(start), (server_cpu or {}).get(end)
+    if c0 is not None and c1 is not None:
+        f["db_cpu_ms_per_run"] = cpu_ms_per(c1 - c0, runs)
     q0, q1 = questions.get(start), questions.get(end)
     if q0 is not None and q1 is not None:
         f["questions"] = q1 - q0

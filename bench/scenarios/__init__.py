@@ -41,7 +41,7 @@ class Target:
         elif self.value is not None:
             parts.append(f"{self.op} {self.value:g}")
         if self.vs_aps is not None:
-            factor = "" if self.vs_aps == 1 else f"{self.vs_aps:g}x "
+            factor = "" if self.vs_aps == 1 else f"{self.vs_aps:.3g}x "
             parts.append(f"{self.op} {factor}APScheduler")
         return " and ".join(parts)
 
@@ -84,8 +84,18 @@ class Scenario:
 
 
 LATENESS = ("lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms")
-ROUND_TRIPS = ("statements_per_run", "questions_per_run", "cpu_pct")
+# CPU per run: the scheduler's process, and the MariaDB server's (from /proc) beside it
+CPU = ("cpu_pct", "cpu_ms_per_run", "db_cpu_ms_per_run")
+ROUND_TRIPS = ("statements_per_run", "questions_per_run", *CPU)
 BOTH = dict(SIDES)
+EMAIL_FIGURES = (
+    "msgs_per_s",
+    "msgs_per_s_serial",
+    "speedup",
+    "cpu_ms_per_msg",
+    "cpu_ms_per_msg_serial",
+)
+RELAY = {"smtp_latency_ms": 20, "also_concurrency": 16}
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -98,7 +108,12 @@ SCENARIOS: tuple[Scenario, ...] = (
             "full": {"tasks": 1000, "every_s": 10, "duration_s": 60},
         },
         (*LATENESS, "runs", "missed", *ROUND_TRIPS),
-        (Target("lateness_p99_ms", "<=", 5.0), Target("lateness_p99_ms", "<", None, vs_aps=1)),
+        (
+            Target("lateness_p99_ms", "<=", 5.0),
+            # issue 14: ratios in one run, so they hold on any machine
+            Target("lateness_p99_ms", "<=", None, vs_aps=0.5),
+            Target("cpu_ms_per_run", "<=", None, vs_aps=1 / 3),
+        ),
     ),
     Scenario(
         "burst",
@@ -112,7 +127,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         ("runs_per_s", "first_start_ms", "last_start_ms", "runs", *ROUND_TRIPS),
         (
             Target("runs_per_s", ">=", 5000, backends=("mariadb",)),
-            Target("runs_per_s", ">=", None, vs_aps=4, backends=("mariadb",)),
+            Target("runs_per_s", ">=", None, vs_aps=5),
             Target("first_start_ms", "<=", 50),
         ),
     ),
@@ -125,7 +140,14 @@ SCENARIOS: tuple[Scenario, ...] = (
             "quick": {"tasks": 1000, "duration_s": 20},
             "full": {"tasks": 1000, "duration_s": 60},
         },
-        ("statements_per_poll", "questions_per_poll", "statements", "questions", "cpu_pct"),
+        (
+            "statements_per_poll",
+            "questions_per_poll",
+            "statements",
+            "questions",
+            "cpu_pct",
+            "cpu_ms_per_poll",
+        ),
         (
             Target("statements_per_poll", "<=", 1.0),
             Target("questions_per_poll", "<=", 1.0, backends=("mariadb",)),
@@ -141,7 +163,14 @@ SCENARIOS: tuple[Scenario, ...] = (
             "quick": {"runs": 30_000, "tasks": 1000, "every_s": 0.25},
             "full": {"runs": 100_000, "tasks": 1000, "every_s": 0.25},
         },
-        ("rss_after_1000_mb", "rss_end_mb", "rss_growth_pct", "runs", "elapsed_s"),
+        (
+            "rss_after_1000_mb",
+            "rss_end_mb",
+            "rss_growth_pct",
+            "runs",
+            "elapsed_s",
+            "cpu_ms_per_run",
+        ),
         (Target("rss_growth_pct", "<=", 5.0), Target("rss_end_mb", "<=", 80.0)),
         backends=("mariadb",),
     ),
@@ -154,22 +183,30 @@ SCENARIOS: tuple[Scenario, ...] = (
             "quick": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 20},
             "full": {"rows": 100_000, "tasks": 1000, "every_s": 10, "duration_s": 60},
         },
-        ("claim_p50_ms", "claim_p99_ms", *LATENESS, "runs"),
+        ("claim_p50_ms", "claim_p99_ms", *LATENESS, "runs", *CPU),
         (Target("claim_p99_ms", "<=", 2.0), Target("lateness_p99_ms", "<=", 5.0)),
         backends=("mariadb",),
     ),
     Scenario(
         "workers",
-        "4 workers, 200 tasks every second, each run writes a ledger row; burst 1 vs 4",
+        "4 workers: 200 tasks every second (ledger rows); bursts of no-op and of 100 ms I/O "
+        "runs, 1 vs 4 workers",
         {CRONLOOP: "bench.scenarios.workers"},
         {
-            "tiny": {"workers": 2, "tasks": 20, "duration_s": 10, "burst_runs": 1000},
+            "tiny": {
+                "workers": 2,
+                "tasks": 20,
+                "duration_s": 10,
+                "burst_runs": 1000,
+                "io_runs": 200,
+            },
             "quick": {
                 "workers": 4,
                 "tasks": 200,
                 "duration_s": 20,
                 "burst_runs": 10_000,
                 "max_concurrency": 1000,
+                "io_runs": 2000,
             },
             "full": {
                 "workers": 4,
@@ -177,20 +214,37 @@ SCENARIOS: tuple[Scenario, ...] = (
                 "duration_s": 60,
                 "burst_runs": 10_000,
                 "max_concurrency": 1000,
+                "io_runs": 4000,
             },
         },
         (
             "duplicates",
             "missed",
             "runs",
-            "burst_runs_per_s_1",
-            "burst_runs_per_s_n",
-            "burst_scaling",
+            "cpu_ms_per_run",
+            "db_cpu_ms_per_run",
+            *(
+                f"{kind}_{figure}"
+                for kind in ("io", "burst")
+                for figure in (
+                    "runs_per_s_1",
+                    "runs_per_s_n",
+                    "scaling",
+                    "cpu_ms_per_run_1",
+                    "cpu_ms_per_run_n",
+                    "db_cpu_ms_per_run_1",
+                    "db_cpu_ms_per_run_n",
+                    "worker_cpu_pct_n",
+                    "db_cpu_pct_n",
+                )
+            ),
         ),
         (
             Target("duplicates", "==", 0),
             Target("missed", "==", 0),
-            Target("burst_scaling", ">=", 1.5),
+            # runs that wait (the case several workers are for); no-op runs are reported
+            # with where their CPU goes, not held to a target 2 cores cannot meet
+            Target("io_scaling", ">=", 3.5),
         ),
         backends=("mariadb",),
     ),
@@ -229,8 +283,20 @@ SCENARIOS: tuple[Scenario, ...] = (
         "10,000 queued emails to a local SMTP sink: the email task vs one at a time",
         {CRONLOOP: "bench.scenarios.emails"},
         {"tiny": {"messages": 500}, "quick": {"messages": 5000}, "full": {"messages": 10_000}},
-        ("msgs_per_s", "msgs_per_s_serial", "speedup"),
+        EMAIL_FIGURES,
         (Target("speedup", ">=", 10),),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "emails+relay",
+        "queued emails to a sink that answers each message after 20 ms (a real relay): "
+        "the email task (4, and 16 senders) vs one at a time",
+        {CRONLOOP: "bench.scenarios.emails"},
+        {
+            scale: {"messages": n, "serial_messages": n // 4, **RELAY}
+            for scale, n in (("tiny", 200), ("quick", 2000), ("full", 4000))
+        },
+        (*EMAIL_FIGURES, "msgs_per_s_more", "speedup_more", "cpu_ms_per_msg_more"),
         backends=("mariadb",),
     ),
 )

@@ -16,8 +16,9 @@ import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
+from bench import profile
 from bench.child import ChildArgs, ChildResult, child_main
-from bench.databases import server_questions
+from bench.databases import server_cpu_s, server_questions
 from bench.drivers.cronloop_service import (
     LogWatcher,
     ServiceRun,
@@ -33,7 +34,7 @@ from bench.drivers.cronloop_service import (
     window_figures,
     write_task_module,
 )
-from bench.measure import StatementCounter, lateness_figures, percentile, rss_mb
+from bench.measure import StatementCounter, cpu_ms_per, lateness_figures, percentile, rss_mb
 
 SCRAPE_EVERY_S = 15.0  # Prometheus's default scrape interval
 
@@ -106,25 +107,32 @@ def periodic(
     register(args, tasks + idle_rows, lambda i: far)
     window: dict[str, float] = {}
     questions: dict[float, int | None] = {}
+    db_cpu: dict[float, float | None] = {}
+    spies: list[profile.PySpy | None] = []
 
     def release() -> None:
         t0 = datetime.now(UTC) + timedelta(seconds=warmup_s)
         set_due(args, tasks, lambda i: t0 + timedelta(seconds=every_s * i / tasks))
         window.update(start=t0.timestamp(), end=t0.timestamp() + duration_s)
         for when in window.values():
-            questions_at(args.sync_url, when, questions)
+            questions_at(args.sync_url, when, questions, db_cpu)
+        spies.append(profile.window(window["start"], window["end"]))
         time.sleep(max(0.0, window["end"] + 3.0 - time.time()))  # past the window's end
         os.kill(os.getpid(), signal.SIGTERM)
 
+    server_cpu_s(args.sync_url)  # find the server's process now, not at the window's edge
     counter = StatementCounter(timed=is_claim).install()
     scraper = Scraper(args).start()
     run = run_service(
         args,
-        ["--max_lifetime=0", *scraper.service_args],
+        # service_args: settings for an experiment (the scenarios run with the defaults)
+        ["--max_lifetime=0", *args.params.get("service_args", []), *scraper.service_args],
         counter,
         before=lambda log: LogWatcher(log, 0, on_started=release).start(),
     )
     expect(run, (0,))
+    for spy in spies:
+        profile.finish(spy)
     start, end = window["start"], window["end"]
     rows = [r for r in history(args.sync_url) if start <= ts(r.scheduled_for) < end]
     done = [r for r in rows if r.outcome == "success"]
@@ -132,7 +140,7 @@ def periodic(
     result = ChildResult()
     result.figures.update(lateness_figures(lateness))
     result.samples["lateness_ms"] = lateness
-    window_figures(result, run, start, end, len(done), questions)
+    window_figures(result, run, start, end, len(done), questions, db_cpu)
     expected = tasks * duration_s / every_s
     result.figures["missed"] = expected - len(done)
     result.figures["window_start"] = start
@@ -197,7 +205,13 @@ def idle(args: ChildArgs) -> ChildResult:
     result.figures["statements_per_poll"] = result.figures["statements"] / polls
     if "questions" in result.figures:
         result.figures["questions_per_poll"] = result.figures["questions"] / polls
+    # no runs while idle: the CPU per poll interval instead
+    result.figures["cpu_ms_per_poll"] = cpu_ms_per(
+        result.figures["cpu_pct"] / 100 * duration_s, polls
+    )
     for key in ("lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms", "missed"):
+        result.figures.pop(key, None)
+    for key in ("cpu_ms_per_run", "db_cpu_ms_per_run", "statements_per_run", "questions_per_run"):
         result.figures.pop(key, None)
     result.samples.clear()
     return result
@@ -215,18 +229,23 @@ def burst(args: ChildArgs) -> ChildResult:
         due = datetime.now(UTC) + timedelta(seconds=lead_s)
         set_due(args, count, lambda i: due)
     questions: dict[float, int | None] = {}
-    questions_at(args.sync_url, due.timestamp(), questions)
+    db_cpu: dict[float, float | None] = {}
+    server_cpu_s(args.sync_url)  # find the server's process now, not at the instant
+    questions_at(args.sync_url, due.timestamp(), questions, db_cpu)
     counter = StatementCounter(timed=is_claim).install()
     settings = list(args.params.get("service_args", []))
     scraper = Scraper(args).start()
+    spy = profile.window(due.timestamp() - 0.05)  # the burst, until the service stops
     run = run_service(
         args,
         ["--max_lifetime=0", *settings, *scraper.service_args],
         counter,
         before=lambda log: LogWatcher(log, count).start(),
     )
+    profile.finish(spy)
     expect(run, (0,))
     end = time.time()
+    db_cpu_end = server_cpu_s(args.sync_url)
     questions[end] = server_questions(args.sync_url)
     rows = [r for r in history(args.sync_url) if r.outcome == "success"]
     starts = sorted(ts(r.started) for r in rows)
@@ -238,6 +257,9 @@ def burst(args: ChildArgs) -> ChildResult:
     f["first_start_ms"] = (starts[0] - t) * 1000
     f["last_start_ms"] = (starts[-1] - t) * 1000
     window_figures(result, run, t, last_end, len(rows), {})
+    c0 = db_cpu.get(t)
+    if c0 is not None and db_cpu_end is not None:  # up to the exit: the last records
+        f["db_cpu_ms_per_run"] = cpu_ms_per(db_cpu_end - c0, len(rows))
     q0, q1 = questions.get(t), questions.get(end)
     if q0 is not None and q1 is not None:
         f["questions"] = q1 - q0
@@ -282,6 +304,9 @@ def memory(args: ChildArgs) -> ChildResult:
     f["rss_peak_mb"] = peak
     f["rss_growth_pct"] = 100 * (end_rss - f["rss_after_1000_mb"]) / f["rss_after_1000_mb"]
     f["elapsed_s"] = run.sampler.points[-1][0] - run.started
+    f["cpu_ms_per_run"] = cpu_ms_per(
+        run.sampler.cpu_s(run.started, run.sampler.points[-1][0]), f["runs"]
+    )
     result.samples["rss_mb"] = [pt[2] for pt in run.sampler.points]
     return result
 

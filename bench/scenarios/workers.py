@@ -22,8 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from bench import profile
 from bench.child import ChildArgs, ChildResult
-from bench.databases import server_questions
+from bench.databases import server_cpu_s, server_questions
 from bench.drivers.cronloop_fleet import (
     DEFAULT_POLL_S,
     LEDGER,
@@ -43,7 +44,7 @@ from bench.drivers.cronloop_fleet import (
     usec,
 )
 from bench.drivers.task_rows import set_phases
-from bench.measure import percentile
+from bench.measure import cpu_ms_per, percentile
 from tests.support.worker import WorkerProcess
 
 # -- workers A: steady load, duplicates and missed slots ---------------------------------
@@ -75,19 +76,29 @@ class Reading:
     mono: float
     cpu_s: list[float]
     questions: int | None
+    db_cpu_s: float | None = None
 
     @classmethod
     def take(cls, setup: Setup, workers: Sequence[WorkerProcess]) -> Reading:
         return cls(
-            time.monotonic(), [w.cpu_s() for w in workers], server_questions(setup.args.sync_url)
+            time.monotonic(),
+            [w.cpu_s() for w in workers],
+            server_questions(setup.args.sync_url),
+            server_cpu_s(setup.args.sync_url),
         )
 
     def since(self, before: Reading, runs: int) -> dict[str, float]:
-        """Mean CPU per worker (% of one core) and MariaDB statements per run in between
-        (`Questions` is server-wide: anything else using the server inflates it)."""
+        """Mean CPU per worker (% of one core), CPU per run (all workers; the MariaDB
+        server's) and MariaDB statements per run in between (`Questions` and the server's
+        CPU are server-wide: anything else using the server inflates them)."""
         wall = self.mono - before.mono
         cpu = sum(b - a for a, b in zip(before.cpu_s, self.cpu_s, strict=True))
-        out = {"worker_cpu_pct": round(100 * cpu / wall / len(self.cpu_s), 1)}
+        out = {
+            "worker_cpu_pct": round(100 * cpu / wall / len(self.cpu_s), 1),
+            "cpu_ms_per_run": round(cpu_ms_per(cpu, runs), 3),
+        }
+        if self.db_cpu_s is not None and before.db_cpu_s is not None:
+            out["db_cpu_ms_per_run"] = round(cpu_ms_per(self.db_cpu_s - before.db_cpu_s, runs), 3)
         if self.questions is not None and before.questions is not None and runs:
             out["server_questions_per_run"] = round((self.questions - before.questions) / runs, 1)
         return out
@@ -216,30 +227,41 @@ class Burst:
     duplicates: int  # tasks with more than one run for this slot
     rate: float  # successful runs / (last end - due instant)
     cpu_ms_per_run: float  # the workers' CPU time (all of them) per successful run
+    db_cpu_ms_per_run: float  # the MariaDB server's, in the same span
+    worker_cpu_pct: float  # the workers' CPU, % of one core (all of them)
+    db_cpu_pct: float  # the server's
     note: str
 
 
-def burst(setup: Setup, n_workers: int, count: int, flags: Sequence[str]) -> Burst:
-    """All `count` tasks due at one instant `due`, set once `n_workers` idle workers are
-    up; wait until none is left due (or nothing moved for a minute), stop the workers,
-    and read this slot's runs from `cronloop_run`. Idle workers re-read the table every
-    poll_interval, so `due` = release + poll_interval + 1 s finds them all awake."""
+def burst(
+    setup: Setup, n_workers: int, count: int, flags: Sequence[str], pattern: str = "burst_%"
+) -> Burst:
+    """All `count` tasks matching `pattern` due at one instant `due`, set once `n_workers`
+    idle workers are up; wait until none is left due (or nothing moved for a minute), stop
+    the workers, and read this slot's runs from `cronloop_run`. Idle workers re-read the
+    table every poll_interval, so `due` = release + poll_interval + 1 s finds them all
+    awake. CPU: each worker's and the MariaDB server's, from /proc, due to drained."""
     notes = []
     with Fleet(setup, flags) as fleet:
         started = fleet.start_ready(n_workers)
-        notes += unparked(setup.engine, "burst_%")
+        notes += unparked(setup.engine, pattern)
         due = now_utc() + timedelta(seconds=DEFAULT_POLL_S + SETTLE_S)
-        set_due(setup.engine, "burst_%", due)
+        set_due(setup.engine, pattern, due)
+        spy = profile.window(due.timestamp() - 0.05, pid=started[0].pid)
         sleep_until(due)
-        cpu_before = sum(w.cpu_s() for w in started)
-        if not wait_drained(setup.engine, due, stall_s=60.0):
+        before = Reading.take(setup, started)
+        db_before = server_cpu_s(setup.args.sync_url)
+        if not wait_drained(setup.engine, due, pattern, stall_s=60.0):
             notes.append(f"{n_workers} worker(s): the burst stalled; stopped early")
-        cpu_s = sum(w.cpu_s() for w in started) - cpu_before
+        after = Reading.take(setup, started)
+        db_after = server_cpu_s(setup.args.sync_url)
+        profile.finish(spy)
         notes += fleet.stop()
     hist = rows(
         setup.engine,
         "SELECT task_name, ended, outcome, worker FROM cronloop_run "
-        "WHERE task_name LIKE 'burst_%' AND scheduled_for = :d",
+        "WHERE task_name LIKE :p AND scheduled_for = :d",
+        p=pattern,
         d=naive(due),
     )
     ok = [r for r in hist if r.outcome == "success"]
@@ -248,30 +270,39 @@ def burst(setup: Setup, n_workers: int, count: int, flags: Sequence[str]) -> Bur
     span = (last_end - due).total_seconds()
     shares = sorted(Counter(r.worker for r in ok).values())
     notes.append(
-        f"burst with {n_workers} worker(s): {len(ok)} runs in {span:.2f}s, per worker {shares}"
+        f"{'no-op' if pattern == 'burst_%' else pattern.rstrip('_%')} burst with "
+        f"{n_workers} worker(s): {len(ok)} runs in "
+        f"{span:.2f}s, per worker {shares}"
     )
+    cpu_s = sum(after.cpu_s) - sum(before.cpu_s)
+    db_s = db_after - db_before if db_after is not None and db_before is not None else math.nan
+    wall = after.mono - before.mono
     return Burst(
         len(ok),
         len(hist) - len(ok),
         sum(1 for n in per_task.values() if n > 1),
         len(ok) / span if span > 0 else math.nan,
-        1000 * cpu_s / len(ok) if ok else math.nan,
+        cpu_ms_per(cpu_s, len(ok)),
+        cpu_ms_per(db_s, len(ok)),
+        100 * cpu_s / wall,
+        100 * db_s / wall,
         "; ".join(notes),
     )
 
 
-def wait_drained(engine: Engine, due: datetime, stall_s: float) -> bool:
-    """Poll (twice a second, on the (status, next_run) index) until no task is still due
-    at `due`: a finished run moves next_run an hour on. False if progress stalls."""
+def wait_drained(engine: Engine, due: datetime, pattern: str, stall_s: float) -> bool:
+    """Poll (twice a second, on the (status, next_run) index) until no task matching
+    `pattern` is still due at `due`: a finished run moves next_run an hour on. False if
+    progress stalls."""
     last, moved = -1, time.monotonic()
     with engine.connect() as conn:
         while True:
             left = conn.execute(
                 sa.text(
                     "SELECT COUNT(*) FROM cronloop_task WHERE status = 'active' "
-                    "AND name LIKE 'burst_%' AND next_run = :d"
+                    "AND name LIKE :p AND next_run = :d"
                 ),
-                {"d": naive(due)},
+                {"p": pattern, "d": naive(due)},
             ).scalar_one()
             if left == 0:
                 return True
@@ -300,21 +331,44 @@ def workers(args: ChildArgs) -> ChildResult:
         one = burst(setup, 1, int(p.get("burst_runs", 10_000)), flags)
         park(setup.engine, "burst_%")
         many = burst(setup, n, int(p.get("burst_runs", 10_000)), flags)
-    result.figures.update(
-        burst_runs_per_s_1=round(one.rate, 1),
-        burst_runs_per_s_n=round(many.rate, 1),
-        burst_scaling=round(many.rate / one.rate, 2),
-        burst_done_1=one.runs,
-        burst_done_n=many.runs,
-        burst_cpu_ms_per_run_1=round(one.cpu_ms_per_run, 2),
-        burst_cpu_ms_per_run_n=round(many.cpu_ms_per_run, 2),
-        burst_not_success=one.other + many.other,
-        burst_duplicates=one.duplicates + many.duplicates,
-    )
-    result.notes += [one.note, many.note]
+    figures(result, "burst", one, many)
     if flags:
-        result.notes.append(f"burst workers ran with {flags[0]}")
+        result.notes.append(f"no-op burst workers ran with {flags[0]}")
+    io_runs = int(p.get("io_runs", 0))
+    if io_runs:
+        io_s = float(p.get("io_s", 0.1))
+        with prepared(args, "io", io=io_runs, io_s=io_s) as setup:
+            io_one = burst(setup, 1, io_runs, [], "io_%")
+            park(setup.engine, "io_%")
+            io_many = burst(setup, n, io_runs, [], "io_%")
+        figures(result, "io", io_one, io_many)
+        result.notes.append(
+            f"io burst: {io_runs} runs each waiting {io_s * 1000:g} ms (asyncio.sleep), "
+            "default max_concurrency (10 per worker): a worker's slots, not its CPU, bound it"
+        )
     return result
+
+
+def figures(result: ChildResult, name: str, one: Burst, many: Burst) -> None:
+    """`name`_runs_per_s_1 / _n, the scaling, and where the CPU went (workers, MariaDB)."""
+    f = result.figures
+    f.update(
+        {
+            f"{name}_runs_per_s_1": round(one.rate, 1),
+            f"{name}_runs_per_s_n": round(many.rate, 1),
+            f"{name}_scaling": round(many.rate / one.rate, 2),
+            f"{name}_done_1": one.runs,
+            f"{name}_done_n": many.runs,
+            f"{name}_not_success": one.other + many.other,
+            f"{name}_duplicates": one.duplicates + many.duplicates,
+        }
+    )
+    for suffix, b in (("1", one), ("n", many)):
+        f[f"{name}_cpu_ms_per_run_{suffix}"] = round(b.cpu_ms_per_run, 3)
+        f[f"{name}_db_cpu_ms_per_run_{suffix}"] = round(b.db_cpu_ms_per_run, 3)
+        f[f"{name}_worker_cpu_pct_{suffix}"] = round(b.worker_cpu_pct, 1)
+        f[f"{name}_db_cpu_pct_{suffix}"] = round(b.db_cpu_pct, 1)
+    result.notes += [one.note, many.note]
 
 
 SCENARIOS: dict[str, Callable[[ChildArgs], ChildResult]] = {"workers": workers}
