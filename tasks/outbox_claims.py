@@ -95,7 +95,13 @@ async def housekeeping(
     return len(old)
 
 
-@conflict_retry("outbox claim")
+def _nothing_won() -> Acquired:
+    """Every race for the batch lost (senders on other Galera nodes won its rows on
+    each try): nothing claimed, those rows are being sent by the winners."""
+    return Acquired(rows=[], quarantined=[])
+
+
+@conflict_retry("outbox claim", lost=_nothing_won)
 async def claim(
     db: async_sessionmaker[AsyncSession],
     *,

@@ -18,7 +18,7 @@ import functools
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import structlog
 
@@ -40,10 +40,13 @@ async def retry_conflicts(
     what: str,
     retries: int = CONFLICT_RETRIES,
     also: Callable[[BaseException], bool] | None = None,
+    lost: Callable[[], T] | None = None,
 ) -> T:
     """`await op()` (a whole transaction), again on a conflict, at most `retries` more
     times. `also` names other errors worth one more try (a duplicate key when a
-    concurrent writer inserted the same row first)."""
+    concurrent writer inserted the same row first). `lost` is the answer when the races
+    are still lost after that, for a transaction where losing is an answer: a claim whose
+    rows the other workers keep winning claimed nothing (else the conflict is raised)."""
     attempt = 0
     while True:
         attempt += 1
@@ -51,6 +54,10 @@ async def retry_conflicts(
             return await op()
         except Exception as exc:
             lost_race = classify(exc) is ErrorKind.CONFLICT or (also is not None and also(exc))
+            if lost_race and attempt > retries and lost is not None:
+                CONFLICTS_SEEN[what] += 1
+                log.debug("database conflict; every race lost", what=what, attempts=attempt)
+                return lost()
             if not lost_race or attempt > retries:
                 raise
             CONFLICTS_SEEN[what] += 1
@@ -59,14 +66,16 @@ async def retry_conflicts(
 
 
 def conflict_retry(
-    what: str,
+    what: str, lost: Callable[[], object] | None = None
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Decorate a coroutine function that is one whole transaction: see `retry_conflicts`."""
+    """Decorate a coroutine function that is one whole transaction: see `retry_conflicts`
+    (`lost` must return what the function returns)."""
 
     def decorate(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await retry_conflicts(lambda: fn(*args, **kwargs), what=what)
+            answer = cast("Callable[[], T] | None", lost)
+            return await retry_conflicts(lambda: fn(*args, **kwargs), what=what, lost=answer)
 
         return wrapper
 
