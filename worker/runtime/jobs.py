@@ -39,6 +39,11 @@ log = structlog.get_logger("cronloop.jobs")
 ERROR_MAX = 4000  # characters of an error kept in last_error
 PRUNE_EVERY_S = 3600.0
 PRUNE_BATCH = 1000
+# While jobs keep arriving, ask for them this often rather than once per poll_interval
+# (enqueue-to-start latency), until BUSY_LINGER_S after the last ask that found some:
+# an idle queue costs one query per poll_interval again soon after its last job.
+BUSY_POLL_S = 0.05
+BUSY_LINGER_S = 1.0
 
 
 class _JobLeases:
@@ -181,6 +186,7 @@ class JobSide:
         self._pending: list[tuple[JobClaim, asyncio.Future[bool]]] = []
         self._flush_task: asyncio.Future[None] | None = None
         self._next_mono = 0.0  # when to ask the table again
+        self._busy_until = float("-inf")  # asking every BUSY_POLL_S until then
 
     def __bool__(self) -> bool:
         return bool(self.specs)
@@ -221,15 +227,20 @@ class JobSide:
             )
         except DatabaseFailure:
             claims = []
+        if claims:
+            self._busy_until = mono + BUSY_LINGER_S
         # a full batch: ask again at once; else at the next poll
-        self._next_mono = (
-            mono if len(claims) >= capacity else mono + self.env.settings.poll_interval
-        )
+        self._next_mono = mono if len(claims) >= capacity else mono + self._poll_s(mono)
         runners = []
         for job in claims:
             self.running[job.kind] = self.running.get(job.kind, 0) + 1
             runners.append(JobRunner(self.specs[job.kind], job, self.env, self))
         return runners
+
+    def _poll_s(self, mono: float) -> float:
+        """The wait before the next ask: short while jobs have kept coming."""
+        poll = self.env.settings.poll_interval
+        return min(poll, BUSY_POLL_S) if mono < self._busy_until else poll
 
     async def housekeeping(self) -> None:
         """The side loop that deletes done and cancelled jobs older than

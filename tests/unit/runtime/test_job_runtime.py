@@ -20,6 +20,7 @@ from cronloop.definitions.jobs import JobSpec, PermanentJobError
 from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import FakeClock
 from cronloop.domain.jobs import JobState, RetryRule
+from cronloop.runtime.jobs import BUSY_LINGER_S, BUSY_POLL_S, JobSide
 from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Supervisor
 from cronloop.store.sql.engine import create_engine, session_factory
@@ -234,3 +235,32 @@ async def test_arguments_the_handler_does_not_take_fail_for_good(sqlite: AsyncEn
     info = await store.job_info(job_id)
     assert (info.state, info.attempts, calls) == (JobState.ERROR, 1, 0)
     assert info.last_error is not None and "does not take these arguments" in info.last_error
+
+
+async def test_while_jobs_keep_coming_the_side_asks_often_then_backs_off(
+    sqlite: AsyncEngine,
+) -> None:
+    """Enqueue-to-start is bounded by BUSY_POLL_S, not poll_interval, while jobs arrive;
+    BUSY_LINGER_S after the last ask that found one, idle asks are poll_interval apart."""
+
+    async def noop(ctx: TaskContext) -> None:
+        return None
+
+    clock = FakeClock()
+    config = Settings(poll_interval=2.0)
+    store = SqlStore(sqlite, worker_id="w")
+    env = RunEnvironment(store=store, settings=config, clock=clock, db=session_factory(sqlite))
+    side = JobSide({"noop": spec("noop", noop)}, store, env)
+    assert await side.acquire(10) == []  # an idle queue: the next ask a poll later
+    assert side.sleep_cap_s(10) == pytest.approx(2.0)
+    assert await side.acquire(10) == []  # not yet time: no query, no change
+    clock.advance(2.0)
+    await store.enqueue_job("noop", {}, run_at=clock.now())
+    assert len(await side.acquire(10)) == 1
+    assert side.sleep_cap_s(10) == pytest.approx(BUSY_POLL_S)
+    clock.advance(BUSY_POLL_S)
+    assert await side.acquire(10) == []  # empty, but a job came less than a linger ago
+    assert side.sleep_cap_s(10) == pytest.approx(BUSY_POLL_S)
+    clock.advance(BUSY_LINGER_S)
+    assert await side.acquire(10) == []
+    assert side.sleep_cap_s(10) == pytest.approx(2.0)
