@@ -13,6 +13,7 @@ figures are never shared between the two schedulers. Results go to `--json`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -187,6 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             import apscheduler  # noqa: F401
         except ImportError:
             sys.exit("APScheduler is not installed: pip install -e '.[bench]'")
+    for peer in ("procrastinate", "arq"):
+        wanted = any(peer in s.modules for s in selected(opts))
+        if peer in systems and wanted and importlib.util.find_spec(peer) is None:
+            sys.exit(
+                f"{peer} is not installed: pip install -e '.[bench]' (or leave it out of --systems)"
+            )
     measurements = Measurements(environment(opts))
     for scenario in selected(opts):
         for backend, system in scenario.runs(backends, systems):
