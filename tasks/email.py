@@ -1,7 +1,8 @@
 """The `email` task: sends the outbox (iTop's ExecAsyncTask with `email_asynchronous = 1`).
 
-Each run re-plans rows a crashed worker left `sending`, then claims batches of due rows
-and sends each batch with `concurrency` parallel senders, each over its own SMTP
+Each run claims batches of due rows (cronloop's one claim of queued work, which also takes
+over rows a crashed worker left `sending`, and quarantines those lost too often) and
+sends each batch with `concurrency` parallel senders, each over its own SMTP
 connection kept open for the whole run (iTop sends one at a time). Outcomes are written
 in group commits fenced by the claim token. Between messages every sender passes a
 checkpoint: at the deadline or on shutdown the rows not yet sent go back to `planned` at
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cronloop import StopRun, TaskContext, state_directory, task
-from cronloop.sql import supports_skip_locked
+from cronloop.sql import Acquired, supports_skip_locked
 from cronloop.standard import outbox as ob
 from cronloop.standard import outbox_claims as oc
 from cronloop.standard.email_transport import (
@@ -179,6 +180,7 @@ class Totals:
     retried: int = 0
     failed: int = 0
     released: int = 0
+    quarantined: int = 0  # rows whose sender was lost too often: `error` at the claim
 
     def count(self, mark: oc.Mark) -> None:
         if mark.state in (oc.DELETED, ob.SENT):
@@ -330,13 +332,8 @@ class Batch:
 async def send_queued_email(ctx: TaskContext) -> str | None:
     """Send queued emails (the outbox), in parallel over reused SMTP connections."""
     opts = EmailOptions.parse(ctx.options)
-    recovered, pruned = await oc.housekeeping(ctx.db, opts.keep_sent_days)
-    if recovered:
-        ctx.log.warning(
-            "re-planned emails whose sender was lost (they may be sent twice)",
-            rows=[(r.id, r.message_id, r.owner) for r in recovered][:20],
-            count=len(recovered),
-        )
+    pruned = await oc.housekeeping(ctx.db, opts.keep_sent_days)
+    recovered: list[Any] = []
     async with ctx.db() as session:
         skip_locked = await supports_skip_locked(session)
     owner = f"{socket.gethostname()}:{os.getpid()}:{ctx.run_id}"
@@ -348,19 +345,26 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
             # The claim must outlive this run, including its grace and a send in flight.
             lease_s = max(ctx.time_left(), 0) + ctx.settings.grace_s + opts.smtp_timeout_s + 30
             token = str(uuid.uuid4())
-            rows = await oc.claim(
+            got = await oc.claim(
                 ctx.db,
                 owner=owner,
                 token=token,
                 limit=opts.batch_size,
                 lease_s=lease_s,
                 skip_locked=skip_locked,
+                quarantine_strikes=ctx.settings.quarantine_strikes,
             )
+            _report_takeovers(ctx, got, recovered)
+            totals.quarantined += len(got.quarantined)
+            rows = got.rows
             if not rows:
                 break
             await Batch(ctx, opts, token, rows, totals).run(connections[: len(rows)])
-            # Leave the rest to the next run (2 s later) rather than end at the deadline.
-            if len(rows) < opts.batch_size or ctx.time_left() < ctx.timeout_s / 2:
+            # Leave the rest to the next run (2 s later) rather than end at the deadline;
+            # suspects held back (one per batch) are sent by the next batches.
+            if (len(rows) < opts.batch_size and not got.held_back) or (
+                ctx.time_left() < ctx.timeout_s / 2
+            ):
                 break
     finally:
         await asyncio.shield(_close_all(connections))
@@ -372,14 +376,34 @@ async def send_queued_email(ctx: TaskContext) -> str | None:
                 failed=totals.failed,
                 released=totals.released,
                 recovered=len(recovered),
+                quarantined=totals.quarantined,
                 pruned=pruned,
             )
     if totals == Totals() and not recovered:
         return None
+    quarantined = f", quarantined {totals.quarantined}" if totals.quarantined else ""
     return (
         f"sent {totals.sent}, retry {totals.retried}, error {totals.failed}, "
-        f"released {totals.released}, recovered {len(recovered)}"
+        f"released {totals.released}, recovered {len(recovered)}{quarantined}"
     )
+
+
+def _report_takeovers(ctx: TaskContext, got: Acquired, recovered: list[Any]) -> None:
+    """Log the rows this claim took over from a lost sender, and those it quarantined."""
+    taken = [r for r in got.rows if got.took_over(oc.OUTBOX_QUEUE, r)]
+    if taken:
+        recovered.extend(taken)
+        ctx.log.warning(
+            "took over emails whose sender was lost (they may be sent twice)",
+            rows=[(r.id, r.message_id, r.owner) for r in taken][:20],
+            count=len(taken),
+        )
+    if got.quarantined:
+        ctx.log.error(
+            "emails quarantined (state error): their sender was lost too often",
+            rows=got.quarantined[:20],
+            count=len(got.quarantined),
+        )
 
 
 async def _close_all(connections: list[Connection]) -> None:

@@ -29,9 +29,14 @@ States: `planned` -> `sending` (claimed by one worker: `owner`, `claim_token`,
 (kept that many days, then deleted). A transient failure (SMTP 4xx, connection error,
 timeout) re-plans the row `retry_delay_s` later (doubling per attempt with
 `exponential_delay`) while `remaining_retries` lasts, then `error`; a permanent refusal
-(5xx to MAIL/RCPT/DATA) is `error` at once. A row left `sending` by a crashed worker goes
-back to `planned` once its lease expires. To retry errors after fixing the cause:
-UPDATE cronloop_outbox SET state='planned', remaining_retries=NULL WHERE state='error' ...
+(5xx to MAIL/RCPT/DATA) is `error` at once. The outbox is claimed by cronloop's one claim
+of queued work (`cronloop.sql.acquire_queued`, the job queue's): a row left `sending` by a
+crashed worker is taken over by the next claim once its lease expires, a strike counted
+in `strikes`; the takeover that would be its `quarantine_strikes`-th (2) makes it `error`
+instead (quarantined: `last_error` says so), so a message that kills its sender is not
+sent forever. `attempts` counts claims that tried to send. To retry errors after fixing
+the cause: UPDATE cronloop_outbox SET state='planned', remaining_retries=NULL, strikes=0
+WHERE state='error' ...
 
 Delivery is at least once: if a worker dies after the server accepted a message but
 before the row was updated, the message is sent again after the lease expires. It carries
@@ -80,6 +85,8 @@ outbox = Table(
     Column("state", String(16), nullable=False, server_default=PLANNED),
     Column("remaining_retries", Integer),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # attempts whose sender was lost (counted at each takeover): quarantine_strikes
+    Column("strikes", Integer, nullable=False, server_default="0"),
     Column("last_error", Text),
     Column("last_error_code", Integer),
     Column("last_attempt", UTCDateTime()),

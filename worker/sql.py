@@ -3,9 +3,11 @@
 A stable, small surface over `cronloop.store.sql` (which is internal): the UTC datetime
 column type and naming convention cronloop's own tables use, the database clock, the
 primary-key and row-count idioms, SKIP LOCKED detection, an engine built from settings,
-the run-history table (for pruning it: `history_gc`), and the conflict retry of a whole
+the run-history table (for pruning it: `history_gc`), the conflict retry of a whole
 transaction (`conflict_retry`, `retry_conflicts`: a lost race, e.g. a Galera
-certification failure, is run again at once). It never knows any plugin.
+certification failure, is run again at once), and the one claim of queued work
+(`QueueShape`, `acquire_queued`: the job queue's leases, fencing, takeover and
+quarantine, over a plugin's queue table: the email outbox). It never knows any plugin.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from sqlalchemy.engine import CursorResult
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cronloop.store.sql.engine import create_engine, db_now, skip_locked_in
+from cronloop.store.sql.queue import Acquired, QueueShape
+from cronloop.store.sql.queue import acquire as acquire_queued
 from cronloop.store.sql.retry import conflict_retry, retry_conflicts
 from cronloop.store.sql.tables import NAMING_CONVENTION, UTCDateTime
 from cronloop.store.sql.tables import runs as run_history
 
 __all__ = [
     "NAMING_CONVENTION",
+    "Acquired",
+    "QueueShape",
     "UTCDateTime",
+    "acquire_queued",
     "conflict_retry",
     "create_engine",
     "db_now",

@@ -136,6 +136,7 @@ class Setup:
     module: str
     env: dict[str, str]
     engine: Engine
+    worker_urls: tuple[str, ...] = ()  # one per worker in turn (cluster nodes); else args.url
 
 
 @contextmanager
@@ -241,7 +242,7 @@ class Fleet:
             str(CRONLOOP),
             "run",
             f"--task_modules={self.setup.module}",
-            f"--database_url={self.setup.args.url}",
+            f"--database_url={self._url()}",
             "--max_lifetime=0",
             *self.flags,
         ]
@@ -250,6 +251,10 @@ class Fleet:
         )
         self.workers.append(worker)
         return worker
+
+    def _url(self) -> str:
+        urls = self.setup.worker_urls
+        return urls[len(self.workers) % len(urls)] if urls else self.setup.args.url
 
     def start_ready(self, count: int, timeout: float = 180.0) -> list[WorkerProcess]:
         """Start `count` workers at once and wait until each logged "worker started"."""

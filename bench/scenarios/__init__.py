@@ -1,12 +1,12 @@
 """The scenarios, their workloads at each scale, and the targets cronloop must reach.
 
 A scenario is run by each side that implements it, in a child process (the modules
-beside this one: `cronloop_single`, `apscheduler`, `workers`, `takeover`, `emails`; the
-job queues' `queue_cronloop`, `queue_procrastinate`, `queue_arq`), on a fresh database.
-The queue scenarios have fixed columns, each a system on its own store (cronloop on
-MariaDB and SQLite, procrastinate on PostgreSQL, arq on Redis). Targets are checked on
-the median over repetitions; a target may also compare with APScheduler's median, or
-(`vs_peers`) with every other column's.
+beside this one: `cronloop_single`, `apscheduler`, `workers`, `galera`, `takeover`,
+`emails`; the job queues' `queue_cronloop`, `queue_procrastinate`, `queue_arq`), on a
+fresh database. The queue scenarios have fixed columns, each a system on its own store
+(cronloop on MariaDB and SQLite, procrastinate on PostgreSQL, arq on Redis). Targets are
+checked on the median over repetitions; a target may also compare with APScheduler's
+median, or (`vs_peers`) with every other column's.
 """
 
 from __future__ import annotations
@@ -213,6 +213,27 @@ SCENARIOS: tuple[Scenario, ...] = (
             Target("missed", "==", 0),
             Target("burst_scaling", ">=", 1.5),
         ),
+        backends=("mariadb",),
+    ),
+    Scenario(
+        "galera",
+        "3 workers, the steady load: one per node of a 3-node Galera cluster vs one server",
+        {CRONLOOP: "bench.scenarios.galera"},
+        {
+            "tiny": {"tasks": 20, "duration_s": 8},
+            "quick": {"tasks": 100, "duration_s": 20},
+            "full": {"tasks": 200, "duration_s": 60},
+        },
+        (
+            "runs_per_s_single",
+            "runs_per_s_cluster",
+            "throughput_ratio",
+            "conflicts_per_run_single",
+            "conflicts_per_run_cluster",
+            "duplicates_cluster",
+            "missed_cluster",
+        ),
+        (Target("duplicates_cluster", "==", 0), Target("missed_cluster", "==", 0)),
         backends=("mariadb",),
     ),
     Scenario(

@@ -37,7 +37,9 @@ def takeover(args: ChildArgs) -> ChildResult:
     lease_s, poll_s = float(p.get("lease_s", 5)), float(p.get("poll_interval", 0.5))
     rounds, slack_s = int(p.get("rounds", 3)), float(p.get("slack_s", 0.5))
     bound_s = lease_s + poll_s
+    # one server, one clock: no skew to allow for (it would add to every takeover)
     flags = [f"--lease_s={lease_s}", f"--poll_interval={poll_s}", "--shutdown_grace=2"]
+    flags.append("--max_clock_skew_s=0")
     result = ChildResult()
     samples: list[float] = []
     with prepared(args, "takeover", long_s=600.0) as setup, Fleet(setup, flags) as fleet:

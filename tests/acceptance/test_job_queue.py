@@ -2,7 +2,9 @@
 exactly once, on SQLite and MariaDB; a worker killed with -9 in the middle of a job
 loses nothing: the job is taken over once its lease expires and done once; three workers
 draining one queue, one of them killed, lose nothing and repeat only what the killed one
-was running (the at-least-once window)."""
+was running (the at-least-once window); a job that kills every worker that runs it is
+quarantined at its `quarantine_strikes`-th takeover, shown by `jobs` and `status`, and run
+again only by `retry`."""
 
 from __future__ import annotations
 
@@ -50,6 +52,18 @@ async def slow(ctx: TaskContext, i: int) -> None:
         await asyncio.sleep(0.05)
     with LEDGER.open("a") as f:
         f.write(f"slow {i}\\n")
+
+@job()
+async def poison(ctx: TaskContext, i: int) -> None:
+    ctx.log.info("poison began")
+    await asyncio.sleep(0.5)  # while the bystanders run
+    os.kill(os.getpid(), 9)  # takes its worker down, as a segfault or an OOM kill would
+
+@job()
+async def bystander(ctx: TaskContext, i: int) -> None:
+    await asyncio.sleep(1.0)
+    with LEDGER.open("a") as f:
+        f.write(f"bystander {i}\\n")
 """
 MODULES = "--task_modules=qjobs"
 
@@ -138,3 +152,46 @@ def test_workers_share_a_queue_and_one_killed_loses_nothing(cli: Cli) -> None:
     taken_over = {json.loads(str(r["args"]))["i"] for r in rows if r["attempts"] == 2}
     assert repeated <= taken_over  # only attempts the killed worker was running
     assert len(taken_over) <= 4 and all(r["attempts"] <= 2 for r in rows)
+
+
+def test_a_job_that_kills_its_workers_is_quarantined(cli: Cli) -> None:
+    """The poison job's first crash strikes the three bystanders running beside it too;
+    they are then taken over one at a time (a suspect runs beside no other suspect), so
+    its second crash takes none of them down, and only the poison job is quarantined."""
+    ledger = prepare(cli)
+    args = (MODULES, "--lease_s=2", "--poll_interval=0.2", "--quarantine_strikes=2")
+
+    async def queue() -> int:
+        engine = create_async_engine(async_url(cli), poolclass=NullPool)
+        try:
+            for i in range(3):  # first in line: they run beside the poison job
+                await enqueue(engine, "bystander", {"i": i}, priority=1)
+            return await enqueue(engine, "poison", {"i": 0})
+        finally:
+            await engine.dispose()
+
+    job_id = asyncio.run(queue())
+    for _ in range(2):  # the first attempt, then the first takeover (strike 1)
+        worker = cli.start(*args)
+        worker.wait_for("poison began", timeout=20)
+        assert worker.wait(timeout=20) == -signal.SIGKILL
+    third = cli.start(*args)
+    third.wait_for("job quarantined: its worker was lost", job_id=job_id, strikes=2, timeout=20)
+    enqueue_many(cli, "note", 3)  # the queue goes on
+    wait_for_total([third], "job finished", 3, timeout=20, outcome="success", job="note")
+    third.signal(signal.SIGTERM)
+    assert third.wait() == 0
+    assert not third.find("poison began")
+    done = Counter(ledger.read_text().split("\n")[:-1])
+    assert set(done) == {"bystander 0", "bystander 1", "bystander 2", "note 0", "note 1", "note 2"}
+    counts = {(c["job"], c["state"]) for c in json.loads(cli.ok("jobs", "--json", MODULES).out)}
+    assert counts == {("bystander", "done"), ("note", "done"), ("poison", "quarantined")}
+    assert "1 quarantined" in cli.ok("status", MODULES).out
+    rows = {r["id"]: r for r in job_rows(cli)}
+    assert [r["strikes"] for r in rows.values() if r["kind"] == "bystander"] == [1, 1, 1]
+    row = rows[job_id]
+    assert (row["state"], row["strikes"], row["attempts"]) == ("quarantined", 2, 2)
+    assert "cronloop retry" in str(row["last_error"])
+    assert f"job {job_id}: quarantined -> planned" in cli.ok("retry", str(job_id), MODULES).out
+    [row] = [r for r in job_rows(cli) if r["id"] == job_id]
+    assert (row["state"], row["strikes"]) == ("planned", 0)

@@ -63,6 +63,7 @@ class Fleet:
         "--max_lifetime=0",
         "--poll_interval=0.5",
         "--lease_s=5",
+        "--max_clock_skew_s=0",  # one server, one clock: takeovers at lease_s, as measured
         "--grace_s=1",
         "--shutdown_grace=3",
         "--retry_delay_s=1",

@@ -9,12 +9,14 @@ the stacks, log the event, strike `sleeper` in the database and exit with code 7
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import time
 
 from sqlalchemy.engine import make_url
 
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
+from cronloop.store.sql.store import short_lived_store
 from cronloop.systemd import logs
 
 
@@ -27,7 +29,9 @@ async def main(url: str, watchdog_s: float) -> None:
         watchdog_s,
         running_tasks=lambda: ["sleeper", "bystander"],
         code_of={"sleeper": sleeper.__code__}.get,
-        on_stall=strike_recorder(make_url(url), quarantine_strikes=2),
+        on_stall=strike_recorder(
+            functools.partial(short_lived_store, make_url(url)), quarantine_strikes=2
+        ),
     )
     dog.start()
     beating = asyncio.ensure_future(dog.beat())

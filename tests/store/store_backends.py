@@ -25,7 +25,7 @@ from cronloop.domain.records import RunRecord, TaskDeclaration
 from cronloop.standard.schema import metadata as tasks_metadata
 from cronloop.store.interface import Store
 from cronloop.store.memory import MemoryDatabase, MemoryStore
-from cronloop.store.sql.engine import create_engine
+from cronloop.store.sql.engine import create_engine, db_now
 from cronloop.store.sql.migrate import upgrade
 from cronloop.store.sql.store import SqlStore
 from cronloop.store.sql.tables import jobs, metadata, runs, tasks
@@ -65,14 +65,29 @@ class Backend:
         self.opened: list[Store] = []
 
     def store(
-        self, worker_id: str = "w1", *, lease_s: float = 30.0, quarantine_timeouts: int = 0
+        self,
+        worker_id: str = "w1",
+        *,
+        lease_s: float = 30.0,
+        quarantine_timeouts: int = 0,
+        quarantine_strikes: int = 0,
+        max_clock_skew_s: float = 0.0,
     ) -> Store:
         """A worker's store over the same table (closed at the end of the test)."""
-        store = self._make(worker_id, lease_s, quarantine_timeouts)
+        store = self._make(
+            worker_id, lease_s, quarantine_timeouts, quarantine_strikes, max_clock_skew_s
+        )
         self.opened.append(store)
         return store
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
+    ) -> Store:
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -100,6 +115,16 @@ class Backend:
         """Every job lease ran out (the worker running them was lost)."""
         raise NotImplementedError
 
+    async def lease_expired_by(self, seconds: float, name: str | None = None) -> None:
+        """Set task leases (one task's, or all held ones) to end `seconds` before the
+        database clock's now (negative: still that long to run): the clock injected
+        where the database's own is the one leases use."""
+        raise NotImplementedError
+
+    async def job_leases_expired_by(self, seconds: float) -> None:
+        """The same for every held job lease."""
+        raise NotImplementedError
+
     def engine_or_none(self) -> AsyncEngine | None:
         """The SQL engine behind the store (None: in memory)."""
         return None
@@ -112,10 +137,32 @@ class MemoryBackend(Backend):
         super().__init__()
         self.db = MemoryDatabase()
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
+    ) -> Store:
         return MemoryStore(
-            self.db, worker_id=worker_id, lease_s=lease_s, quarantine_timeouts=quarantine_timeouts
+            self.db,
+            worker_id=worker_id,
+            lease_s=lease_s,
+            quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
+            max_clock_skew_s=max_clock_skew_s,
         )
+
+    async def lease_expired_by(self, seconds: float, name: str | None = None) -> None:
+        for row in self.db.tasks.values():
+            if (name is None or row.name == name) and row.lease_until is not None:
+                row.lease_until = self.db.now(-seconds)
+
+    async def job_leases_expired_by(self, seconds: float) -> None:
+        for row in self.db.jobs.values():
+            if row.lease_until is not None:
+                row.lease_until = self.db.now(-seconds)
 
     async def set_task(self, name: str | None = None, **values: Any) -> None:
         for row in self.db.tasks.values():
@@ -140,13 +187,37 @@ class SqlBackend(Backend):
         self.engine = engine
         self.name = engine.dialect.name
 
-    def _make(self, worker_id: str, lease_s: float, quarantine_timeouts: int) -> Store:
+    def _make(
+        self,
+        worker_id: str,
+        lease_s: float,
+        quarantine_timeouts: int,
+        quarantine_strikes: int,
+        max_clock_skew_s: float,
+    ) -> Store:
         return SqlStore(
             self.engine,
             worker_id=worker_id,
             lease_s=lease_s,
             quarantine_timeouts=quarantine_timeouts,
+            quarantine_strikes=quarantine_strikes,
+            max_clock_skew_s=max_clock_skew_s,
         )
+
+    async def lease_expired_by(self, seconds: float, name: str | None = None) -> None:
+        until = db_now(self.engine.dialect, -seconds)
+        statement = update(tasks).where(tasks.c.lease_until.is_not(None)).values(lease_until=until)
+        if name is not None:
+            statement = statement.where(tasks.c.name == name)
+        async with self.engine.begin() as conn:
+            await conn.execute(statement)
+
+    async def job_leases_expired_by(self, seconds: float) -> None:
+        until = db_now(self.engine.dialect, -seconds)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(jobs).where(jobs.c.lease_until.is_not(None)).values(lease_until=until)
+            )
 
     async def set_task(self, name: str | None = None, **values: Any) -> None:
         statement = update(tasks).values(**values)

@@ -281,3 +281,77 @@ async def test_complete_many_lands_only_the_attempts_still_held(backend: Backend
     states = [(await q.job_info(i)).state for i in ids]
     assert states == [JobState.DONE, JobState.PLANNED, JobState.DONE]
     assert await q.complete_jobs([]) == []
+
+
+def striking(backend: Backend, worker_id: str, strikes: int = 2) -> JobStore:
+    return cast(JobStore, backend.store(worker_id, quarantine_strikes=strikes))
+
+
+async def test_a_job_that_keeps_losing_its_worker_is_quarantined(backend: Backend) -> None:
+    """Each takeover is a strike (the attempt's worker was lost); the takeover that would
+    be the `quarantine_strikes`-th quarantines the job instead: never run again until an
+    operator's `retry`, which resets the strikes."""
+    job_id = await striking(backend, "w1").enqueue_job("hook", {}, run_at=NOW)
+    other = await striking(backend, "w1").enqueue_job("report", {}, run_at=NOW)
+    assert len(await striking(backend, "w1").acquire_jobs(NOW, 10, ALL)) == 2
+    await backend.expire_job_leases()  # w1 was killed
+    second = await striking(backend, "w2").acquire_jobs(NOW, 10, {"hook": None})
+    assert [(c.job_id, c.took_over, c.attempts) for c in second] == [(job_id, True, 2)]
+    assert (await striking(backend, "w2").job_info(job_id)).strikes == 1
+    await backend.expire_job_leases()  # w2 was killed too
+    assert await striking(backend, "w3").acquire_jobs(NOW, 10, {"hook": None}) == []
+    info = await striking(backend, "w3").job_info(job_id)
+    assert (info.state, info.strikes, info.attempts) == (JobState.QUARANTINED, 2, 2)
+    assert info.last_error is not None and "2 strikes" in info.last_error
+    assert "cronloop retry" in info.last_error
+    counts = {(c.kind, c.state) for c in await striking(backend, "w3").job_counts()}
+    assert ("hook", JobState.QUARANTINED) in counts
+    assert await striking(backend, "w3").acquire_jobs(LATER, 10, ALL) != []  # `report` only
+    assert (await striking(backend, "w3").job_info(other)).strikes == 1
+    assert await striking(backend, "w3").retry_job(job_id, NOW) == JobState.QUARANTINED
+    info = await striking(backend, "w3").job_info(job_id)
+    assert (info.state, info.strikes, info.attempts) == (JobState.PLANNED, 0, 0)
+    [again] = await striking(backend, "w3").acquire_jobs(NOW, 10, {"hook": None})
+    assert again.job_id == job_id and not again.took_over
+
+
+async def test_without_quarantine_strikes_a_takeover_only_counts(backend: Backend) -> None:
+    q = striking(backend, "w1", strikes=0)
+    job_id = await q.enqueue_job("hook", {}, run_at=NOW)
+    for attempt in range(1, 5):
+        [claim] = await q.acquire_jobs(NOW, 10, ALL)
+        assert claim.attempts == attempt
+        await backend.expire_job_leases()
+    assert (await q.job_info(job_id)).strikes == 3
+
+
+async def test_a_released_or_failed_attempt_is_no_strike(backend: Backend) -> None:
+    q = striking(backend, "w1", strikes=1)
+    job_id = await q.enqueue_job("hook", {}, run_at=NOW)
+    [claim] = await q.acquire_jobs(NOW, 10, ALL)
+    assert await q.release_job(claim)
+    [claim] = await q.acquire_jobs(NOW, 10, ALL)
+    assert await q.fail_job(claim, "boom", NOW)
+    [claim] = await q.acquire_jobs(NOW, 10, ALL)
+    info = await q.job_info(job_id)
+    assert (info.state, info.strikes) == (JobState.RUNNING, 0)
+
+
+async def test_suspects_are_leased_at_most_as_many_as_asked(backend: Backend) -> None:
+    """A suspect (being taken over, or struck before) is counted apart: the job side asks
+    for one at a time, so no two run together on a worker and the bystanders of a poison
+    job's crash are not taken over with it."""
+    q = striking(backend, "w1", strikes=3)
+    ids = [await q.enqueue_job("hook", {"i": i}, run_at=NOW) for i in range(3)]
+    assert len(await q.acquire_jobs(NOW, 10, ALL)) == 3
+    await backend.expire_job_leases()  # three attempts lost with their worker
+    fresh = await q.enqueue_job("hook", {"i": 3}, run_at=NOW)
+    got = await striking(backend, "w2", strikes=3).acquire_jobs(NOW, 10, ALL, suspects=1)
+    assert [(c.job_id, c.took_over, c.strikes, c.suspect) for c in got] == [
+        (ids[0], True, 1, True),
+        (fresh, False, 0, False),
+    ]
+    none = await striking(backend, "w2", strikes=3).acquire_jobs(NOW, 10, ALL, suspects=0)
+    assert none == []
+    rest = await striking(backend, "w3", strikes=3).acquire_jobs(NOW, 10, ALL)
+    assert sorted(c.job_id for c in rest) == ids[1:] and all(c.suspect for c in rest)

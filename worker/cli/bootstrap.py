@@ -7,7 +7,8 @@ schema check and the same task set.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +22,18 @@ from cronloop.definitions.discovery import discover_jobs
 from cronloop.definitions.registry import Registry, build_registry, discover
 from cronloop.domain.clock import Clock, SystemClock
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
+from cronloop.store.errors import ErrorKind
 from cronloop.store.sql.claims import SyncReport, TaskDeclaration, TaskStore
+from cronloop.store.sql.clocks import describe_skew, measure_clocks
 from cronloop.store.sql.engine import create_engine, session_factory
-from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.errors import classify
 from cronloop.store.sql.migrate import schema_state, upgrade
 from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.app")
 
 CONNECT_TIMEOUT_S = 10.0  # one connection attempt at start
+LOCAL_CLOCK_WARN_S = 1.0  # this host vs the database: due times vs leases
 STARTUP_RETRY_BASE_S = 0.5  # doubling to the policy's cap (10 s)
 
 
@@ -107,7 +111,11 @@ async def open_database(
         await engine.dispose()
         raise
     store = TaskStore(
-        engine, lease_s=settings.lease_s, quarantine_timeouts=settings.quarantine_timeouts
+        engine,
+        lease_s=settings.lease_s,
+        quarantine_timeouts=settings.quarantine_timeouts,
+        max_clock_skew_s=settings.max_clock_skew_s,
+        quarantine_strikes=settings.quarantine_strikes,
     )
     return Database(engine=engine, store=store, sessions=session_factory(engine))
 
@@ -119,7 +127,7 @@ async def wait_for_database(engine: AsyncEngine, wait_s: float, clock: Clock | N
     that is not an outage (a wrong password, an unknown database) does not get better by
     waiting: exit 78 at once, naming it."""
     clock = clock or SystemClock()
-    health = DbHealth(clock, lambda: CONNECT_TIMEOUT_S)
+    health = DbHealth(clock, lambda: CONNECT_TIMEOUT_S, classify)
     deadline = clock.monotonic() + wait_s
     attempt = 0
     while True:
@@ -141,6 +149,41 @@ async def wait_for_database(engine: AsyncEngine, wait_s: float, clock: Clock | N
             await clock.sleep(delay)
         except Exception as exc:  # a bug by the policy's rules: not worth waiting for
             raise ExitError(f"cannot use the database: {short(exc)}", exitcodes.CONFIG) from None
+
+
+async def check_clocks(
+    engine: AsyncEngine, settings: Settings, local: Callable[[], float] = time.time
+) -> None:
+    """Refuse to start (exit 78) when the database nodes' clocks disagree by more than
+    `max_clock_skew_s`: leases would no longer exclude a second owner, and only the
+    operator can fix that (NTP, or a larger setting). That this host's clock is off the
+    database's is only a warning: due times follow this host, leases the database, so
+    runs start early or late but never twice. A node that cannot be read is a warning."""
+    if engine.dialect.name == "sqlite":
+        return  # one file, one host's clock
+    try:
+        report = await measure_clocks(engine, local)
+    except Exception as exc:
+        log.warning("could not compare the database's clock with this host's", error=short(exc))
+        return
+    for node, error in report.unreadable.items():
+        log.warning("could not read the clock of a cluster node", node=node, error=error)
+    problem = describe_skew(report, settings.max_clock_skew_s)
+    if problem is not None:
+        raise ExitError(problem, exitcodes.CONFIG)
+    local_off = report.local_offset_at_least_s()
+    if local_off > max(settings.max_clock_skew_s, LOCAL_CLOCK_WARN_S):
+        log.warning(
+            "this host's clock differs from the database's: runs start by this host's "
+            "clock, so early or late by that much (leases use the database's: never twice)",
+            at_least_s=round(local_off, 3),
+        )
+    log.info(
+        "database clocks compared",
+        nodes=len(report.nodes),
+        skew_at_most_s=round(report.skew_at_most_s(), 3),
+        max_clock_skew_s=settings.max_clock_skew_s,
+    )
 
 
 async def _ping(engine: AsyncEngine) -> None:

@@ -29,7 +29,7 @@ def add_parsers(sub: Any) -> None:
     jobs = sub.add_parser("jobs", help="queued jobs: counts by job and state, the oldest waiting")
     jobs.add_argument("--state", choices=[s.value for s in JobState])
     jobs.add_argument("--json", action="store_true")
-    sub.add_parser("retry", help="run a job in error or cancelled again").add_argument(
+    sub.add_parser("retry", help="run a job in error, cancelled or quarantined again").add_argument(
         "id", type=int
     )
     sub.add_parser("cancel", help="cancel a planned job").add_argument("id", type=int)
@@ -141,9 +141,10 @@ async def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     async def act(store: Any) -> int:
         now = datetime.now(UTC)
         old = await store.retry_job(args.id, now)
-        if old not in (JobState.ERROR, JobState.CANCELLED):
+        if old not in (JobState.ERROR, JobState.CANCELLED, JobState.QUARANTINED):
             raise ExitError(
-                f"job {args.id} is {old.value}: only error or cancelled jobs are retried",
+                f"job {args.id} is {old.value}: only error, cancelled or quarantined jobs "
+                "are retried",
                 exitcodes.ERROR,
             )
         print(f"job {args.id}: {old.value} -> planned")

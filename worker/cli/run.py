@@ -7,18 +7,19 @@ then hands over to the supervisor with systemd notifications and a SIGHUP reload
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
 from types import CodeType
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import structlog
 from sqlalchemy.engine import URL
 
 from cronloop import __version__
-from cronloop.cli.bootstrap import Database, check_user, open_database, sync
+from cronloop.cli.bootstrap import Database, check_clocks, check_user, open_database, sync
 from cronloop.config.reload import reload_settings, report
 from cronloop.config.settings import Settings, load_settings
 from cronloop.definitions.discovery import discover_jobs
@@ -29,10 +30,12 @@ from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Hooks, Supervisor
 from cronloop.runtime.watchdog import LoopWatchdog, strike_recorder
 from cronloop.store.sql.migrate import schema_state
+from cronloop.store.sql.store import short_lived_store
 from cronloop.systemd import logs
 from cronloop.systemd.notify import Notifier
-from cronloop.web.server import WebServer, check_listen
-from cronloop.web.view import WorkerView
+
+if TYPE_CHECKING:
+    from cronloop.web.server import WebServer
 
 log = structlog.get_logger("cronloop.cli")
 
@@ -40,6 +43,9 @@ log = structlog.get_logger("cronloop.cli")
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     check_user(settings)
     if settings.http_listen:
+        # the web server (aiohttp) is imported only when it is on: a third of start-up
+        from cronloop.web.server import check_listen
+
         check_listen(settings)  # before waiting for the database: a refusal is quick
     definitions = discover(settings.task_modules)
     job_definitions = discover_jobs(settings.task_modules)
@@ -60,6 +66,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         record_window_s=RECORD_WINDOW_S,
     )
     try:
+        await check_clocks(db.engine, settings)
         await sync(db, registry, clock)
 
         async def reloader(current: Settings) -> tuple[Settings, Registry] | None:
@@ -112,6 +119,8 @@ async def _web_server(
     fed the runs' events; None when it is off."""
     if not settings.http_listen:
         return None
+    from cronloop.web.server import WebServer
+    from cronloop.web.view import WorkerView
 
     def wake() -> None:
         sup.due.forget()
@@ -145,17 +154,24 @@ def _loop_watchdog(
     settings: Settings, registry: Registry, url: URL, running: Callable[[], Sequence[str]]
 ) -> LoopWatchdog:
     """A thread that exits 70 when the loop stalls for `watchdog_s`, striking the task
-    that blocked it (quarantined after `quarantine_strikes`)."""
+    that blocked it (quarantined after `quarantine_strikes`). A job that blocked it is
+    told from the tasks beside it by its code too, so they are not struck for it; its
+    own strike is counted when another worker takes its attempt over (the job queue's
+    rule, `store.sql.queue`)."""
 
     def code_of(name: str) -> CodeType | None:
-        spec = registry.specs.get(name)
+        spec = registry.specs.get(name) or registry.jobs.get(name)
         return getattr(spec.func, "__code__", None) if spec else None
 
+    record = strike_recorder(functools.partial(short_lived_store, url), settings.quarantine_strikes)
+
+    def on_stall(names: list[str], stalled_s: float) -> None:
+        tasks = [n for n in names if n in registry.specs]
+        if tasks:
+            record(tasks, stalled_s)
+
     return LoopWatchdog(
-        settings.watchdog_s,
-        running_tasks=running,
-        on_stall=strike_recorder(url, settings.quarantine_strikes),
-        code_of=code_of,
+        settings.watchdog_s, running_tasks=running, on_stall=on_stall, code_of=code_of
     )
 
 

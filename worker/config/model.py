@@ -27,6 +27,7 @@ from cronloop.config.values import (
     looks_secret,
     mask_url,
     parse_bool,
+    parse_database_hosts,
     parse_database_url,
     parse_modules,
     parse_secret,
@@ -79,6 +80,8 @@ class Settings:
     """
 
     database_url: str = ""
+    # several nodes (a Galera cluster), in order of preference; empty: database_url's host
+    database_hosts: tuple[str, ...] = ()
     database_password: Secret | None = None
     database_password_file: str = ""
     max_lifetime: float = 600.0
@@ -89,6 +92,9 @@ class Settings:
     grace_s: float = 5.0
     shutdown_grace: float = 10.0
     lease_s: float = 30.0
+    # how far the clocks of the database nodes may disagree: a lease is taken over only
+    # once expired by more than this (leases are stamped by one node, read by another)
+    max_clock_skew_s: float = 1.0
     timezone: str = ""
     verbose: bool = False
     log_level: str = "info"
@@ -136,6 +142,7 @@ class Settings:
 PARSERS: Mapping[str, Parser] = MappingProxyType(
     {
         "database_url": parse_database_url,
+        "database_hosts": parse_database_hosts,
         "database_password": parse_secret,
         "database_password_file": parse_text,
         "max_lifetime": duration(minimum=0),
@@ -146,6 +153,7 @@ PARSERS: Mapping[str, Parser] = MappingProxyType(
         "grace_s": duration(minimum=0),
         "shutdown_grace": duration(minimum=0),
         "lease_s": duration(minimum=2),
+        "max_clock_skew_s": duration(minimum=0, maximum=3600),
         "timezone": parse_timezone,
         "verbose": parse_bool,
         "log_level": choice("debug", "info", "warning", "error"),

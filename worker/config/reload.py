@@ -31,6 +31,8 @@ log = structlog.get_logger("cronloop.reload")
 NEEDS_RESTART = frozenset(
     {
         "database_url",
+        "database_hosts",
+        "max_clock_skew_s",  # the store's expiry rule, built at start
         "database_password",
         "database_password_file",
         "db_pool_size",  # the engine's pool, built at start

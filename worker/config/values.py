@@ -35,6 +35,7 @@ __all__ = [
     "looks_secret",
     "mask_url",
     "parse_bool",
+    "parse_database_hosts",
     "parse_database_url",
     "parse_modules",
     "parse_secret",
@@ -189,6 +190,28 @@ def parse_modules(text: str) -> tuple[str, ...]:
                 "comma-separated)"
             )
     return names
+
+
+_HOST_RE = re.compile(
+    r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9_.-]+))(?::(?P<port>\d{1,5}))?"
+)
+
+
+def parse_database_hosts(text: str) -> tuple[str, ...]:
+    """Comma-separated ``host[:port]`` (``[v6]:port``), in order of preference; empty:
+    the host of ``database_url`` alone."""
+    hosts = tuple(part.strip() for part in text.split(",") if part.strip())
+    for host in hosts:
+        match = _HOST_RE.fullmatch(host)
+        port = match.group("port") if match else None
+        if match is None or (port is not None and not 0 < int(port) < 65536):
+            raise ValueError(
+                f"{host!r} is not a host (expected host or host:port, comma-separated in "
+                "order of preference, e.g. db1:3306, db2:3306)"
+            )
+    if len(set(hosts)) != len(hosts):
+        raise ValueError("a host is named twice")
+    return hosts
 
 
 def parse_database_url(text: str) -> str:

@@ -2,7 +2,8 @@
 
 A job is one queued call of a `@job` handler with JSON arguments. Its states are
 `planned` (waiting, maybe for a later `run_at`), `running` (leased by a worker), `done`,
-`error` (retries exhausted or a permanent failure; the last error kept) and `cancelled`.
+`error` (retries exhausted or a permanent failure; the last error kept), `cancelled` and
+`quarantined` (its attempts lost their worker `quarantine_strikes` times: a poison job).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class JobState(StrEnum):
     DONE = "done"
     ERROR = "error"
     CANCELLED = "cancelled"
+    QUARANTINED = "quarantined"  # lost its worker `quarantine_strikes` times
 
 
 #: the states in which a job's unique key is held (a second enqueue returns that job)
@@ -37,7 +39,7 @@ class JobClaim:
     """One attempt of a job this worker now owns, until its lease runs out.
 
     `attempts` counts this one; `took_over` is true when the lease taken had expired
-    (the worker running it was lost)."""
+    (the worker running it was lost), which counted in `strikes`."""
 
     job_id: int
     kind: str
@@ -48,6 +50,12 @@ class JobClaim:
     attempts: int
     max_retries: int | None  # the job's own limit; None: its kind's
     took_over: bool = False
+    strikes: int = 0  # attempts that lost their worker, this takeover included
+
+    @property
+    def suspect(self) -> bool:
+        """The job lost a worker before: it runs beside no other suspect on a worker."""
+        return self.strikes > 0
 
     @property
     def claim(self) -> Claim:
@@ -80,6 +88,7 @@ class JobInfo:
     last_error: str | None
     created: datetime
     finished: datetime | None
+    strikes: int = 0  # attempts whose worker was lost (taken over)
 
 
 @dataclass(frozen=True)

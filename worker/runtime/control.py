@@ -23,6 +23,8 @@ from cronloop.domain.clock import Clock
 
 log = structlog.get_logger("cronloop.supervisor")
 
+SIDE_LOOP_STOP_S = 5.0  # how long a cancelled side loop may take to end, per round
+
 
 class Stoppable(Protocol):
     """A run, as a drain sees it."""
@@ -82,6 +84,24 @@ class Control:
         except Exception:
             log.exception("side loop crashed; stopping the worker", loop=name)
             self.crashed()
+
+    async def stop_side_loops(
+        self, loops: list[asyncio.Task[None]], timeout_s: float = SIDE_LOOP_STOP_S
+    ) -> None:
+        """Cancel the side loops and wait for them, `timeout_s` at most per round: a loop
+        that lost its cancel (a driver turned it into an error it handled) is named and
+        cancelled again, so a stop never hangs on it."""
+        for attempt in (1, 2):
+            for task in loops:
+                task.cancel()
+            if not loops:
+                return
+            _, pending = await asyncio.wait(loops, timeout=timeout_s)
+            if not pending:
+                return
+            names = sorted(t.get_name() for t in pending)
+            log.error("side loops did not stop when cancelled", loops=names, attempt=attempt)
+            loops = list(pending)
 
     def spawn(self, call: Awaitable[Any]) -> None:
         """Run `call` in the background, supervised like a side loop."""

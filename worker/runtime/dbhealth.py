@@ -2,7 +2,7 @@
 
 Every database call the runtime makes (the probe, claims, releases, lease renewals,
 recordings, reaping, the start-up wait) goes through `DbHealth.call`, which bounds it in
-time and acts on the kind of failure (`cronloop.store.sql.errors.classify`):
+time and acts on the kind of failure, as the store classifies it (`Store.classify_error`):
 
 - conflict (deadlock, lock wait timeout, a Galera certification failure, SQLite busy):
   the transaction is retried at once, a few times, with a little jitter; logged at debug
@@ -14,6 +14,10 @@ time and acts on the kind of failure (`cronloop.store.sql.errors.classify`):
 - refused (the database will not store this data): never an outage and never retried
   here; the caller (the recorder) records something it will store instead;
 - bug (anything else): raised as it is, so the worker fails loudly.
+
+A call whose task is being cancelled ends with `CancelledError`, whatever the driver
+raised on the way out: a cancel lost in a database error left a side loop running after
+the loop had stopped it, and `run --once` hung until the watchdog killed it.
 
 It knows the four kinds, not the drivers; it never knows what a call is for.
 """
@@ -29,7 +33,7 @@ from typing import TypeVar
 import structlog
 
 from cronloop.domain.clock import Clock
-from cronloop.store.sql.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind, classify
+from cronloop.store.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind
 from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.database")
@@ -63,8 +67,8 @@ class DbHealth:
         self,
         clock: Clock,
         timeout_s: Callable[[], float],
+        classify_error: Callable[[BaseException], ErrorKind],
         *,
-        classify_error: Callable[[BaseException], ErrorKind] = classify,
         rng: random.Random | None = None,
     ) -> None:
         self.clock = clock
@@ -111,6 +115,11 @@ class DbHealth:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if _being_cancelled():
+                    # a cancel the driver's clean-up turned into an error (SQLAlchemy's
+                    # rollback on the connection aiomysql closed when the cancel arrived
+                    # raises, and that error replaces the CancelledError): a cancel
+                    raise asyncio.CancelledError() from exc
                 kind = self.classify(exc)
                 self.counts[kind] += 1
                 if kind is ErrorKind.CONFLICT and attempt <= CONFLICT_RETRIES:
@@ -122,6 +131,8 @@ class DbHealth:
                     raise
                 raise DatabaseFailure(kind, exc) from exc
             self.ok()
+            if _being_cancelled():  # a driver that swallowed the cancel: still a cancel
+                raise asyncio.CancelledError()
             return result
 
     def ok(self) -> None:
@@ -171,3 +182,10 @@ class DbHealth:
     def loop_backoff_s(self, poll_interval: float) -> float:
         """The loop's wait during an outage, from its count of failed attempts."""
         return self.backoff_s(poll_interval * 2, self.failures)
+
+
+def _being_cancelled() -> bool:
+    """Whether the current task has a cancellation requested that nothing took back
+    (`asyncio.timeout` takes its own back when it converts it to `TimeoutError`)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

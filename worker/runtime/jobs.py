@@ -6,7 +6,8 @@ cancellation, the lease it cannot keep) with the job's arguments bound to its ha
 and its own record: done, a retry with backoff (`RetryRule`), `error` when the retries
 are exhausted or the handler raised `PermanentJobError`, or given back (shutdown). Job
 leases are renewed by a `LeaseKeeper` of their own over the job table (`renew_jobs`):
-the same keeper class as for tasks. Per-kind `concurrency` caps are per worker.
+the same keeper class as for tasks. Per-kind `concurrency` caps are per worker, and so
+is the one-suspect rule (a job that lost a worker before runs beside no other one).
 The supervisor asks `JobSide.acquire` for runners and starts them; this module never
 sleeps for the loop nor knows SQL.
 """
@@ -226,6 +227,7 @@ class JobSide:
         self.env = env
         self.leases = LeaseKeeper(_JobLeases(store), env.clock, env.settings.lease_s, env.health)
         self.running: dict[str, int] = {}  # kind -> attempts running here
+        self.suspects = 0  # attempts running here of jobs that lost a worker before
         # successful attempts waiting for the next group commit (see `complete`)
         self._pending: list[tuple[JobClaim, asyncio.Future[bool]]] = []
         self._flush_task: asyncio.Future[None] | None = None
@@ -260,12 +262,19 @@ class JobSide:
             name: None if spec.concurrency is None else spec.concurrency - self.running.get(name, 0)
             for name, spec in self.specs.items()
         }
-        # just after an outage, an expired lease's owner may be recording that attempt
+        # A job that lost a worker before (a suspect) runs beside no other suspect
+        # here: when a poison job kills this worker again, the jobs it takes down
+        # with it are fresh ones, never the bystanders of its last crash.
+        # Just after an outage, an expired lease's owner may be recording that attempt.
         takeover = self.env.health.settled(self.env.settings.lease_s / 3)
         try:
             claims = await self.env.health.call(
                 lambda: self.store.acquire_jobs(
-                    self.env.clock.now(), capacity, slots, takeover=takeover
+                    self.env.clock.now(),
+                    capacity,
+                    slots,
+                    takeover=takeover,
+                    suspects=0 if self.suspects else 1,
                 ),
                 what="acquiring jobs",
             )
@@ -278,6 +287,7 @@ class JobSide:
         runners = []
         for job in claims:
             self.running[job.kind] = self.running.get(job.kind, 0) + 1
+            self.suspects += job.suspect
             runners.append(JobRunner(self.specs[job.kind], job, self.env, self))
         return runners
 
@@ -346,6 +356,7 @@ class JobSide:
             self.running[runner.job.kind] = left
         else:
             self.running.pop(runner.job.kind, None)
+        self.suspects -= runner.job.suspect
         self.leases.forget(runner.claim)
         self.wake()
         self.on_free()

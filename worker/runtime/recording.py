@@ -39,8 +39,8 @@ import structlog
 
 from cronloop.domain.records import Claim, RunRecord
 from cronloop.runtime.dbhealth import DatabaseFailure, DbHealth
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import Store
-from cronloop.store.sql.errors import ErrorKind
 from cronloop.systemd.logs import short_error as short
 
 log = structlog.get_logger("cronloop.recording")

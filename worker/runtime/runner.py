@@ -79,7 +79,9 @@ class RunEnvironment:
         self._pools: list[ThreadPoolExecutor] = []  # the last one is in use
         self._pool_size = 0
         # the one owner of database-error policy, for every call the runtime makes
-        self.health = DbHealth(clock, lambda: db_timeout_s(self._settings.lease_s))
+        self.health = DbHealth(
+            clock, lambda: db_timeout_s(self._settings.lease_s), store.classify_error
+        )
         # writes how runs ended, many per transaction
         self.recorder = Recorder(
             store,

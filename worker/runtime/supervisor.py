@@ -130,7 +130,7 @@ class Supervisor:
         )
         self.hooks.on_ready()
         side = [
-            asyncio.ensure_future(self.control.supervised(name, loop))
+            asyncio.create_task(self.control.supervised(name, loop), name=name)
             for name, loop in (
                 ("lease keeper", self.leases.run),
                 ("job lease keeper", self.jobs.leases.run),
@@ -161,9 +161,7 @@ class Supervisor:
                 await self._sleep(lifetime.remaining_s())
             await self._drain()
         finally:
-            for task in side:
-                task.cancel()
-            await asyncio.gather(*side, return_exceptions=True)
+            await self.control.stop_side_loops(side)
             await self.stragglers.release_all()
             await self.store.close()  # the loop's probe connection
         log.info("worker stopped", exit_code=self.exit_code, runs=self.executed)

@@ -35,15 +35,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from types import CodeType, FrameType
 from typing import Any, TextIO
 
 import structlog
-from sqlalchemy.engine import URL
 
 from cronloop import exitcodes
-from cronloop.store.sql.engine import create_short_lived_engine
-from cronloop.store.sql.store import SqlStore
+from cronloop.store.interface import Store
 from cronloop.systemd.logs import short_error as _short
 
 log = structlog.get_logger("cronloop.watchdog")
@@ -51,6 +50,9 @@ log = structlog.get_logger("cronloop.watchdog")
 STACKS_MAX_CHARS = 20_000  # one log event, not a novel: the faulthandler dump has the rest
 
 StallHandler = Callable[[list[str], float], None]
+# a store of its own for the strike, opened and closed on the watchdog's private loop
+# (the service's engine belongs to the blocked loop): `cronloop.store.sql.short_lived_store`
+StoreOpener = Callable[[], AbstractAsyncContextManager[Store]]
 
 
 class LoopWatchdog:
@@ -276,36 +278,31 @@ def _log_error(event: str, **kw: Any) -> None:
 
 
 def strike_tasks_sync(
-    url: URL, names: Sequence[str], reason: str, quarantine_strikes: int, timeout_s: float = 3.0
+    open_store: StoreOpener, names: Sequence[str], reason: str, quarantine_strikes: int
 ) -> list[str]:
     """Add a strike to each task; quarantine those that reached `quarantine_strikes`
     (the store's `strike`: only active tasks, "blocked the event loop for 31 s, 2
     strikes"). Returns the names quarantined now.
 
     Called from a thread that has no event loop while the service's loop is blocked: it
-    runs its own loop with a throw-away engine whose waits are bounded by `timeout_s`.
+    runs its own loop with a store `open_store` makes for it (its waits bounded).
     """
     if not names:
         return []
 
     async def strike() -> list[str]:
-        engine = create_short_lived_engine(url, timeout_s)
-        store = SqlStore(engine)
-        try:
+        async with open_store() as store:
             return await store.strike(names, reason, quarantine_strikes)
-        finally:
-            await store.close()
-            await engine.dispose()
 
     return asyncio.run(strike())
 
 
-def strike_recorder(url: URL, quarantine_strikes: int, timeout_s: float = 3.0) -> StallHandler:
+def strike_recorder(open_store: StoreOpener, quarantine_strikes: int) -> StallHandler:
     """The `on_stall` callback the service uses: strike the culprits, log the verdict."""
 
     def record(names: list[str], stalled_s: float) -> None:
         reason = f"blocked the event loop for {stalled_s:.0f} s"
-        quarantined = strike_tasks_sync(url, names, reason, quarantine_strikes, timeout_s)
+        quarantined = strike_tasks_sync(open_store, names, reason, quarantine_strikes)
         _log_error(
             "strike recorded against the task(s) that blocked the event loop",
             tasks=names,

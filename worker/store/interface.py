@@ -36,6 +36,7 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 
 # a run that ended: its claim, how it ended, and whether its lease must be kept
 Ended = tuple[Claim, RunRecord, bool]
@@ -56,6 +57,22 @@ def timeout_quarantine_reason(limit: int) -> str:
 def strike_quarantine_reason(reason: str, strikes: int, name: str) -> str:
     """Why a task was quarantined after `strikes` strikes ("blocked the loop for 31 s")."""
     return f"{reason}, {strikes} strikes; `cronloop resume {name}` to run it again"
+
+
+def strikes_quarantine(row: Any, quarantine_strikes: int) -> bool:
+    """Taking this row's expired lease over would be its `quarantine_strikes`-th strike
+    (0: never): the row is quarantined instead of run again. The one rule for queued
+    rows, kept by every store."""
+    return quarantine_strikes > 0 and int(row.strikes) + 1 >= quarantine_strikes
+
+
+def takeover_quarantine_reason(strikes: int, retry_hint: str = "`cronloop retry ID`") -> str:
+    """Why a queued row (a job, an email) was quarantined: its attempts lost their
+    worker `strikes` times (the task rule's strikes, counted at each takeover)."""
+    return (
+        f"quarantined: its worker was lost (crash, kill -9, watchdog exit) during {strikes} "
+        f"attempts, {strikes} strikes; fix the cause, then {retry_hint} to run it again"
+    )
 
 
 @runtime_checkable
@@ -89,12 +106,18 @@ class JobStore(Protocol):
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         """Lease up to `limit` jobs of the kinds in `slots` (kind -> free slots, None: no
         cap) that are planned and due at `now`, or running with an expired lease (taken
         over: `took_over`; not if `takeover=False`, as `claim_next`'s just after an
         outage), highest priority first, then earliest `run_at`. Each attempt counts in
-        `attempts`. Two workers never get the same attempt."""
+        `attempts`. Two workers never get the same attempt. A takeover is a strike
+        against the job (its worker was lost); the one that would be its
+        `quarantine_strikes`-th quarantines it instead (state `quarantined`, the reason
+        in `last_error`), as a task that keeps blocking the loop is. At most `suspects`
+        (None: any number) of the jobs leased are suspects (`JobClaim.suspect`: being
+        taken over, or struck before)."""
         ...
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
@@ -126,7 +149,8 @@ class JobStore(Protocol):
         ...
 
     async def retry_job(self, job_id: int, now: datetime) -> JobState:
-        """Plan a job in `error` or `cancelled` again, attempts reset, due at `now`; the
+        """Plan a job in `error`, `cancelled` or `quarantined` again, attempts and strikes
+        reset, due at `now`; the
         state it had (others do not change). ValueError if its unique key is held by
         another waiting job. Raises `UnknownJob`."""
         ...
@@ -276,4 +300,9 @@ class Store(JobStore, Protocol):
 
     async def close(self) -> None:
         """Let go of what the store keeps open (not the engine: its owner disposes it)."""
+        ...
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        """What kind of failure `exc`, raised by one of these verbs, is: the drivers'
+        codes are the store's to know, what to do about each kind the caller's."""
         ...

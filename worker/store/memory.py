@@ -30,6 +30,7 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import (
     ABANDONED_ERROR,
     DISABLED_BY_CONFIG,
@@ -72,11 +73,15 @@ class MemoryStore(MemoryJobs):
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        max_clock_skew_s: float = 0.0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.db = db or MemoryDatabase()
+        self.max_clock_skew_s = max_clock_skew_s  # see the SQL Connector.expired_before
         self.worker_id = worker_id or f"memory:{uuid.uuid4().hex[:6]}"
         self.lease_s = lease_s
         self.quarantine_timeouts = quarantine_timeouts
+        self.quarantine_strikes = quarantine_strikes
         self._who = {"last_user": "memory", "last_host": "memory"}
 
     async def database_now(self) -> datetime:
@@ -85,6 +90,13 @@ class MemoryStore(MemoryJobs):
 
     async def close(self) -> None:
         pass
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        """Nothing here fails as a database does, but a test's injected connection
+        error is an outage; anything else is a bug."""
+        return (
+            ErrorKind.OUTAGE if isinstance(exc, ConnectionError | TimeoutError) else ErrorKind.BUG
+        )
 
     async def sync_tasks(self, declared: Iterable[TaskDeclaration]) -> SyncReport:
         await asyncio.sleep(0)
@@ -114,7 +126,7 @@ class MemoryStore(MemoryJobs):
                 for row in db.tasks.values()
                 if row.status == TaskStatus.ACTIVE
                 and row.next_run is not None
-                and db.lease_free(row, takeover=takeover)
+                and db.lease_free(row, takeover=takeover, skew_s=self.max_clock_skew_s)
                 and (names is None or row.name in names)
             ),
             key=lambda row: (row.next_run, row.id),
@@ -191,7 +203,11 @@ class MemoryStore(MemoryJobs):
     async def reap_abandoned(self) -> int:
         await asyncio.sleep(0)
         db = self.db
-        stale = [r.run_id for r in db.tasks.values() if r.lease_token and db.lease_free(r)]
+        stale = [
+            r.run_id
+            for r in db.tasks.values()
+            if r.lease_token and db.lease_free(r, skew_s=self.max_clock_skew_s)
+        ]
         return sum(db.end_run(run_id, **self._abandoned()) for run_id in stale)
 
     def _abandoned(self) -> dict[str, Any]:
@@ -208,7 +224,7 @@ class MemoryStore(MemoryJobs):
             for row in self.db.tasks.values()
             if row.status == TaskStatus.ACTIVE
             and row.next_run is not None
-            and (row.lease_token is None or self.db.lease_free(row))
+            and (row.lease_token is None or self.db.lease_free(row, skew_s=self.max_clock_skew_s))
             and (names is None or row.name in names)
         ]
         return min(due, default=None)
@@ -284,7 +300,7 @@ class MemoryStore(MemoryJobs):
     async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
         await asyncio.sleep(0)
         rows = sorted(self.db.tasks.values(), key=lambda row: row.name)
-        now = self.db.now()
+        now = self.db.now(-self.max_clock_skew_s)
         return [task_state_of(r, _running(r, now)) for r in rows if not names or r.name in names]
 
     async def history(self, name: str | None = None, limit: int = 50) -> list[RunEntry]:

@@ -25,6 +25,7 @@ from cronloop.domain.jobs import (
     check_job,
 )
 from cronloop.domain.records import Claim
+from cronloop.store.interface import strikes_quarantine, takeover_quarantine_reason
 from cronloop.store.memory_tables import MemoryDatabase, utc_only
 
 
@@ -40,6 +41,7 @@ class JobRow:
     run_at: datetime
     created: datetime
     attempts: int = 0
+    strikes: int = 0
     max_retries: int | None = None
     unique_key: str | None = None
     owner: str | None = None
@@ -59,10 +61,15 @@ class JobRow:
 class MemoryJobs:
     """`JobStore` over a `MemoryDatabase` (its `jobs` rows)."""
 
-    def __init__(self, db: MemoryDatabase, worker_id: str, lease_s: float) -> None:
+    max_clock_skew_s: float = 0.0  # an expired lease is taken over only this much later
+
+    def __init__(
+        self, db: MemoryDatabase, worker_id: str, lease_s: float, quarantine_strikes: int = 0
+    ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.lease_s = lease_s
+        self.quarantine_strikes = quarantine_strikes
 
     async def enqueue_job(
         self,
@@ -102,8 +109,7 @@ class MemoryJobs:
         return (
             takeover
             and row.state == JobState.RUNNING
-            and row.lease_until is not None
-            and row.lease_until < self.db.now()
+            and (row.lease_until is None or row.lease_until < self.db.now(-self.max_clock_skew_s))
         )
 
     async def acquire_jobs(
@@ -113,6 +119,7 @@ class MemoryJobs:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         await asyncio.sleep(0)
         utc_only(now)
@@ -127,11 +134,18 @@ class MemoryJobs:
             if len(claims) >= limit:
                 break
             free = left.get(row.kind)
-            if free is not None:
-                if free <= 0:
-                    continue
-                left[row.kind] = free - 1
+            if free is not None and free <= 0:
+                continue
             took_over = row.state == JobState.RUNNING
+            if took_over and self._quarantines(row):
+                continue
+            if took_over or row.strikes > 0:  # a suspect (`queue.is_suspect`)
+                if suspects is not None and suspects <= 0:
+                    continue
+                suspects = None if suspects is None else suspects - 1
+            if free is not None:
+                left[row.kind] = free - 1
+            row.strikes += 1 if took_over else 0
             row.state = JobState.RUNNING.value
             row.owner, row.lease_token = self.worker_id, token
             row.lease_until = self.db.now(self.lease_s)
@@ -147,9 +161,21 @@ class MemoryJobs:
                     attempts=row.attempts,
                     max_retries=row.max_retries,
                     took_over=took_over,
+                    strikes=row.strikes,
                 )
             )
         return claims
+
+    def _quarantines(self, row: JobRow) -> bool:
+        """`queue.acquire`'s rule: this takeover would be the row's
+        `quarantine_strikes`-th strike, so the row is quarantined instead."""
+        if not strikes_quarantine(row, self.quarantine_strikes):
+            return False
+        row.free_lease()
+        row.strikes += 1
+        row.state = JobState.QUARANTINED.value
+        row.last_error = takeover_quarantine_reason(row.strikes)
+        return True
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
         await asyncio.sleep(0)
@@ -219,7 +245,7 @@ class MemoryJobs:
         await asyncio.sleep(0)
         row = self._row(job_id)
         old = JobState(row.state)
-        if old not in (JobState.ERROR, JobState.CANCELLED):
+        if old not in (JobState.ERROR, JobState.CANCELLED, JobState.QUARANTINED):
             return old
         if row.unique_key is not None and any(
             o.kind == row.kind and o.active_key == row.unique_key for o in self.db.jobs.values()
@@ -227,9 +253,10 @@ class MemoryJobs:
             raise ValueError(
                 f"job {job_id}: another job with its unique key is waiting; not retried"
             )
-        row.state, row.run_at, row.attempts, row.finished = (
+        row.state, row.run_at, row.attempts, row.strikes, row.finished = (
             JobState.PLANNED.value,
             utc_only(now),
+            0,
             0,
             None,
         )
@@ -272,4 +299,5 @@ class MemoryJobs:
             last_error=r.last_error,
             created=r.created,
             finished=r.finished,
+            strikes=r.strikes,
         )

@@ -120,10 +120,11 @@ class MemoryDatabase:
         row = self.tasks.get(claim.task_id)
         return row if row is not None and row.lease_token == claim.token else None
 
-    def lease_free(self, row: TaskRow, *, takeover: bool = True) -> bool:
+    def lease_free(self, row: TaskRow, *, takeover: bool = True, skew_s: float = 0.0) -> bool:
+        """No lease, or (with `takeover`) one expired by more than `skew_s`."""
         if row.lease_until is None:
             return True
-        return takeover and row.lease_until < self.now()
+        return takeover and row.lease_until < self.now(-skew_s)
 
     def end_run(self, run_id: str | None, **values: Any) -> bool:
         """Set the end of a `running` history row (no row, or already ended: False)."""

@@ -27,6 +27,7 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "systemd" / "cronloop.params.exa
 
 EXPECTED_DEFAULTS: dict[str, object] = {
     "database_url": "",
+    "database_hosts": (),
     "database_password": None,
     "database_password_file": "",
     "max_lifetime": 600.0,
@@ -37,6 +38,7 @@ EXPECTED_DEFAULTS: dict[str, object] = {
     "grace_s": 5.0,
     "shutdown_grace": 10.0,
     "lease_s": 30.0,
+    "max_clock_skew_s": 1.0,
     "timezone": "",
     "verbose": False,
     "log_level": "info",

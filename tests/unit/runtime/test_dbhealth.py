@@ -4,6 +4,7 @@ exceptions are classified (real exceptions from real servers where one can be ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -34,6 +35,14 @@ def wrapped(orig: BaseException) -> sa_exc.DBAPIError:
         (pymysql.err.OperationalError(2003, "Can't connect to MySQL server"), ErrorKind.OUTAGE),
         (pymysql.err.OperationalError(1047, "WSREP has not yet prepared node"), ErrorKind.OUTAGE),
         (pymysql.err.OperationalError(1053, "Server shutdown in progress"), ErrorKind.OUTAGE),
+        (
+            pymysql.err.OperationalError(
+                1180,
+                "Error while appending streaming replication fragment"
+                "(provider status: Not connected to Primary Component)",
+            ),
+            ErrorKind.OUTAGE,
+        ),
         (pymysql.err.InterfaceError(0, ""), ErrorKind.OUTAGE),
         (pymysql.err.DataError(1406, "Data too long for column 'last_message'"), ErrorKind.REFUSED),
         (pymysql.err.DataError(1366, "Incorrect string value"), ErrorKind.REFUSED),
@@ -119,7 +128,7 @@ async def drive(clock: FakeClock, aw: Any, step_s: float = 0.001) -> Any:
 
 async def test_a_conflict_is_retried_at_once_logged_at_debug_never_an_outage() -> None:
     clock = FakeClock()
-    health = DbHealth(clock, lambda: 5.0)
+    health = DbHealth(clock, lambda: 5.0, classify)
     deadlock = pymysql.err.OperationalError(1213, "Deadlock found (wsrep certification)")
     op = failing(deadlock, deadlock, deadlock)
     with capture_logs() as logs:
@@ -131,7 +140,7 @@ async def test_a_conflict_is_retried_at_once_logged_at_debug_never_an_outage() -
 
 async def test_a_lasting_conflict_reaches_the_caller_without_an_outage() -> None:
     clock = FakeClock()
-    health = DbHealth(clock, lambda: 5.0)
+    health = DbHealth(clock, lambda: 5.0, classify)
     op = failing(*[pymysql.err.OperationalError(1205, "Lock wait timeout")] * 50)
     with pytest.raises(DatabaseFailure) as failure:
         await drive(clock, health.call(op, what="claiming"))
@@ -141,7 +150,7 @@ async def test_a_lasting_conflict_reaches_the_caller_without_an_outage() -> None
 
 async def test_an_outage_is_logged_once_then_reminded_then_ends_with_one_line() -> None:
     clock = FakeClock()
-    health = DbHealth(clock, lambda: 5.0)
+    health = DbHealth(clock, lambda: 5.0, classify)
     woken: list[bool] = []
     health.on_recovered(lambda: woken.append(True))
     gone = pymysql.err.OperationalError(2006, "MySQL server has gone away")
@@ -168,7 +177,7 @@ async def test_an_outage_is_logged_once_then_reminded_then_ends_with_one_line() 
 
 async def test_our_own_timeout_is_an_outage() -> None:
     clock = FakeClock()
-    health = DbHealth(clock, lambda: 0.01)  # real seconds: asyncio.timeout is the loop's
+    health = DbHealth(clock, lambda: 0.01, classify)  # real seconds: asyncio.timeout is the loop's
 
     async def hung() -> None:
         await asyncio.Event().wait()
@@ -179,7 +188,7 @@ async def test_our_own_timeout_is_an_outage() -> None:
 
 
 async def test_a_refused_row_is_not_an_outage_and_not_retried() -> None:
-    health = DbHealth(FakeClock(), lambda: 5.0)
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
     op = failing(pymysql.err.DataError(1406, "Data too long"))
     with pytest.raises(DatabaseFailure) as failure:
         await health.call(op, what="recording")
@@ -187,7 +196,7 @@ async def test_a_refused_row_is_not_an_outage_and_not_retried() -> None:
 
 
 async def test_a_bug_is_raised_as_it_is() -> None:
-    health = DbHealth(FakeClock(), lambda: 5.0)
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
     op = failing(pymysql.err.ProgrammingError(1064, "syntax"))
     with pytest.raises(pymysql.err.ProgrammingError):
         await health.call(op, what="claiming")
@@ -195,7 +204,7 @@ async def test_a_bug_is_raised_as_it_is() -> None:
 
 
 def test_backoff_is_capped_and_jittered() -> None:
-    health = DbHealth(FakeClock(), lambda: 5.0)
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
     delays = [health.backoff_s(0.5, n) for n in range(1, 30)]
     assert all(d <= 10.0 for d in delays) and max(delays) > 5.0
     assert 0.25 <= delays[0] <= 0.5
@@ -203,7 +212,7 @@ def test_backoff_is_capped_and_jittered() -> None:
 
 
 def test_counters_per_kind_are_readable_for_metrics() -> None:
-    health = DbHealth(FakeClock(), lambda: 5.0)
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
     assert health.errors_total() == {"conflict": 0, "outage": 0, "refused": 0, "bug": 0}
     health.counts[ErrorKind.OUTAGE] += 2
     assert health.errors_total()["outage"] == 2
@@ -232,3 +241,58 @@ async def test_the_start_up_wait_backs_off_through_the_policy_then_exits_75() ->
     errors = [e["event"] for e in logs if e["log_level"] == "error"]
     assert errors == ["database unreachable; retrying with backoff"], errors  # once
     assert clock.monotonic() - 1000 <= 31  # gave up at the deadline, not after it
+
+
+async def test_a_cancel_the_driver_turned_into_an_error_is_still_a_cancel() -> None:
+    """SQLAlchemy rolls back on the way out of a transaction; when the cancel closed the
+    connection under it (aiomysql does), the rollback's error replaces the CancelledError.
+    Taken for an outage, that cancel was lost: the housekeeping side loop went on to its
+    next sleep, and `run --once` hung until the watchdog killed it (exit 70)."""
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
+    started = asyncio.Event()
+
+    async def op() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise wrapped(pymysql.err.InterfaceError(0, "")) from None
+
+    task = asyncio.ensure_future(health.call(op, what="reaping"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert not health.down and sum(health.counts.values()) == 0
+
+
+async def test_a_cancel_a_driver_swallowed_is_still_a_cancel() -> None:
+    health = DbHealth(FakeClock(), lambda: 5.0, classify)
+    started = asyncio.Event()
+
+    async def op() -> str:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+        return "done anyway"
+
+    task = asyncio.ensure_future(health.call(op, what="reaping"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_timeout_is_not_taken_for_a_cancel() -> None:
+    """`asyncio.timeout` cancels too, then takes its cancel back: an outage, as before."""
+    health = DbHealth(FakeClock(), lambda: 0.01, classify)
+
+    async def hung() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise wrapped(pymysql.err.InterfaceError(0, "")) from None
+
+    with pytest.raises(DatabaseFailure) as failure:
+        await health.call(hung, what="lease renewal")
+    assert failure.value.kind is ErrorKind.OUTAGE

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronloop.config.settings import Settings
@@ -27,6 +28,7 @@ from cronloop.runtime.supervisor import Supervisor
 from cronloop.store.sql.engine import create_engine, session_factory
 from cronloop.store.sql.migrate import upgrade
 from cronloop.store.sql.store import SqlStore
+from cronloop.store.sql.tables import jobs
 
 
 @pytest.fixture
@@ -299,3 +301,38 @@ def test_the_quick_argument_check_agrees_with_signature_bind() -> None:
             if quick is not None:
                 assert quick.take(args) == binds, (func.__name__, args)
     assert _keywords(no_ctx) is None  # no context parameter: bind decides
+
+
+async def test_jobs_that_lost_a_worker_before_run_one_at_a_time(sqlite: AsyncEngine) -> None:
+    """Suspects (struck before) run beside no other suspect on a worker, so a poison job
+    that kills this worker again takes down fresh jobs, never the bystanders of its last
+    crash; the fresh jobs still run side by side."""
+    clock = FakeClock()
+    running: dict[bool, int] = {True: 0, False: 0}
+    peak: dict[bool, int] = {True: 0, False: 0}
+
+    async def work(ctx: TaskContext, i: int, suspect: bool) -> None:
+        running[suspect] += 1
+        peak[suspect] = max(peak[suspect], running[suspect])
+        await clock.sleep(1.0)
+        running[suspect] -= 1
+
+    sup = supervisor(sqlite, clock, spec("work", work), max_concurrency=10)
+    sup.once = False
+    store = SqlStore(sqlite)
+    ids = [
+        await store.enqueue_job("work", {"i": i, "suspect": i < 3}, run_at=clock.now())
+        for i in range(8)
+    ]
+    async with sqlite.begin() as conn:  # three of them lost a worker before
+        await conn.execute(update(jobs).where(jobs.c.id.in_(ids[:3])).values(strikes=1))
+    run = asyncio.ensure_future(sup.run())
+    for _ in range(400):
+        if {(await store.job_info(i)).state for i in ids} == {JobState.DONE}:
+            break
+        await asyncio.sleep(0.005)
+        clock.advance(0.25)
+    sup.request_stop()
+    await asyncio.wait_for(run, 5)
+    assert {(await store.job_info(i)).state for i in ids} == {JobState.DONE}
+    assert peak == {True: 1, False: 5}

@@ -23,7 +23,7 @@ from cronloop.runtime.dbhealth import DbHealth
 from cronloop.runtime.leases import Lease, LeaseKeeper
 from cronloop.store.sql.claims import TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import create_engine
-from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.errors import ErrorKind, classify
 from cronloop.store.sql.migrate import upgrade
 from cronloop.store.sql.tables import tasks
 
@@ -43,7 +43,7 @@ class Rig:
         self.engine = engine
         self.clock = FakeClock()
         self.store = TaskStore(engine, worker_id="w", lease_s=LEASE_S)
-        self.health = DbHealth(self.clock, lambda: 5.0)
+        self.health = DbHealth(self.clock, lambda: 5.0, classify)
         self.keeper = LeaseKeeper(self.store, self.clock, LEASE_S, self.health)
         self.stopped: dict[str, StopReason] = {}
 

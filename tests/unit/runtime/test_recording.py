@@ -26,7 +26,7 @@ from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Supervisor
 from cronloop.store.sql.claims import TaskDeclaration, TaskStore
 from cronloop.store.sql.engine import session_factory
-from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.errors import ErrorKind, classify
 
 Funcs = dict[str, Callable[..., Any]]
 
@@ -138,7 +138,7 @@ class Rig:
     def __init__(self, store: TaskStore, clock: FakeClock) -> None:
         self.store = store
         self.clock = clock
-        self.health = DbHealth(clock, lambda: 5.0)
+        self.health = DbHealth(clock, lambda: 5.0, classify)
         self.recorder = Recorder(store, self.health)
 
     async def claims(self, n: int) -> list[Claim]:

@@ -7,6 +7,7 @@ The strike/quarantine SQL runs on a real SQLite database and on MariaDB (through
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from cronloop.runtime.watchdog import (
     strike_tasks_sync,
 )
 from cronloop.store.sql.claims import TaskDeclaration, TaskStore
+from cronloop.store.sql.store import short_lived_store
 from cronloop.store.sql.tables import tasks
 
 
@@ -268,7 +270,7 @@ async def test_strikes_then_quarantine(engine: AsyncEngine, settings: Settings) 
         [TaskDeclaration(n, "every 1s", 10, None) for n in ("hog", "ok", "held")]
     )
     await store.pause("held")
-    url = engine.url
+    url = functools.partial(short_lived_store, engine.url)
     run = asyncio.get_running_loop().run_in_executor  # sync I/O off this test's loop
     assert (
         await run(
@@ -299,7 +301,7 @@ async def test_strike_recorder_logs_and_quarantines(engine: AsyncEngine) -> None
     await store.sync_tasks([TaskDeclaration("hog", "every 1s", 10, None)])
     async with engine.begin() as conn:
         await conn.execute(update(tasks).values(strikes=4))
-    record = strike_recorder(engine.url, quarantine_strikes=5)
+    record = strike_recorder(functools.partial(short_lived_store, engine.url), quarantine_strikes=5)
     with structlog.testing.capture_logs() as events:
         await asyncio.get_running_loop().run_in_executor(None, record, ["hog"], 31.4)
     assert (await _row(engine, "hog")).status_reason.startswith(
@@ -312,6 +314,6 @@ def test_unreachable_database_fails_fast_without_leaking_the_password() -> None:
     url = make_url("mysql+aiomysql://nobody:s3cr3t@127.0.0.1:1/none")  # port 1: refused
     started = time.monotonic()
     with pytest.raises(Exception, match=r"(?i)connect") as caught:
-        strike_tasks_sync(url, ["x"], "blocked", 2, timeout_s=1.0)
+        strike_tasks_sync(functools.partial(short_lived_store, url, 1.0), ["x"], "blocked", 2)
     assert time.monotonic() - started < 3.0
     assert "s3cr3t" not in str(caught.value)

@@ -21,7 +21,7 @@ from cronloop.domain.outcome import Outcome
 from cronloop.domain.records import TaskDeclaration
 from cronloop.runtime.dbhealth import DbHealth
 from cronloop.store.memory import MemoryStore
-from cronloop.store.sql.errors import ErrorKind
+from cronloop.store.sql.errors import ErrorKind, classify
 from cronloop.web.server import WebServer
 from cronloop.web.view import WorkerView
 
@@ -41,7 +41,7 @@ class World:
     server: WebServer | None = None
 
     def __post_init__(self) -> None:
-        self.health = DbHealth(self.clock, lambda: 5.0)
+        self.health = DbHealth(self.clock, lambda: 5.0, classify)
 
     def view(self) -> WorkerView:
         async def schema() -> bool:

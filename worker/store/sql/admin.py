@@ -81,7 +81,7 @@ class AdminVerbs:
     # -- reading ------------------------------------------------------------------------
 
     async def status(self, names: Sequence[str] | None = None) -> list[TaskState]:
-        running = and_(T.lease_token.is_not(None), T.lease_until >= self.db.now())
+        running = and_(T.lease_token.is_not(None), T.lease_until >= self.db.expired_before())
         query = select(tasks, running.label("running")).order_by(T.name)
         if names:
             query = query.where(T.name.in_(list(names)))

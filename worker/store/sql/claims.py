@@ -150,7 +150,7 @@ class Claims:
         cached = self._claim_sql.get(key)
         if cached is not None:
             return cached
-        lease_free = or_(T.lease_until.is_(None), T.lease_until < self.db.now())
+        lease_free = or_(T.lease_until.is_(None), T.lease_until < self.db.expired_before())
         available = and_(
             T.status == TaskStatus.ACTIVE, lease_free if takeover else T.lease_until.is_(None)
         )
@@ -245,7 +245,7 @@ class Claims:
         """
         query = select(func.min(T.next_run)).where(
             T.status == TaskStatus.ACTIVE,
-            or_(T.lease_token.is_(None), T.lease_until < self.db.now()),
+            or_(T.lease_token.is_(None), T.lease_until < self.db.expired_before()),
         )
         if names is not None:
             query = query.where(T.name.in_(list(names)))

@@ -20,9 +20,10 @@ from cronloop.store.sql.engine import db_now, server_supports_skip_locked
 
 
 class Connector:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, max_clock_skew_s: float = 0.0) -> None:
         self.engine = engine
         self.dialect = engine.dialect
+        self.max_clock_skew_s = max_clock_skew_s
         self._write_lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
         self._skip_locked: bool | None = None
         self._probe: AsyncConnection | None = None
@@ -30,6 +31,12 @@ class Connector:
     def now(self, plus_s: float = 0.0) -> Any:
         """The database server's clock (+ `plus_s`) as a SQL expression: leases only."""
         return db_now(self.dialect, plus_s)
+
+    def expired_before(self) -> Any:
+        """The database clock less `max_clock_skew_s`: a lease counts as expired only once
+        its `lease_until` is before this. The lease may have been stamped by another node
+        of a cluster, whose clock may be that much behind this one's."""
+        return db_now(self.dialect, -self.max_clock_skew_s)
 
     @asynccontextmanager
     async def begin(self) -> AsyncIterator[AsyncConnection]:

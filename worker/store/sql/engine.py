@@ -26,6 +26,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from cronloop.config.settings import ConfigError, Settings, state_directory
 from cronloop.config.values import mask_url
 from cronloop.files import create_private_file, private_dir
+from cronloop.store.sql.hosts import attach_failover, host_list
 from cronloop.store.sql.tables import UTCDateTime
 
 SQLITE_FILE = "cronloop.db"
@@ -64,6 +65,15 @@ def resolve_url(settings: Settings) -> URL:
             f"MariaDB, through aiomysql) or sqlite://; from {settings.sources.get('database_url')}"
         )
     url = url.set(drivername=driver)
+    if settings.database_hosts:
+        if driver != "mysql+aiomysql":
+            raise ConfigError(
+                "database_hosts: only for MySQL/MariaDB (several servers of one database); "
+                f"database_url is {url.get_backend_name()}; from "
+                f"{settings.sources.get('database_hosts')}"
+            )
+        first = host_list(url, settings.database_hosts).hosts[0]
+        url = url.set(host=first.name, port=first.port)
     if settings.database_password is not None:
         url = url.set(password=settings.database_password.reveal())
     if driver == "mysql+aiomysql" and "charset" not in url.query:
@@ -141,6 +151,8 @@ def create_engine(settings: Settings, *, url: URL | None = None, **kw: Any) -> A
     options.update(kw)
     engine = create_async_engine(url, **options)
     _ping_when_idle(engine)
+    if len(settings.database_hosts) > 1:
+        attach_failover(engine, host_list(url, settings.database_hosts))
     return engine
 
 

@@ -2,36 +2,30 @@
 
 This module owns the driver knowledge: MariaDB/MySQL error numbers (through aiomysql and
 PyMySQL), sqlite3's messages, SQLAlchemy's wrappers. It answers one question, `classify`,
-with one of four kinds; what to do about each kind (retry now, back off, record a
-placeholder, crash) is the runtime's database-health policy, which never sees a driver.
-It never logs, retries or sleeps.
+with one of the four kinds of `cronloop.store.errors` (the SQL store's `classify_error`);
+what to do about each kind (retry now, back off, record a placeholder, crash) is the
+runtime's database-health policy, which never sees a driver. It never logs, retries or
+sleeps.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from enum import StrEnum
 
 import pymysql.err  # type: ignore[import-untyped]  # no stubs installed
 from sqlalchemy import exc as sa_exc
 
+from cronloop.store.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind
 
-class ErrorKind(StrEnum):
-    """The four kinds of database failure; the values are metric labels."""
-
-    CONFLICT = "conflict"  # a lost race: retry the whole transaction at once
-    OUTAGE = "outage"  # the database cannot be reached or cannot serve now
-    REFUSED = "refused"  # the database refused this data: retrying it cannot help
-    BUG = "bug"  # our SQL or our code is wrong: fail loudly
-
+__all__ = [
+    "CONFLICT_JITTER_S",
+    "CONFLICT_RETRIES",
+    "ErrorKind",
+    "classify",
+    "code_of",
+]
 
 # MariaDB / MySQL server error numbers
-# The one answer to a conflict, for every caller (the runtime's DbHealth, and
-# `store.sql.retry` for everything else): the whole transaction again at once, with a
-# little jitter, this many times before the caller hears of it.
-CONFLICT_RETRIES = 5
-CONFLICT_JITTER_S = 0.005  # up to this much per attempt, so racing writers fall apart
-
 CONFLICT_CODES = frozenset(
     {
         1213,  # ER_LOCK_DEADLOCK; also Galera's certification failure (wsrep abort)
@@ -50,6 +44,11 @@ OUTAGE_CODES = frozenset(
         1078,  # ER_GOT_SIGNAL
         1079,  # ER_SHUTDOWN_COMPLETE
         1152,  # ER_ABORTING_CONNECTION
+        # ER_ERROR_DURING_COMMIT: seen on a Galera node that just left the primary
+        # component ("Error while appending streaming replication fragment (provider
+        # status: Not connected to Primary Component)"); a commit the server could not
+        # do now, not our SQL: retried later, never a crash
+        1180,
         1158,  # ER_NET_READ_ERROR
         1159,  # ER_NET_READ_INTERRUPTED
         1160,  # ER_NET_ERROR_ON_WRITE
@@ -76,6 +75,16 @@ REFUSED_CODES = frozenset(
         1452,  # ER_NO_REFERENCED_ROW_2
         3819,  # ER_CHECK_CONSTRAINT_VIOLATED (MySQL)
         4025,  # ER_CONSTRAINT_FAILED (MariaDB)
+    }
+)
+# The node answered, but cannot serve: with several hosts (`database_hosts`) the
+# connection moves to the next one (`store.sql.hosts`); still an OUTAGE to the runtime.
+NODE_UNUSABLE_CODES = frozenset(
+    {
+        1047,  # wsrep: "WSREP has not yet prepared node for application use" (non-primary)
+        1053,  # ER_SERVER_SHUTDOWN
+        1290,  # ER_OPTION_PREVENTS_STATEMENT: --read-only
+        1836,  # ER_READ_ONLY_MODE
     }
 )
 # client-side errors (CR_*: 2002 can't connect via socket, 2003 can't connect, 2006 gone
@@ -109,6 +118,16 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(cause, TimeoutError | ConnectionError | OSError | EOFError):
         return ErrorKind.OUTAGE  # our own bound on a call, a reset, a refused connect
     return ErrorKind.BUG
+
+
+def node_unusable(exc: BaseException) -> bool:
+    """Whether `exc` says the server it came from cannot serve now, though it answers (a
+    Galera node outside the primary component, a server shutting down or read-only): an
+    outage of that node, which another node of a cluster may not share."""
+    code = code_of(exc)
+    if code == 1180:  # a failed commit: the node's fault only when Galera says so
+        return "primary component" in str(_driver_error(exc)).lower()
+    return code in NODE_UNUSABLE_CODES
 
 
 def code_of(exc: BaseException) -> int | None:

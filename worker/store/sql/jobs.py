@@ -3,8 +3,8 @@
 A part of `SqlStore` (contract: `cronloop.store.interface.JobStore`). Leases are the
 task table's mechanism on another table: the database clock, a random token per
 acquisition that fences every write, renewal through `leases.renew_fenced`. Acquiring is
-one short transaction: SELECT the best candidates (SKIP LOCKED where the server has it),
-one UPDATE that re-checks the conditions, so it is correct without row locks too.
+`queue.acquire` (the one claim of queued work, the email outbox's too): one short
+transaction, takeovers struck and quarantined at `quarantine_strikes`.
 `insert_job` is also the public `cronloop.enqueue`'s statement. Knows nothing of asyncio
 tasks or deadlines.
 """
@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Dialect, and_, func, or_, select, update
+import structlog
+from sqlalchemy import Dialect, and_, func, select, update
 from sqlalchemy.dialects import mysql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -33,10 +34,14 @@ from cronloop.domain.jobs import (
 from cronloop.domain.records import Claim
 from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.leases import renew_fenced
+from cronloop.store.sql.queue import QueueShape, acquire
 from cronloop.store.sql.tables import jobs
 
 J = jobs.c
-_NO_LEASE = {"owner": None, "lease_token": None, "lease_until": None}
+#: the job table as a queue: the shape `queue.acquire` claims
+JOB_QUEUE = QueueShape(jobs, order=("-priority", "run_at", "id"))
+_NO_LEASE = JOB_QUEUE.no_lease()
+log = structlog.get_logger("cronloop.jobs")
 
 
 def job_row(
@@ -88,10 +93,13 @@ async def insert_job(conn: Any, dialect: Dialect, row: dict[str, Any]) -> int:
 class SqlJobs:
     """The `JobStore` verbs over one `Connector`."""
 
-    def __init__(self, db: Connector, worker_id: str, lease_s: float) -> None:
+    def __init__(
+        self, db: Connector, worker_id: str, lease_s: float, quarantine_strikes: int = 0
+    ) -> None:
         self.db = db
         self.worker_id = worker_id
         self.lease_s = lease_s
+        self.quarantine_strikes = quarantine_strikes  # 0: never quarantine
 
     async def enqueue_job(
         self,
@@ -114,12 +122,6 @@ class SqlJobs:
         async with self.db.begin() as conn:
             return await insert_job(conn, self.db.dialect, row)
 
-    def _due(self, now: datetime, takeover: bool = True) -> Any:
-        planned = and_(J.state == JobState.PLANNED.value, J.run_at <= now)
-        if not takeover:
-            return planned
-        return or_(planned, and_(J.state == JobState.RUNNING.value, J.lease_until < self.db.now()))
-
     async def acquire_jobs(
         self,
         now: datetime,
@@ -127,40 +129,34 @@ class SqlJobs:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
         kinds = [k for k, free in slots.items() if free is None or free > 0]
         if limit <= 0 or not kinds:
             return []
-        due = and_(J.kind.in_(kinds), self._due(now, takeover))
-        query = (
-            select(J.id, J.kind, J.args, J.state, J.run_at, J.attempts, J.max_retries)
-            .where(due)
-            .order_by(J.priority.desc(), J.run_at, J.id)
-            .limit(limit)
-        )
-        if await self.db.skip_locked():
-            query = query.with_for_update(skip_locked=True)
+        token = uuid.uuid4().hex[:24]
+        skip_locked = await self.db.skip_locked()
         async with self.db.begin() as conn:
-            rows = _within_slots((await conn.execute(query)).all(), slots)
-            if not rows:
-                return []
-            token = uuid.uuid4().hex[:24]
-            ids = [r.id for r in rows]
-            result = await conn.execute(
-                update(jobs)
-                .where(J.id.in_(ids), due)
-                .values(
-                    state=JobState.RUNNING.value,
-                    owner=self.worker_id,
-                    lease_token=token,
-                    lease_until=self.db.now(self.lease_s),
-                    attempts=J.attempts + 1,
-                )
+            got = await acquire(
+                conn,
+                self.db.dialect,
+                JOB_QUEUE,
+                columns=(J.kind, J.args, J.run_at, J.attempts, J.max_retries),
+                where=J.kind.in_(kinds),
+                now=now,
+                limit=limit,
+                owner=self.worker_id,
+                token=token,
+                lease_s=self.lease_s,
+                skip_locked=skip_locked,
+                takeover=takeover,
+                quarantine_strikes=self.quarantine_strikes,
+                suspects=suspects,
+                pick=lambda rows: _within_slots(rows, slots),
+                expired_before=self.db.expired_before(),
             )
-            if result.rowcount != len(ids):  # a concurrent worker won some
-                ours = select(J.id).where(J.id.in_(ids), J.lease_token == token)
-                taken = set((await conn.execute(ours)).scalars())
-                rows = [r for r in rows if r.id in taken]
+        for job_id, strikes in got.quarantined:
+            log.error("job quarantined: its worker was lost", job_id=job_id, strikes=strikes)
         return [
             JobClaim(
                 job_id=r.id,
@@ -171,9 +167,10 @@ class SqlJobs:
                 run_at=r.run_at,
                 attempts=r.attempts + 1,
                 max_retries=r.max_retries,
-                took_over=r.state == JobState.RUNNING.value,
+                took_over=got.took_over(JOB_QUEUE, r),
+                strikes=r.strikes + (1 if got.took_over(JOB_QUEUE, r) else 0),
             )
-            for r in rows
+            for r in got.rows
         ]
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
@@ -245,10 +242,11 @@ class SqlJobs:
         try:
             return await self._change_state(
                 job_id,
-                (JobState.ERROR, JobState.CANCELLED),
+                (JobState.ERROR, JobState.CANCELLED, JobState.QUARANTINED),
                 state=JobState.PLANNED.value,
                 run_at=now,
                 attempts=0,
+                strikes=0,
                 finished=None,
             )
         except IntegrityError:
@@ -283,6 +281,7 @@ class SqlJobs:
             last_error=r.last_error,
             created=r.created,
             finished=r.finished,
+            strikes=r.strikes,
         )
 
     async def prune_jobs(self, before: datetime, limit: int) -> int:

@@ -92,7 +92,7 @@ class Leases:
         async with self.db.begin() as conn:
             stale = (
                 select(T.run_id)
-                .where(T.lease_token.is_not(None), T.lease_until < self.db.now())
+                .where(T.lease_token.is_not(None), T.lease_until < self.db.expired_before())
                 .scalar_subquery()
             )
             result = await conn.execute(

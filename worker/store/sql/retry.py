@@ -22,7 +22,8 @@ from typing import ParamSpec, TypeVar
 
 import structlog
 
-from cronloop.store.sql.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind, classify
+from cronloop.store.errors import CONFLICT_JITTER_S, CONFLICT_RETRIES, ErrorKind
+from cronloop.store.sql.errors import classify
 
 log = structlog.get_logger("cronloop.database")
 T = TypeVar("T")

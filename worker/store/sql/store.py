@@ -21,11 +21,13 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cronloop.domain.jobs import JobClaim, JobCount, JobInfo, JobState
@@ -39,10 +41,13 @@ from cronloop.domain.records import (
     TaskState,
     TriggerResult,
 )
+from cronloop.store.errors import ErrorKind
 from cronloop.store.interface import Ended
 from cronloop.store.sql.admin import AdminVerbs
 from cronloop.store.sql.claims import Claims, make_worker_id
 from cronloop.store.sql.connector import Connector
+from cronloop.store.sql.engine import create_short_lived_engine
+from cronloop.store.sql.errors import classify
 from cronloop.store.sql.jobs import SqlJobs
 from cronloop.store.sql.leases import Leases
 from cronloop.store.sql.quarantine import Quarantine
@@ -69,9 +74,11 @@ class SqlStore:
         worker_id: str | None = None,
         lease_s: float = 30.0,
         quarantine_timeouts: int = 0,
+        max_clock_skew_s: float = 0.0,
+        quarantine_strikes: int = 0,
     ) -> None:
         self.engine = engine
-        self._db = Connector(engine)
+        self._db = Connector(engine, max_clock_skew_s=max_clock_skew_s)
         self._taskset = TaskSet(self._db)
         self._claims = Claims(self._db, worker_id or make_worker_id(), lease_s)
         self._leases = Leases(self._db, lease_s)
@@ -80,7 +87,7 @@ class SqlStore:
         self._recording = Recording(self._db, who, quarantine_timeouts)
         self._quarantine = Quarantine(self._db)
         self._admin = AdminVerbs(self._db)
-        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s)
+        self._jobs = SqlJobs(self._db, self._claims.worker_id, lease_s, quarantine_strikes)
 
     @property
     def worker_id(self) -> str:
@@ -107,6 +114,9 @@ class SqlStore:
     async def close(self) -> None:
         """Return the probe's kept connection."""
         await self._db.drop_probe()
+
+    def classify_error(self, exc: BaseException) -> ErrorKind:
+        return classify(exc)
 
     # -- the verbs, as the parts implement them (contracts: `Store`) ----------------------
 
@@ -203,8 +213,11 @@ class SqlStore:
         slots: Mapping[str, int | None],
         *,
         takeover: bool = True,
+        suspects: int | None = None,
     ) -> list[JobClaim]:
-        return await self._jobs.acquire_jobs(now, limit, slots, takeover=takeover)
+        return await self._jobs.acquire_jobs(
+            now, limit, slots, takeover=takeover, suspects=suspects
+        )
 
     async def renew_jobs(self, claims: Iterable[Claim]) -> set[str]:
         return await self._jobs.renew_jobs(claims)
@@ -244,3 +257,17 @@ if TYPE_CHECKING:  # mypy proves the implementation keeps the contract
     from cronloop.store.interface import Store
 
     _conforms: type[Store] = SqlStore
+
+
+@asynccontextmanager
+async def short_lived_store(url: URL, timeout_s: float = 3.0) -> AsyncIterator[SqlStore]:
+    """A store on a throw-away engine whose every wait is bounded by `timeout_s`, for a
+    thread with an event loop of its own: the watchdog's strike while the service's
+    loop (and its engine) is blocked. Closed and disposed on the way out."""
+    engine = create_short_lived_engine(url, timeout_s)
+    store = SqlStore(engine)
+    try:
+        yield store
+    finally:
+        await store.close()
+        await engine.dispose()

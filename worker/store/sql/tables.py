@@ -167,6 +167,8 @@ jobs = Table(
     Column("priority", Integer, nullable=False, server_default="0"),  # higher runs first
     _ts("run_at", nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # attempts whose worker was lost (counted at each takeover): quarantine_strikes
+    Column("strikes", Integer, nullable=False, server_default="0"),
     Column("max_retries", Integer),  # None: the kind's setting
     Column("unique_key", String(190)),
     Column("active_key", String(190), Computed(ACTIVE_KEY_SQL, persisted=True)),
