@@ -13,6 +13,7 @@ figures are never shared between the two schedulers. Results go to `--json`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.databases import DEFAULT_MARIADB, scratch_database
+from bench.peer_databases import DEFAULT_POSTGRES, DEFAULT_REDIS
 from bench.profile import ENV as PROFILE_ENV
 from bench.report import Measurements, draw_lateness, print_report
-from bench.scenarios import CRONLOOP, SCENARIOS, SIDES, Scenario, by_name
+from bench.scenarios import CRONLOOP, SCENARIOS, SYSTEMS, Scenario, by_name
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: children import bench and tests
 
@@ -46,6 +48,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"MariaDB server for scratch databases (default {DEFAULT_MARIADB})",
     )
     parser.add_argument(
+        "--postgres",
+        default=os.environ.get("CRONLOOP_BENCH_POSTGRES", DEFAULT_POSTGRES),
+        help=f"PostgreSQL server for procrastinate's scratch databases ({DEFAULT_POSTGRES})",
+    )
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("CRONLOOP_BENCH_REDIS", DEFAULT_REDIS),
+        help=f"Redis database for arq, scratch key prefix (default {DEFAULT_REDIS})",
+    )
+    parser.add_argument(
         "--scale",
         choices=("tiny", "quick", "full"),
         default="quick",
@@ -55,7 +67,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (min/median/max)")
     parser.add_argument("--only", default="", help="scenarios, comma-separated (default all)")
     parser.add_argument(
-        "--systems", default=",".join(SIDES), help="cronloop, APScheduler or both (default)"
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"a subset of {', '.join(SYSTEMS)} (default all)",
     )
     parser.add_argument(
         "--json",
@@ -101,7 +115,8 @@ def run_child(
     """One scenario, one system, one fresh database, in a child process."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{scenario.name}-") as tmp:
         workdir = Path(tmp)
-        with scratch_database(backend, workdir, opts.server) as db:
+        peers = {"postgresql": opts.postgres, "redis": opts.redis}
+        with scratch_database(backend, workdir, opts.server, peers) as db:
             out = workdir / "result.json"
             cmd = [
                 sys.executable,
@@ -182,39 +197,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = parse(argv)
     backends = [b for b in opts.db.split(",") if b]
     systems = [s for s in opts.systems.split(",") if s]
-    bad = [s for s in systems if s not in SIDES]
+    bad = [s for s in systems if s not in SYSTEMS]
     if bad:
-        sys.exit(f"unknown system(s) {', '.join(bad)}; known: {', '.join(SIDES)}")
+        sys.exit(f"unknown system(s) {', '.join(bad)}; known: {', '.join(SYSTEMS)}")
     if "APScheduler" in systems:
         try:
             import apscheduler  # noqa: F401
         except ImportError:
             sys.exit("APScheduler is not installed: pip install -e '.[bench]'")
+    for peer in ("procrastinate", "arq"):
+        wanted = any(peer in s.modules for s in selected(opts))
+        if peer in systems and wanted and importlib.util.find_spec(peer) is None:
+            sys.exit(
+                f"{peer} is not installed: pip install -e '.[bench]' (or leave it out of --systems)"
+            )
     measurements = Measurements(environment(opts))
     for scenario in selected(opts):
-        for backend in [b for b in backends if b in scenario.backends]:
-            for system in [s for s in systems if s in scenario.modules]:
-                for rep in range(opts.repeat):
-                    label = f"{scenario.name} / {backend} / {system} #{rep + 1}"
-                    print(f"running {label} ...", file=sys.stderr, flush=True)
-                    profile_to = (
-                        opts.profile / f"{scenario.name}-{backend}-{rep + 1}"
-                        if opts.profile is not None and system == CRONLOOP
-                        else None
-                    )
-                    result = run_child(
-                        scenario.modules[system],
-                        scenario,
-                        backend,
-                        opts,
-                        scenario.params[opts.scale],
-                        profile_to,
-                    )
-                    if "error" in result:
-                        print(f"  FAILED: {result['error']}", file=sys.stderr)
-                    else:
-                        print(f"  done in {result['wall_s']:.0f} s", file=sys.stderr)
-                    measurements.add(scenario.name, backend, system, result)
+        for backend, system in scenario.runs(backends, systems):
+            for rep in range(opts.repeat):
+                label = f"{scenario.name} / {backend} / {system} #{rep + 1}"
+                print(f"running {label} ...", file=sys.stderr, flush=True)
+                profile_to = (
+                    opts.profile / f"{scenario.name}-{backend}-{rep + 1}"
+                    if opts.profile is not None and system == CRONLOOP
+                    else None
+                )
+                result = run_child(
+                    scenario.modules[system],
+                    scenario,
+                    backend,
+                    opts,
+                    scenario.params[opts.scale],
+                    profile_to,
+                )
+                if "error" in result:
+                    print(f"  FAILED: {result['error']}", file=sys.stderr)
+                else:
+                    print(f"  done in {result['wall_s']:.0f} s", file=sys.stderr)
+                measurements.add(scenario.name, backend, system, result)
     opts.json.write_text(json.dumps(measurements.as_json(), indent=1), encoding="utf-8")
     print_report(measurements, selected(opts))
     print(f"\nresults written to {opts.json}")

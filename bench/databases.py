@@ -27,7 +27,7 @@ class BenchDb:
     """A throw-away database. `url` is the plain form (`sqlite:///f`, `mysql://...`);
     `async_url`/`sync_url` add the drivers each library wants."""
 
-    backend: str  # "sqlite" or "mariadb"
+    backend: str  # "sqlite", "mariadb"; the queue peers' "postgresql", "redis"
     label: str  # e.g. "SQLite 3.40.1", "MariaDB 10.11.19"
     url: str
     async_url: str
@@ -36,10 +36,20 @@ class BenchDb:
 
 @contextmanager
 def scratch_database(
-    backend: str, workdir: Path, server: str = DEFAULT_MARIADB
+    backend: str, workdir: Path, server: str = DEFAULT_MARIADB, peers: dict[str, str] | None = None
 ) -> Iterator[BenchDb]:
     """A fresh SQLite file in `workdir`, or a scratch database `cronloop_bench_<pid>_<id>`
-    on the MariaDB `server`, dropped afterwards (an existing database is never touched)."""
+    on the MariaDB `server`, dropped afterwards (an existing database is never touched);
+    for the queue peers, `postgresql` and `redis` on the servers in `peers`
+    (bench/peer_databases.py)."""
+    if backend in ("postgresql", "redis"):
+        from bench import peer_databases as pd
+
+        scratch = pd.postgres_scratch if backend == "postgresql" else pd.redis_scratch
+        default = pd.DEFAULT_POSTGRES if backend == "postgresql" else pd.DEFAULT_REDIS
+        with scratch((peers or {}).get(backend, default)) as (label, url):
+            yield BenchDb(backend, label, url, url, url)
+        return
     if backend == "sqlite":
         path = workdir / f"bench-{time.monotonic_ns()}.db"
         yield BenchDb(

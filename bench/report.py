@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import APSCHEDULER, CRONLOOP, Scenario
+from bench.scenarios import APSCHEDULER, CRONLOOP, OPS, Scenario
 
 Key = tuple[str, str, str]  # scenario, backend, system
 
@@ -90,9 +90,52 @@ def print_report(m: Measurements, scenarios: Sequence[Scenario]) -> None:
         f"{env['repeat']} repetition(s); median [min-max]"
     )
     for scenario in scenarios:
+        if scenario.columns:
+            _print_columns(m, scenario)
+            continue
         backends = sorted({b for (s, b, _) in m.results if s == scenario.name})
         for backend in backends:
             _print_scenario(m, scenario, backend)
+
+
+def _print_columns(m: Measurements, scenario: Scenario) -> None:
+    """One table, a column per (system, store) that ran; targets on cronloop's columns,
+    `vs_peers` ones against every column of another system."""
+    keys = [
+        (scenario.name, b, s) for s, b in scenario.columns if (scenario.name, b, s) in m.results
+    ]
+    if not keys:
+        return
+    print(f"\n## {scenario.name}: {scenario.what}")
+    heads = [f"{k[2]} {m.db_label(k[0], k[1])}" for k in keys]
+    rows = [("figure", *heads)]
+    for figure in scenario.figures:
+        cells = [spread(m.values(k, figure)) for k in keys]
+        if any(c != "-" for c in cells):
+            rows.append((figure, *cells))
+    _table(rows)
+    for key in keys:
+        for result in m.results[key]:
+            if "error" in result:
+                print(f"  {key[2]} ({key[1]}) FAILED: {result['error'].splitlines()[-1][:300]}")
+            for note in result.get("notes", []):
+                print(f"  {key[2]} ({key[1]}): {note}")
+    peers = [k for k in keys if k[2] != CRONLOOP]
+    for target in scenario.targets:
+        for key in keys:
+            if key[2] != CRONLOOP or key[1] not in target.backends:
+                continue
+            mine = m.medians(key)
+            verdicts = [target.met(mine, None)] if not target.vs_peers else []
+            for peer in peers if target.vs_peers else []:
+                theirs = m.median(peer, target.figure)
+                ours = mine.get(target.figure)
+                verdicts.append(
+                    None if theirs is None or ours is None else OPS[target.op](ours, theirs)
+                )
+            verdict = None if None in verdicts or not verdicts else all(verdicts)
+            word = {True: "MET", False: "MISSED", None: "not measured"}[verdict]
+            print(f"  target {target.figure} ({key[1]}) {target.describe()}: {word}")
 
 
 def _print_scenario(m: Measurements, scenario: Scenario, backend: str) -> None:

@@ -2,9 +2,11 @@
 
 A scenario is run by each side that implements it, in a child process (the modules
 beside this one: `cronloop_single`, `apscheduler`, `workers`, `galera`, `takeover`,
-`emails`), on
-a fresh database. Targets are checked on the
-median over repetitions; a target may also compare with APScheduler's median.
+`emails`; the job queues' `queue_cronloop`, `queue_procrastinate`, `queue_arq`), on a
+fresh database. The queue scenarios have fixed columns, each a system on its own store
+(cronloop on MariaDB and SQLite, procrastinate on PostgreSQL, arq on Redis). Targets are
+checked on the median over repetitions; a target may also compare with APScheduler's
+median, or (`vs_peers`) with every other column's.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any
 
 CRONLOOP = "cronloop"
 APSCHEDULER = "APScheduler"
+PROCRASTINATE = "procrastinate"
+ARQ = "arq"
 SIDES = {CRONLOOP: "bench.scenarios.cronloop_single", APSCHEDULER: "bench.scenarios.apscheduler"}
+SYSTEMS = (CRONLOOP, APSCHEDULER, PROCRASTINATE, ARQ)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Target:
     vs_aps: float | None = None
     backends: tuple[str, ...] = ("sqlite", "mariadb")
     than: str | None = None  # compare with another of cronloop's figures instead
+    vs_peers: bool = False  # compare with each peer column's figure (queue scenarios)
 
     def bound(self, figures: dict[str, float]) -> float | None:
         return figures.get(self.than) if self.than else self.value
@@ -43,6 +49,8 @@ class Target:
         if self.vs_aps is not None:
             factor = "" if self.vs_aps == 1 else f"{self.vs_aps:.3g}x "
             parts.append(f"{self.op} {factor}APScheduler")
+        if self.vs_peers:
+            parts.append(f"{self.op} every peer")
         return " and ".join(parts)
 
     def met(self, figures: dict[str, float], theirs: float | None) -> bool | None:
@@ -67,6 +75,7 @@ OPS: dict[str, Callable[[Any, Any], bool]] = {
     ">=": operator.ge,
     "==": operator.eq,
     "<": operator.lt,
+    ">": operator.gt,
 }
 
 
@@ -81,6 +90,18 @@ class Scenario:
     backends: tuple[str, ...] = ("sqlite", "mariadb")
     timeout_s: float = 1200
     lower_is_better: frozenset[str] = field(default_factory=frozenset)
+    columns: tuple[tuple[str, str], ...] = ()  # (system, backend); empty: backends x sides
+
+    def runs(self, backends: list[str], systems: list[str]) -> list[tuple[str, str]]:
+        """The (backend, system) pairs to run: `--db` selects cronloop's back ends; a
+        peer's store comes with the peer."""
+        if self.columns:
+            return [
+                (b, s) for s, b in self.columns if s in systems and (s != CRONLOOP or b in backends)
+            ]
+        return [
+            (b, s) for b in backends if b in self.backends for s in systems if s in self.modules
+        ]
 
 
 LATENESS = ("lateness_p50_ms", "lateness_p99_ms", "lateness_max_ms")
@@ -302,6 +323,92 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 
+QUEUE_COLUMNS = (
+    (CRONLOOP, "mariadb"),
+    (CRONLOOP, "sqlite"),
+    (PROCRASTINATE, "postgresql"),
+    (ARQ, "redis"),
+)
+QUEUE_SIDES = {
+    CRONLOOP: "bench.scenarios.queue_cronloop",
+    PROCRASTINATE: "bench.scenarios.queue_procrastinate",
+    ARQ: "bench.scenarios.queue_arq",
+}
+QUEUE_SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "queue-drain",
+        "20,000 no-op jobs enqueued in batches of 1,000, then drained by one worker "
+        "(concurrency 100)",
+        QUEUE_SIDES,
+        {
+            "tiny": {"jobs": 2000, "batch": 500},
+            "quick": {"jobs": 20_000, "batch": 1000},
+            "full": {"jobs": 20_000, "batch": 1000},
+        },
+        ("drain_jobs_per_s", "cpu_ms_per_job", "enqueue_jobs_per_s", "jobs", "duplicates", "lost"),
+        (
+            Target("drain_jobs_per_s", ">", None, backends=("mariadb",), vs_peers=True),
+            Target("lost", "==", 0),
+        ),
+        columns=QUEUE_COLUMNS,
+    ),
+    Scenario(
+        "queue-steady",
+        "500 no-op jobs/s, each enqueued alone, one idle worker (concurrency 100); "
+        "enqueue-to-start latency",
+        QUEUE_SIDES,
+        {
+            "tiny": {"rate": 200, "duration_s": 5},
+            "quick": {"rate": 500, "duration_s": 20},
+            "full": {"rate": 500, "duration_s": 30},
+        },
+        (
+            "latency_p50_ms",
+            "latency_p99_ms",
+            "latency_max_ms",
+            "cpu_ms_per_job",
+            "enqueued_per_s",
+            "enqueue_lag_p99_ms",
+            "jobs",
+            "duplicates",
+            "lost",
+        ),
+        (
+            Target("latency_p99_ms", "<", None, backends=("mariadb",), vs_peers=True),
+            Target("lost", "==", 0),
+        ),
+        columns=QUEUE_COLUMNS,
+    ),
+    Scenario(
+        "queue-crash",
+        "4 cronloop workers drain the queue, each job writes a ledger row; one killed "
+        "with -9 a quarter of the way",
+        {CRONLOOP: QUEUE_SIDES[CRONLOOP]},
+        {
+            "tiny": {"jobs": 2000, "workers": 4},
+            "quick": {"jobs": 10_000, "workers": 4},
+            "full": {"jobs": 20_000, "workers": 4},
+        },
+        (
+            "jobs",
+            "lost",
+            "duplicates",
+            "duplicates_beyond_window",
+            "taken_over",
+            "not_done",
+            "killed_worker_jobs",
+        ),
+        (
+            Target("lost", "==", 0),
+            Target("duplicates_beyond_window", "==", 0),
+            Target("not_done", "==", 0),
+        ),
+        backends=("mariadb",),
+        columns=((CRONLOOP, "mariadb"),),
+    ),
+)
+
+
 def _with_http(base: Scenario) -> Scenario:
     """`base` with the HTTP server on and /metrics scraped every 15 s: its figures
     against `base`'s are the cost of metrics (issue 12: within 5 %)."""
@@ -322,7 +429,11 @@ def _with_http(base: Scenario) -> Scenario:
     )
 
 
-SCENARIOS = (*SCENARIOS, *(_with_http(s) for s in SCENARIOS if s.name in ("lateness", "burst")))
+SCENARIOS = (
+    *SCENARIOS,
+    *(_with_http(s) for s in SCENARIOS if s.name in ("lateness", "burst")),
+    *QUEUE_SCENARIOS,
+)
 
 
 def by_name() -> dict[str, Scenario]:

@@ -127,3 +127,40 @@ def test_process_cpu_and_the_listener_of_a_port() -> None:
         assert listener_pid(sock.getsockname()[1]) == os.getpid()
     mine = process_cpu_s(os.getpid())
     assert mine is not None and mine > 0
+
+
+def test_the_queue_scenarios_run_and_report(tmp_path: Path) -> None:
+    """cronloop's side of the queue scenarios (the peers need the `bench` extra and
+    their servers): every job started once, figures and the column table printed."""
+    out = tmp_path / "results.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--scale",
+            "tiny",
+            "--db",
+            "sqlite",
+            "--systems",
+            "cronloop",
+            "--only",
+            "queue-drain,queue-steady",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    runs = {r["scenario"]: r for r in json.loads(out.read_text())["runs"]}
+    drain, steady = runs["queue-drain"]["figures"], runs["queue-steady"]["figures"]
+    assert (drain["jobs"], drain["lost"], drain["duplicates"]) == (2000, 0, 0)
+    assert drain["drain_jobs_per_s"] > 0 and drain["cpu_ms_per_job"] > 0
+    assert (steady["jobs"], steady["lost"], steady["duplicates"]) == (1000, 0, 0)
+    assert 0 < steady["latency_p50_ms"] <= steady["latency_p99_ms"]
+    assert "## queue-drain:" in proc.stdout and "| cronloop SQLite" in proc.stdout

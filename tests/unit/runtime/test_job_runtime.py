@@ -5,6 +5,7 @@ deadlines, and a shutdown that gives an attempt back."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from cronloop.definitions.jobs import JobSpec, PermanentJobError
 from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import FakeClock
 from cronloop.domain.jobs import JobState, RetryRule
+from cronloop.runtime.jobs import BUSY_LINGER_S, BUSY_POLL_S, JobSide, _keywords
 from cronloop.runtime.runner import RunEnvironment
 from cronloop.runtime.supervisor import Supervisor
 from cronloop.store.sql.engine import create_engine, session_factory
@@ -236,6 +238,69 @@ async def test_arguments_the_handler_does_not_take_fail_for_good(sqlite: AsyncEn
     info = await store.job_info(job_id)
     assert (info.state, info.attempts, calls) == (JobState.ERROR, 1, 0)
     assert info.last_error is not None and "does not take these arguments" in info.last_error
+
+
+async def test_while_jobs_keep_coming_the_side_asks_often_then_backs_off(
+    sqlite: AsyncEngine,
+) -> None:
+    """Enqueue-to-start is bounded by BUSY_POLL_S, not poll_interval, while jobs arrive;
+    BUSY_LINGER_S after the last ask that found one, idle asks are poll_interval apart."""
+
+    async def noop(ctx: TaskContext) -> None:
+        return None
+
+    clock = FakeClock()
+    config = Settings(poll_interval=2.0)
+    store = SqlStore(sqlite, worker_id="w")
+    env = RunEnvironment(store=store, settings=config, clock=clock, db=session_factory(sqlite))
+    side = JobSide({"noop": spec("noop", noop)}, store, env)
+    assert await side.acquire(10) == []  # an idle queue: the next ask a poll later
+    assert side.sleep_cap_s(10) == pytest.approx(2.0)
+    assert await side.acquire(10) == []  # not yet time: no query, no change
+    clock.advance(2.0)
+    await store.enqueue_job("noop", {}, run_at=clock.now())
+    assert len(await side.acquire(10)) == 1
+    assert side.sleep_cap_s(10) == pytest.approx(BUSY_POLL_S)
+    clock.advance(BUSY_POLL_S)
+    assert await side.acquire(10) == []  # empty, but a job came less than a linger ago
+    assert side.sleep_cap_s(10) == pytest.approx(BUSY_POLL_S)
+    clock.advance(BUSY_LINGER_S)
+    assert await side.acquire(10) == []
+    assert side.sleep_cap_s(10) == pytest.approx(2.0)
+
+
+def test_the_quick_argument_check_agrees_with_signature_bind() -> None:
+    """Whenever the cached keyword check accepts a job's arguments, binding them to the
+    handler (after its context) succeeds; every case bind refuses, it refuses too."""
+
+    def plain(ctx: Any, url: str, n: int = 1) -> None: ...
+    def kw_only(ctx: Any, *, url: str, n: int = 1) -> None: ...
+    def var_kw(ctx: Any, url: str, **rest: Any) -> None: ...
+    def var_pos(ctx: Any, *more: Any, url: str) -> None: ...
+    def pos_only(ctx: Any, /, url: str) -> None: ...
+    def no_ctx(*, url: str) -> None: ...
+
+    cases: list[dict[str, Any]] = [
+        {},
+        {"url": "u"},
+        {"url": "u", "n": 2},
+        {"n": 2},
+        {"url": "u", "x": 1},
+        {"ctx": 1, "url": "u"},
+        {"more": 1, "url": "u"},
+        {"rest": 1, "url": "u"},
+    ]
+    for func in (plain, kw_only, var_kw, var_pos, pos_only, no_ctx):
+        quick = _keywords(func)
+        for args in cases:
+            try:
+                inspect.signature(func).bind(None, **args)
+                binds = True
+            except TypeError:
+                binds = False
+            if quick is not None:
+                assert quick.take(args) == binds, (func.__name__, args)
+    assert _keywords(no_ctx) is None  # no context parameter: bind decides
 
 
 async def test_jobs_that_lost_a_worker_before_run_one_at_a_time(sqlite: AsyncEngine) -> None:
