@@ -123,7 +123,7 @@ async def _web_server(
     from cronloop.web.view import WorkerView
 
     def wake() -> None:
-        sup.due.forget()
+        sup.tasks.due.forget()
         sup.wake_event.set()
 
     async def schema_current() -> bool:

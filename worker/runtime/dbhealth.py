@@ -25,6 +25,7 @@ It knows the four kinds, not the drivers; it never knows what a call is for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -134,6 +135,12 @@ class DbHealth:
             if _being_cancelled():  # a driver that swallowed the cancel: still a cancel
                 raise asyncio.CancelledError()
             return result
+
+    async def call_quietly(self, op: Callable[[], Awaitable[object]], what: str) -> None:
+        """`call` for a write whose failure (outage, conflict, refusal) the next round
+        mends: the failure is the policy's to log, the caller goes on."""
+        with contextlib.suppress(DatabaseFailure):
+            await self.call(op, what=what)
 
     def ok(self) -> None:
         """A call succeeded: end an outage, if there was one."""

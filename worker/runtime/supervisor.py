@@ -10,11 +10,9 @@ the `DbHealth` policy's, stragglers `Stragglers`', signals, drain phases and lif
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 
@@ -24,19 +22,15 @@ from cronloop.definitions.registry import Registry
 from cronloop.domain.clock import Clock
 from cronloop.domain.records import Claim
 from cronloop.runtime.control import Control, Lifetime
-from cronloop.runtime.dbhealth import DatabaseFailure
-from cronloop.runtime.due import DueTracker
 from cronloop.runtime.jobs import JobSide
 from cronloop.runtime.leases import LeaseKeeper
-from cronloop.runtime.planned import Planned
 from cronloop.runtime.runner import RunEnd, RunEnvironment, Runner
 from cronloop.runtime.status import StatusLine
 from cronloop.runtime.stragglers import Stragglers
+from cronloop.runtime.task_side import TaskSide
 
 log = structlog.get_logger("cronloop.supervisor")
 
-CLAIM_BATCH = 100  # rows per claim: a bigger one would delay the first run of a burst
-CLAIM_BATCH_MORE = 200  # rows per claim while more runs are due than one claim took
 REAP_EVERY_LEASES = 10
 
 
@@ -77,11 +71,11 @@ class Supervisor:
         self.abort_event = self.control.abort_event
         self.wake_event = self.control.wake_event
         self.runners: dict[str, Runner] = {}
-        self.planned = Planned()  # claimed ahead, waiting for their time
+        # the periodic tasks' claims and the runs claimed ahead (runtime/task_side.py)
+        self.tasks = TaskSide(self.store, self.health, self.clock, lambda: self.settings)
         # names of running tasks as a plain tuple: the watchdog thread reads it
         self.running_names: tuple[str, ...] = ()
         self._names_stale = False
-        self.due = DueTracker(self.settings.poll_interval)
         self._tasks: set[asyncio.Future[RunEnd]] = set()
         self.leases = LeaseKeeper(self.store, self.clock, self.settings.lease_s, self.health)
         self.stragglers = Stragglers(
@@ -92,7 +86,6 @@ class Supervisor:
         self.jobs = JobSide(self.registry.jobs, self.store, self.env, self.wake_event.set)
         # the loop may be in a long backoff when the database comes back
         self.health.on_recovered(self.wake_event.set)
-        self._once_cutoff: datetime | None = None
         self.executed = 0
 
     @property
@@ -119,7 +112,7 @@ class Supervisor:
             self.clock, settings.max_lifetime, settings.lifetime_jitter_s, once=self.once
         )
         lifetime_s = lifetime.seconds
-        self._once_cutoff = self.clock.now() if self.once else None
+        self.tasks.once_cutoff = self.clock.now() if self.once else None
         log.info(
             "worker started",
             worker=self.store.worker_id,
@@ -156,7 +149,7 @@ class Supervisor:
                     log.exception("the loop crashed; stopping the worker")
                     self.control.crashed()
                     break
-                if self.once and idle and not self.runners and not self.planned:
+                if self.once and idle and not self.runners and not self.tasks.planned:
                     break
                 await self._sleep(lifetime.remaining_s())
             await self._drain()
@@ -171,7 +164,7 @@ class Supervisor:
         """Claim and start what is due, tasks first, then jobs in the slots left.
         Returns True if nothing was due."""
         idle = await self._tick_tasks()
-        free = self.settings.max_concurrency - len(self.runners) - len(self.planned)
+        free = self.settings.max_concurrency - len(self.runners) - len(self.tasks.planned)
         runners = await self.jobs.acquire(free)
         for runner in runners:
             self._launch(runner)
@@ -183,62 +176,20 @@ class Supervisor:
         self.hooks.on_tick()
         # cleared before claiming, so a run that ends from here on wakes the next sleep
         self.wake_event.clear()
-        self._start_planned()
-        # a small first batch, so the first run of a burst starts at once; bigger ones
-        # while more is due, so fewer commits carry the rest
-        size = CLAIM_BATCH_MORE if self.due.more else CLAIM_BATCH
-        in_flight = len(self.runners) + len(self.planned)
-        capacity = min(self.settings.max_concurrency - in_flight, size)
-        if capacity <= 0:
-            return False
-        mono = self.clock.monotonic()
-        if not self.due.fresh(mono) and not self.due.more:
-            try:
-                next_due = await self.health.call(self.store.next_due, what="the probe")
-            except DatabaseFailure:
-                return False
-            self.due.learn(next_due, mono)
-        # --once runs what was due when it started, not what falls due while it runs
-        at = self._once_cutoff or self.due.claim_at(self.clock.now())
-        if self.due.nothing_due(at, mono):
-            return True
-        takeover = self._may_take_over()
-        try:
-            batch = await self.health.call(
-                lambda: self.store.claim_next(at, capacity, takeover=takeover), what="claiming"
-            )
-        except DatabaseFailure:
-            self.due.forget()
-            return False
-        self.due.claimed_in(self.clock.monotonic() - mono)
-        self.due.after_claim(batch.next_due, at, mono)
-        if batch.claims:
-            log.debug("planned now", tasks=len(batch.claims))
-        now = self.clock.now()
-        for claim in batch.claims:  # claimed ahead: each run starts at its time, not before
-            if claim.scheduled_for <= now:
-                self._start(claim, mono)
-            else:
-                self.planned.add(claim, mono)
-        if self._names_stale:
-            self._snapshot_running()
-        self.status.report(
-            (r.name for r in self.runners.values()), self.due.next_due, self.health.down
-        )
-        return not batch.claims
-
-    def _start_planned(self) -> None:
-        """Start the runs claimed ahead whose time has come."""
-        for claim, claimed_mono in self.planned.pop_due(self.clock.now()):
+        for claim, claimed_mono in self.tasks.pop_due():  # claimed ahead, now due
             self._start(claim, claimed_mono)
-
-    async def _release_planned(self) -> None:
-        """A stop: give the runs claimed ahead back unrun; the next worker runs them."""
-        claims = self.planned.take_all()
-        if claims:
-            log.info("giving back runs claimed ahead of their time", runs=len(claims))
-        for claim in claims:
-            await self._quietly(functools.partial(self.store.release, claim), "releasing")
+        turn = await self.tasks.turn(len(self.runners))
+        for claim, claimed_mono in turn.start:
+            self._start(claim, claimed_mono)
+        if turn.claimed:
+            if self._names_stale:
+                self._snapshot_running()
+            self.status.report(
+                (r.name for r in self.runners.values()),
+                self.tasks.due.next_due,
+                self.health.down,
+            )
+        return turn.idle
 
     def _snapshot_running(self) -> None:
         """The names the watchdog thread reads: running tasks and stuck ones (a straggler
@@ -252,17 +203,12 @@ class Supervisor:
             *self.stragglers.names(),
         )
 
-    def _may_take_over(self) -> bool:
-        """Just after an outage, leave expired leases to their owners for a third of a
-        lease: a run that ended while the database was away is being recorded by its
-        worker now (retried every second), and taking it over would run it twice."""
-        return self.health.settled(self.settings.lease_s / 3)
-
     def _start(self, claim: Claim, claimed_mono: float) -> None:
         spec = self.registry.specs.get(claim.name)
         if spec is None or not spec.runnable:
             log.warning("claimed a task this worker cannot run; releasing it", task=claim.name)
-            self.control.spawn(self._quietly(lambda: self.store.release(claim), "releasing"))
+            release = functools.partial(self.store.release, claim)
+            self.control.spawn(self.health.call_quietly(release, "releasing"))
             return
         self._launch(Runner(spec, claim, self.env, self.leases.track(claim, claimed_mono)))
 
@@ -287,7 +233,7 @@ class Supervisor:
         end = task.result()
         was_full = len(self.runners) + 1 >= self.settings.max_concurrency
         # --once ends when nothing runs: let it see that now
-        if self.due.ended(end.next_run) or was_full or self.once:
+        if self.tasks.due.ended(end.next_run) or was_full or self.once:
             self.wake_event.set()  # plan the sleep again / use the freed slot
         if end.straggler is not None and not end.straggler.done():
             self.stragglers.keep(runner.claim, runner.name, runner.log, end.straggler)
@@ -304,14 +250,14 @@ class Supervisor:
             return
         if self.health.down:
             delay = self.health.loop_backoff_s(self.settings.poll_interval)
-        elif len(self.runners) + len(self.planned) >= self.settings.max_concurrency:
+        elif len(self.runners) + len(self.tasks.planned) >= self.settings.max_concurrency:
             delay = self.settings.poll_interval  # until a run ends (wake_event) or starts
         else:
-            delay = self.due.sleep_s(self.clock.now(), self.clock.monotonic())
-        start = self.planned.next_start()
+            delay = self.tasks.due.sleep_s(self.clock.now(), self.clock.monotonic())
+        start = self.tasks.planned.next_start()
         if start is not None:  # a run claimed ahead starts then
             delay = min(delay, max(0.0, (start - self.clock.now()).total_seconds()))
-        free = self.settings.max_concurrency - len(self.runners) - len(self.planned)
+        free = self.settings.max_concurrency - len(self.runners) - len(self.tasks.planned)
         jobs_cap = self.jobs.sleep_cap_s(free)
         for cap in (cap_s, self.hooks.max_sleep_s, jobs_cap):
             if cap is not None:
@@ -340,15 +286,10 @@ class Supervisor:
             settings, self.registry = result
             self.jobs.use(self.registry.jobs)
             self.env.apply(settings)  # lease_s needs a restart: the keeper keeps its own
-            self.due = DueTracker(self.settings.poll_interval)  # and ask again
+            self.tasks.forget()  # and ask again
         self.hooks.on_reloaded()
 
     # -- database calls -----------------------------------------------------------------
-
-    async def _quietly(self, op: Callable[[], Awaitable[object]], what: str) -> None:
-        """A store call whose failure (outage, conflict, refusal) the next round mends."""
-        with contextlib.suppress(DatabaseFailure):
-            await self.health.call(op, what=what)
 
     async def _housekeeping_loop(self) -> None:
         """Close history rows of runs whose worker vanished, off the hot path: at start,
@@ -357,11 +298,11 @@ class Supervisor:
         so that an idle worker stays at one query per poll. (Pruning old history is the
         `history_gc` standard task's job.)"""
         while True:
-            await self._quietly(self.store.reap_abandoned, "reaping")
+            await self.health.call_quietly(self.store.reap_abandoned, "reaping")
             await self.clock.sleep(self.settings.lease_s * REAP_EVERY_LEASES)
 
     async def _drain(self) -> None:
         self.hooks.on_stopping()
-        await self._release_planned()
+        await self.tasks.release_planned()
         if self.runners:
             await self.control.drain(self.runners, self._tasks, self.settings.shutdown_grace)

@@ -125,7 +125,7 @@ async def test_max_concurrency_resizes_the_thread_pool_of_blocking_tasks(
     async with sqlite.begin() as conn:  # nothing due until the reload
         await conn.execute(update(tasks).values(next_run=clock.now() + timedelta(days=1)))
     run = asyncio.ensure_future(sup.run())
-    await until(clock, lambda: sup.due.learned_mono is not None)
+    await until(clock, lambda: sup.tasks.due.learned_mono is not None)
     pending.append(base(max_concurrency=3))
     sup.control._on_hangup()
     for name in specs:

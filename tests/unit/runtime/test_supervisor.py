@@ -425,9 +425,9 @@ async def test_a_stop_gives_back_the_runs_claimed_ahead_unrun(sqlite: AsyncEngin
 
     sup = await make(sqlite, clock, {"a": (task, 600)})
     await _due_at(sqlite, a=t0 + timedelta(seconds=1))
-    sup.due.claim_s = 1.0  # as if claims were slow: the longest lead, so the run waits
+    sup.tasks.due.claim_s = 1.0  # as if claims were slow: the longest lead, so the run waits
     run = asyncio.ensure_future(sup.run())
-    await tick_until(clock, lambda: len(sup.planned) == 1, step_s=0.001, limit=2000)
+    await tick_until(clock, lambda: len(sup.tasks.planned) == 1, step_s=0.001, limit=2000)
     sup.request_stop()
     assert await asyncio.wait_for(run, 10) == exitcodes.OK
     assert ran == []
