@@ -43,12 +43,14 @@ class Relay:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-            self.server = None
+        server, self.server = self.server, None
+        if server is not None:
+            server.close()
         for writer in list(self.pipes):
             writer.transport.abort()
+        if server is not None:
+            # after the aborts: since 3.12 wait_closed waits for every connection to end
+            await asyncio.wait_for(server.wait_closed(), 10)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
