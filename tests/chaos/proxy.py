@@ -105,14 +105,16 @@ class TcpProxy:
             )
 
     async def _cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         for pair in list(self._pairs):
             pair.abort()
             self.stats.resets += 1
         self._pairs.clear()
+        if server is not None:
+            # after the aborts: since 3.12 wait_closed waits for every connection to end
+            await server.wait_closed()
 
     async def _set_holes(self, on: bool) -> None:
         self._holes = on
