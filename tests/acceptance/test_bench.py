@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,30 +25,18 @@ from bench.profile import flame_svg, parse, top_entries
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_tiny_bench(only: str, json_to: Path | str, *more: str, timeout_s: float = 240) -> Any:
+    """`python -m bench` at tiny scale, cronloop on SQLite only: scenarios `only`."""
+    argv = [sys.executable, "-m", "bench", "--scale", "tiny", "--db", "sqlite"]
+    argv += ["--systems", "cronloop", "--only", only, "--json", str(json_to), *more]
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+
+
 def test_the_benchmark_runs_and_reports(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--scale",
-            "tiny",
-            "--db",
-            "sqlite",
-            "--systems",
-            "cronloop",
-            "--only",
-            "burst,idle,burst+http",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = run_tiny_bench("burst,idle,burst+http", str(out), timeout_s=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     runs = {r["scenario"]: r for r in json.loads(out.read_text())["runs"]}
@@ -71,29 +60,12 @@ def py_spy() -> str | None:
 
 @pytest.mark.skipif(py_spy() is None, reason="py-spy is not installed (the bench extra)")
 def test_profile_writes_a_flame_graph_of_the_cronloop_side(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--scale",
-            "tiny",
-            "--db",
-            "sqlite",
-            "--systems",
-            "cronloop",
-            "--only",
-            "burst",
-            "--json",
-            str(tmp_path / "results.json"),
-            "--profile",
-            str(tmp_path / "profiles"),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    proc = run_tiny_bench(
+        "burst",
+        str(tmp_path / "results.json"),
+        "--profile",
+        str(tmp_path / "profiles"),
+        timeout_s=240,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     svg = tmp_path / "profiles" / "burst-sqlite-1.svg"
@@ -133,28 +105,7 @@ def test_the_queue_scenarios_run_and_report(tmp_path: Path) -> None:
     """cronloop's side of the queue scenarios (the peers need the `bench` extra and
     their servers): every job started once, figures and the column table printed."""
     out = tmp_path / "results.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--scale",
-            "tiny",
-            "--db",
-            "sqlite",
-            "--systems",
-            "cronloop",
-            "--only",
-            "queue-drain,queue-steady",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
+    proc = run_tiny_bench("queue-drain,queue-steady", str(out), timeout_s=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FAILED" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
     runs = {r["scenario"]: r for r in json.loads(out.read_text())["runs"]}
