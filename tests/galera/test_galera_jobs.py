@@ -78,22 +78,8 @@ class GaleraBackend(SqlBackend):
         self.name = "galera"
         self.engines = engines
 
-    def _make(
-        self,
-        worker_id: str,
-        lease_s: float,
-        quarantine_timeouts: int,
-        quarantine_strikes: int,
-        max_clock_skew_s: float,
-    ) -> Store:
-        store = SqlStore(
-            self.engines[NODE_OF.get(worker_id, 0)],
-            worker_id=worker_id,
-            lease_s=lease_s,
-            quarantine_timeouts=quarantine_timeouts,
-            quarantine_strikes=quarantine_strikes,
-            max_clock_skew_s=max_clock_skew_s,
-        )
+    def _make(self, worker_id: str, options: dict[str, Any]) -> Store:
+        store = SqlStore(self.engines[NODE_OF.get(worker_id, 0)], worker_id=worker_id, **options)
         return ConflictRetrying(store)  # type: ignore[return-value]
 
 

@@ -75,19 +75,19 @@ class Backend:
     ) -> Store:
         """A worker's store over the same table (closed at the end of the test)."""
         store = self._make(
-            worker_id, lease_s, quarantine_timeouts, quarantine_strikes, max_clock_skew_s
+            worker_id,
+            {
+                "lease_s": lease_s,
+                "quarantine_timeouts": quarantine_timeouts,
+                "quarantine_strikes": quarantine_strikes,
+                "max_clock_skew_s": max_clock_skew_s,
+            },
         )
         self.opened.append(store)
         return store
 
-    def _make(
-        self,
-        worker_id: str,
-        lease_s: float,
-        quarantine_timeouts: int,
-        quarantine_strikes: int,
-        max_clock_skew_s: float,
-    ) -> Store:
+    def _make(self, worker_id: str, options: dict[str, Any]) -> Store:
+        """The store of `worker_id` with the store's keyword `options`."""
         raise NotImplementedError
 
     async def close(self) -> None:
@@ -137,22 +137,8 @@ class MemoryBackend(Backend):
         super().__init__()
         self.db = MemoryDatabase()
 
-    def _make(
-        self,
-        worker_id: str,
-        lease_s: float,
-        quarantine_timeouts: int,
-        quarantine_strikes: int,
-        max_clock_skew_s: float,
-    ) -> Store:
-        return MemoryStore(
-            self.db,
-            worker_id=worker_id,
-            lease_s=lease_s,
-            quarantine_timeouts=quarantine_timeouts,
-            quarantine_strikes=quarantine_strikes,
-            max_clock_skew_s=max_clock_skew_s,
-        )
+    def _make(self, worker_id: str, options: dict[str, Any]) -> Store:
+        return MemoryStore(self.db, worker_id=worker_id, **options)
 
     async def lease_expired_by(self, seconds: float, name: str | None = None) -> None:
         for row in self.db.tasks.values():
@@ -187,22 +173,8 @@ class SqlBackend(Backend):
         self.engine = engine
         self.name = engine.dialect.name
 
-    def _make(
-        self,
-        worker_id: str,
-        lease_s: float,
-        quarantine_timeouts: int,
-        quarantine_strikes: int,
-        max_clock_skew_s: float,
-    ) -> Store:
-        return SqlStore(
-            self.engine,
-            worker_id=worker_id,
-            lease_s=lease_s,
-            quarantine_timeouts=quarantine_timeouts,
-            quarantine_strikes=quarantine_strikes,
-            max_clock_skew_s=max_clock_skew_s,
-        )
+    def _make(self, worker_id: str, options: dict[str, Any]) -> Store:
+        return SqlStore(self.engine, worker_id=worker_id, **options)
 
     async def lease_expired_by(self, seconds: float, name: str | None = None) -> None:
         until = db_now(self.engine.dialect, -seconds)
