@@ -27,6 +27,7 @@ from cronloop.domain.jobs import (
 from cronloop.domain.records import Claim
 from cronloop.store.interface import strikes_quarantine, takeover_quarantine_reason
 from cronloop.store.memory_tables import MemoryDatabase, utc_only
+from cronloop.store.rows import job_info_of
 
 
 @dataclass
@@ -287,17 +288,4 @@ class MemoryJobs:
     async def job_info(self, job_id: int) -> JobInfo:
         await asyncio.sleep(0)
         r = self._row(job_id)
-        return JobInfo(
-            id=r.id,
-            kind=r.kind,
-            state=JobState(r.state),
-            priority=r.priority,
-            run_at=r.run_at,
-            attempts=r.attempts,
-            max_retries=r.max_retries,
-            unique_key=r.unique_key,
-            last_error=r.last_error,
-            created=r.created,
-            finished=r.finished,
-            strikes=r.strikes,
-        )
+        return job_info_of(r)

@@ -1,5 +1,5 @@
 """A task row and a history row after a run ended, as plain column values, and the
-records (Claim, TaskState, RunEntry) every store builds from a row it read.
+records (Claim, TaskState, RunEntry, JobInfo) every store builds from a row it read.
 
 Both stores write exactly these values (the SQL store through its batch statements, the
 in-memory store into its rows), so the statistics cannot differ between them. Computed
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cronloop.domain.jobs import JobInfo, JobState
 from cronloop.domain.outcome import Outcome
 from cronloop.domain.records import Claim, RunEntry, RunRecord, TaskState
 
@@ -131,4 +132,23 @@ def run_entry_of(row: Any) -> RunEntry:
         worker=row.worker,
         missed=row.missed,
         triggered=bool(row.triggered),
+    )
+
+
+def job_info_of(row: Any) -> JobInfo:
+    """A job row (a SQL row or the in-memory one: the same attribute names) as the
+    operator sees it."""
+    return JobInfo(
+        id=row.id,
+        kind=row.kind,
+        state=JobState(row.state),
+        priority=row.priority,
+        run_at=row.run_at,
+        attempts=row.attempts,
+        max_retries=row.max_retries,
+        unique_key=row.unique_key,
+        last_error=row.last_error,
+        created=row.created,
+        finished=row.finished,
+        strikes=row.strikes,
     )

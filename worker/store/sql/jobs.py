@@ -32,6 +32,7 @@ from cronloop.domain.jobs import (
     check_job,
 )
 from cronloop.domain.records import Claim
+from cronloop.store.rows import job_info_of
 from cronloop.store.sql.connector import Connector
 from cronloop.store.sql.leases import renew_fenced
 from cronloop.store.sql.queue import QueueShape, acquire
@@ -269,20 +270,7 @@ class SqlJobs:
             r = (await conn.execute(select(jobs).where(J.id == job_id))).one_or_none()
         if r is None:
             raise UnknownJob(job_id)
-        return JobInfo(
-            id=r.id,
-            kind=r.kind,
-            state=JobState(r.state),
-            priority=r.priority,
-            run_at=r.run_at,
-            attempts=r.attempts,
-            max_retries=r.max_retries,
-            unique_key=r.unique_key,
-            last_error=r.last_error,
-            created=r.created,
-            finished=r.finished,
-            strikes=r.strikes,
-        )
+        return job_info_of(r)
 
     async def prune_jobs(self, before: datetime, limit: int) -> int:
         ended = (JobState.DONE.value, JobState.CANCELLED.value)
