@@ -62,6 +62,25 @@ def test_a_wait_fails_at_once_when_the_process_is_gone(tmp_path: Path) -> None:
     assert time.monotonic() - began < 30
 
 
+class SlowToExit(WorkerProcess):
+    """A reader thread that lingers after its last line and its last notify, as a
+    descheduled thread does on a loaded machine."""
+
+    def _pump(self) -> None:
+        super()._pump()
+        time.sleep(2)
+
+
+def test_a_wait_ends_with_the_output_not_with_the_reader_thread(tmp_path: Path) -> None:
+    """The wait ends when the output ends, even while the reader thread is still alive
+    (it used to ask the thread, and slept out its whole timeout: 60 s in CI on 3.13)."""
+    w = SlowToExit([sys.executable, "-c", "print('bye')"], base_env(), tmp_path, label="probe")
+    began = time.monotonic()
+    with pytest.raises(AssertionError, match=r"(?s)no 1x 'never'.*bye"):
+        w.wait_for("never", timeout=20)
+    assert time.monotonic() - began < 10
+
+
 def test_a_wait_times_out_with_the_log_tail(tmp_path: Path) -> None:
     w = start(tmp_path)
     try:

@@ -68,6 +68,10 @@ class WorkerProcess:
         self._arrived: list[float] = []  # time.time() of each line
         self._events: list[Event] = []
         self._parsed = 0  # lines looked at for events so far
+        # set under the lock with the last notify: a waiter that checked the reader
+        # thread's is_alive() could see it still alive after that notify and sleep out
+        # its whole timeout (seen on 3.13 in CI)
+        self._output_ended = False
         # shared by the workers of one test, so that `wait_for_total` wakes on any of them
         self._cond = cond or threading.Condition()
         self.proc = subprocess.Popen(
@@ -103,6 +107,7 @@ class WorkerProcess:
             if log is not None:
                 log.close()
             with self._cond:
+                self._output_ended = True
                 self._cond.notify_all()
 
     def _catch_up(self) -> list[Event]:
@@ -146,10 +151,10 @@ class WorkerProcess:
                 if len(found) >= count:
                     return found[count - 1]
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
+                if left <= 0 or self._output_ended:
                     break
                 self._cond.wait(left)
-        if not self._reader.is_alive():  # its output ended: it is exiting, say how
+        if not self.alive():  # its output ended: it is exiting, say how
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
         raise AssertionError(
@@ -159,7 +164,8 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         """Whether its output may still bring lines."""
-        return self._reader.is_alive()
+        with self._cond:
+            return not self._output_ended
 
     def tail(self, n: int = 30) -> str:
         with self._cond:
