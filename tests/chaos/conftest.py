@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from tests.support.cli import migrate
-from tests.support.mariadb import scratch_database
+from tests.support.mariadb import MYSQL_URL, scratch_database
 
 from .chaos_tasks import DDL
 from .harness import ChaosDB, Fleet, base_env
+from .proxy import TcpProxy
 
 _RESULTS: list[dict[str, Any]] = []
 
@@ -89,6 +91,18 @@ def fleet(chaos_db: ChaosDB, tmp_path: Path, foreign_tasks_off: dict[str, str]) 
     """The test's workers (`foreign_tasks_off`, from tests/conftest.py, keeps the standard
     tasks out so the load is what each test says it is)."""
     handle = Fleet(chaos_db, tmp_path, foreign_tasks_off)
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[TcpProxy]:
+    """A TCP proxy in front of the test server: `cut()` it to take the database away
+    from the workers that connect through it, `restore()` to bring it back."""
+    url = make_url(MYSQL_URL)
+    handle = TcpProxy(url.host or "127.0.0.1", url.port or 3306).start()
     try:
         yield handle
     finally:

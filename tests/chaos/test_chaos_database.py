@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-from sqlalchemy.engine import make_url
-
-from tests.support.mariadb import MYSQL_URL
 from tests.support.worker import WorkerProcess
 
 from .harness import LEASE_S, ChaosDB, Fleet, read_trace, wait_until
@@ -26,16 +21,6 @@ from .proxy import TcpProxy
 OUTAGE_S = 20.0
 RESUME_BOUND_S = 15.0  # after the database is back, each worker runs tasks again within this
 MAX_CONCURRENCY = 10
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    url = make_url(MYSQL_URL)
-    handle = TcpProxy(url.host or "127.0.0.1", url.port or 3306).start()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def last_start_by(db: ChaosDB, pid: int) -> float:

@@ -14,13 +14,9 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.engine import make_url
-
-from tests.support.mariadb import MYSQL_URL
 
 from .chaos_jobs import DDL
 from .harness import ChaosDB, Fleet, wait_until
@@ -44,16 +40,6 @@ def jobs_db(chaos_db: ChaosDB) -> ChaosDB:
             "UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) FROM seq"
         )
     return chaos_db
-
-
-@pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
-    url = make_url(MYSQL_URL)
-    handle = TcpProxy(url.host or "127.0.0.1", url.port or 3306).start()
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def done_count(db: ChaosDB) -> int:
