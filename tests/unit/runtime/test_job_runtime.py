@@ -101,11 +101,14 @@ async def test_failures_are_retried_with_backoff_then_error(sqlite: AsyncEngine)
     store = SqlStore(sqlite)
     job_id = await store.enqueue_job("flaky", {}, run_at=clock.now())
     run = asyncio.ensure_future(sup.run())
-    for _ in range(400):
+    # small steps: the 2 s of slack the gaps allow is 20 steps (100 ms or more of wall
+    # time) for the worker to see the retry and claim it; 4 steps of 0.5 s were too few
+    # on a loaded machine
+    for _ in range(2000):
         if (await store.job_info(job_id)).state == JobState.ERROR:
             break
         await asyncio.sleep(0.005)
-        clock.advance(0.5)
+        clock.advance(0.1)
     sup.request_stop()
     await asyncio.wait_for(run, 5)
     info = await store.job_info(job_id)
